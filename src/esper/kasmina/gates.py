@@ -1,0 +1,163 @@
+"""Quality gates G0-G5: each forward transition must pass its gate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from esper.leyline import (
+    DEFAULT_G2_MIN_GRADIENT_RATIO,
+    DEFAULT_G2_MIN_IMPROVEMENT,
+    DEFAULT_G2_MIN_TRAINING_EPOCHS,
+    DEFAULT_G3_MIN_ALPHA,
+    DEFAULT_G3_MIN_BLENDING_EPOCHS,
+    DEFAULT_G5_MIN_CONTRIBUTION,
+    DEFAULT_MAX_ISOLATION_VIOLATIONS,
+    GateLevel,
+    GateResult,
+    SeedStage,
+)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Gate thresholds; defaults come from leyline."""
+
+    g2_min_improvement: float = DEFAULT_G2_MIN_IMPROVEMENT
+    g2_min_training_epochs: int = DEFAULT_G2_MIN_TRAINING_EPOCHS
+    g2_min_gradient_ratio: float = DEFAULT_G2_MIN_GRADIENT_RATIO
+    max_isolation_violations: int = DEFAULT_MAX_ISOLATION_VIOLATIONS
+    g3_min_blending_epochs: int = DEFAULT_G3_MIN_BLENDING_EPOCHS
+    g3_min_alpha: float = DEFAULT_G3_MIN_ALPHA
+    g5_min_contribution: float = DEFAULT_G5_MIN_CONTRIBUTION
+
+    def __post_init__(self) -> None:
+        for name in ("g2_min_training_epochs", "max_isolation_violations", "g3_min_blending_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GateConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.g3_min_alpha <= 1.0:
+            raise ValueError(f"GateConfig.g3_min_alpha must be in [0, 1], got {self.g3_min_alpha}")
+
+
+def _score(level: GateLevel, state) -> float:
+    """The number a gate is mostly about, for telemetry."""
+    m = state.metrics
+    if level == GateLevel.G2:
+        return float(m.improvement_since_stage_start)
+    if level == GateLevel.G3:
+        return float(state.alpha)
+    if level == GateLevel.G5:
+        return float(m.counterfactual_contribution or 0.0)
+    return 0.0
+
+
+_GATE_FOR_TARGET = {
+    SeedStage.GERMINATED: GateLevel.G0,
+    SeedStage.TRAINING: GateLevel.G1,
+    SeedStage.BLENDING: GateLevel.G2,
+    SeedStage.PROBATIONARY: GateLevel.G3,
+    SeedStage.FOSSILIZED: GateLevel.G5,
+}
+
+
+class QualityGates:
+    """Evaluates the gate guarding a transition into ``target`` for a seed ``state``.
+
+    ``state`` is a :class:`~esper.kasmina.slot.SeedState`. Transitions without a gate (culls,
+    embargo, reset) always pass.
+    """
+
+    def __init__(self, config: GateConfig | None = None) -> None:
+        self.config = config or GateConfig()
+
+    def check_gate(self, state, target: SeedStage) -> GateResult:
+        target = SeedStage(target)
+        level = _GATE_FOR_TARGET.get(target)
+        if level is None:
+            return GateResult(GateLevel.G0, True, message=f"no gate guards {target.name}")
+        checks = getattr(self, f"_checks_{level.name.lower()}")(state)
+        passed = tuple(name for name, ok, _ in checks if ok)
+        failed = tuple(f"{name}: {why}" for name, ok, why in checks if not ok)
+        ok = not failed
+        verdict = "passed" if ok else "failed (" + "; ".join(failed) + ")"
+        return GateResult(
+            gate=level,
+            passed=ok,
+            score=_score(level, state),
+            checks_passed=passed,
+            checks_failed=failed,
+            message=f"{level.name} -> {target.name} {verdict}",
+        )
+
+    # Each check is (name, ok, reason-if-failed).
+
+    def _checks_g0(self, state):
+        return [
+            ("seed_id_present", bool(state.seed_id), "seed id is empty"),
+            ("blueprint_id_present", bool(state.blueprint_id), "blueprint id is empty"),
+            ("shape_probe", bool(state.shape_probe_passed), "seed changed the feature shape"),
+        ]
+
+    def _checks_g1(self, state):
+        return [
+            (
+                "germinated",
+                state.stage == SeedStage.GERMINATED,
+                f"stage is {SeedStage(state.stage).name}, not GERMINATED",
+            )
+        ]
+
+    def _checks_g2(self, state):
+        cfg, m = self.config, state.metrics
+        gain = m.improvement_since_stage_start
+        return [
+            (
+                "improvement",
+                gain >= cfg.g2_min_improvement,
+                f"{gain:.2f} < {cfg.g2_min_improvement} points",
+            ),
+            (
+                "training_epochs",
+                m.epochs_in_current_stage >= cfg.g2_min_training_epochs,
+                f"{m.epochs_in_current_stage} < {cfg.g2_min_training_epochs} epochs",
+            ),
+            (
+                "gradient_ratio",
+                m.gradient_ratio >= cfg.g2_min_gradient_ratio,
+                f"{m.gradient_ratio:.4f} < {cfg.g2_min_gradient_ratio}",
+            ),
+            (
+                "isolation",
+                m.isolation_violations <= cfg.max_isolation_violations,
+                f"{m.isolation_violations} violations > {cfg.max_isolation_violations} allowed",
+            ),
+            ("healthy", m.healthy, "seed produced non-finite values"),
+        ]
+
+    def _checks_g3(self, state):
+        cfg, m = self.config, state.metrics
+        return [
+            (
+                "blending_epochs",
+                m.epochs_in_current_stage >= cfg.g3_min_blending_epochs,
+                f"{m.epochs_in_current_stage} < {cfg.g3_min_blending_epochs} epochs",
+            ),
+            ("alpha", state.alpha >= cfg.g3_min_alpha, f"{state.alpha:.3f} < {cfg.g3_min_alpha}"),
+        ]
+
+    def _checks_g5(self, state):
+        cfg, m = self.config, state.metrics
+        c = m.counterfactual_contribution
+        known = c is not None
+        return [
+            (
+                "contribution",
+                known and c >= cfg.g5_min_contribution,
+                f"{c:.2f} < {cfg.g5_min_contribution} points" if known else "not measured yet",
+            ),
+            (
+                "probationary",
+                state.stage == SeedStage.PROBATIONARY,
+                f"stage is {SeedStage(state.stage).name}, not PROBATIONARY",
+            ),
+            ("healthy", m.healthy, "seed produced non-finite values"),
+        ]

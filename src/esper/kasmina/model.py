@@ -1,0 +1,248 @@
+"""MorphogeneticModel: a host plus one SeedSlot per requested injection point."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from esper.kasmina.gates import GateConfig, QualityGates
+from esper.kasmina.hosts import build_host
+from esper.kasmina.slot import SeedSlot, SlotStepReport
+from esper.leyline import (
+    DEFAULT_BLEND_ALGORITHM,
+    DEFAULT_BLENDING_STEPS,
+    DEFAULT_EMBARGO_EPOCHS,
+    DEFAULT_PROBATION_EPOCHS,
+    GateResult,
+    SeedStage,
+    SeedStateReport,
+    affects_output,
+)
+
+CHECKPOINT_FORMAT = 1
+
+
+class MorphogeneticModel(nn.Module):
+    """A host network whose injection points can grow seeds.
+
+    Args:
+        host: a host from :mod:`esper.kasmina.hosts` (``CNNHost``, ``TransformerHost``) or any
+            module offering the same segment interface.
+        device: where the model lives.
+        slots: injection points that get a slot, e.g. ``["early", "mid", "late"]``.
+        gate_config: gate thresholds (defaults from leyline).
+        blending_steps: epochs of the alpha ramp.
+        probation_epochs: epochs allowed in PROBATIONARY.
+        embargo_epochs: cooldown after a cull.
+
+    With no seeds, the output equals ``host(x)`` exactly.
+
+    Raises:
+        ValueError: an unknown or repeated slot name (the message lists the host's points).
+    """
+
+    def __init__(
+        self,
+        host: nn.Module,
+        device: str | torch.device = "cpu",
+        slots: Iterable[str] = ("mid",),
+        *,
+        gate_config: GateConfig | None = None,
+        blending_steps: int = DEFAULT_BLENDING_STEPS,
+        probation_epochs: int = DEFAULT_PROBATION_EPOCHS,
+        embargo_epochs: int = DEFAULT_EMBARGO_EPOCHS,
+    ) -> None:
+        super().__init__()
+        if isinstance(slots, str):
+            slots = [slots]
+        slots = list(slots)
+        points = host.injection_points
+        if not slots:
+            raise ValueError(f"at least one slot is required; valid: {', '.join(points)}")
+        unknown = [s for s in slots if s not in points]
+        if unknown:
+            raise ValueError(
+                f"unknown slot(s) {', '.join(map(repr, unknown))} for this {host.topology} host; "
+                f"valid: {', '.join(points)}"
+            )
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"slots must be unique, got {slots}")
+        self.host = host
+        self.topology = host.topology
+        gates = QualityGates(gate_config)
+        self.slot_settings = {
+            "blending_steps": blending_steps,
+            "probation_epochs": probation_epochs,
+            "embargo_epochs": embargo_epochs,
+        }
+        # Forward order: by position, ties broken by the host's own point order.
+        ordered = [name for name in points if name in slots]
+        self.seed_slots = nn.ModuleDict(
+            {
+                name: SeedSlot(name, points[name], self.topology, gates=gates, **self.slot_settings)
+                for name in ordered
+            }
+        )
+        self._plan = tuple((name, host.injection_positions[name]) for name in ordered)
+        for slot in self.seed_slots.values():
+            slot.attach(self)
+        self.to(device)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        host = self.host
+        h = host.stem(x)
+        done = 0
+        for name, position in self._plan:
+            h = host.run_blocks(h, done, position)
+            done = position
+            h = self.seed_slots[name](h)
+        h = host.run_blocks(h, done, host.n_blocks)
+        return host.head(h)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _slot(self, slot: str) -> SeedSlot:
+        if slot not in self.seed_slots:
+            raise ValueError(f"unknown slot {slot!r}; this model's slots: {', '.join(self.seed_slots)}")
+        return self.seed_slots[slot]
+
+    def germinate_seed(
+        self,
+        blueprint_id: str,
+        seed_id: str,
+        *,
+        slot: str,
+        blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM,
+    ) -> GateResult:
+        """Grow a seed of ``blueprint_id`` in ``slot``; see :meth:`SeedSlot.germinate`."""
+        return self._slot(slot).germinate(
+            blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id
+        )
+
+    def cull_seed(self, *, slot: str) -> None:
+        """Remove the seed in ``slot``; see :meth:`SeedSlot.cull`."""
+        self._slot(slot).cull()
+
+    def fossilize_seed(self, *, slot: str) -> GateResult:
+        """Fossilize the seed in ``slot`` through G5; raises GateFailedError with the failed checks."""
+        return self._slot(slot).fossilize()
+
+    def advance_stage(self, target: SeedStage, *, slot: str) -> GateResult:
+        return self._slot(slot).advance_stage(target)
+
+    def step_epoch(self) -> dict[str, SlotStepReport]:
+        """Advance every slot's mechanical lifecycle by one epoch."""
+        return {name: slot.step_epoch() for name, slot in self.seed_slots.items()}
+
+    def capture_gradient_telemetry(self) -> None:
+        """Capture gradient telemetry on every slot holding a seed (call after backward)."""
+        for slot in self.seed_slots.values():
+            slot.capture_gradient_telemetry()
+
+    @contextlib.contextmanager
+    def force_alpha(self, value: float, slots: Iterable[str] | None = None) -> Iterator[None]:
+        """Blend every (or the named) seed that affects the output with a fixed alpha."""
+        names = list(slots) if slots is not None else list(self.seed_slots)
+        with contextlib.ExitStack() as stack:
+            for name in names:
+                slot = self._slot(name)
+                if slot.seed is not None and slot.stage in (
+                    SeedStage.BLENDING,
+                    SeedStage.PROBATIONARY,
+                ):
+                    stack.enter_context(slot.force_alpha(value))
+            yield
+
+    # ------------------------------------------------------------------ accessors
+
+    def host_parameters(self) -> Iterator[nn.Parameter]:
+        """The host's parameters, including those of fossilized seeds (now part of the host)."""
+        yield from self.host.parameters()
+        for slot in self.seed_slots.values():
+            if slot.stage == SeedStage.FOSSILIZED and slot.seed is not None:
+                yield from slot.seed.parameters()
+
+    def seed_parameters(self, slot: str | None = None) -> list[nn.Parameter]:
+        """Parameters of live (not fossilized) seeds and their blend gates, for one slot or all."""
+        names = [slot] if slot is not None else list(self.seed_slots)
+        params: list[nn.Parameter] = []
+        for name in names:
+            s = self._slot(name)
+            if s.stage != SeedStage.FOSSILIZED:
+                params.extend(s.seed_parameters())
+        return params
+
+    def active_seed_slots(self) -> list[str]:
+        """Slots whose seed currently affects the output (BLENDING, PROBATIONARY, FOSSILIZED)."""
+        return [n for n, s in self.seed_slots.items() if s.seed is not None and affects_output(s.stage)]
+
+    def slot_reports(self) -> list[SeedStateReport]:
+        return [slot.report() for slot in self.seed_slots.values()]
+
+    def count_parameters(self) -> dict[str, int]:
+        """``{"host": ..., "seeds": ..., "total": ...}`` (fossilized seeds count as host)."""
+        host = sum(p.numel() for p in self.host_parameters())
+        seeds = sum(p.numel() for p in self.seed_parameters())
+        return {"host": host, "seeds": seeds, "total": host + seeds}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def architecture(self) -> dict:
+        """What the model is made of, as plain data: enough to rebuild it in a fresh process."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "host_kind": self.topology,
+            "host_config": dict(self.host.config),
+            "slots": list(self.seed_slots),
+            "slot_settings": dict(self.slot_settings),
+            "gate_config": dict(vars(next(iter(self.seed_slots.values())).gates.config)),
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict, device: str | torch.device = "cpu") -> MorphogeneticModel:
+        host = build_host(arch["host_kind"], arch["host_config"])
+        return cls(
+            host,
+            device=device,
+            slots=arch["slots"],
+            gate_config=GateConfig(**arch["gate_config"]),
+            **arch["slot_settings"],
+        )
+
+    def save_checkpoint(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
+        """Write architecture + weights (seeds described as plain data) atomically to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"architecture": self.architecture(), "state_dict": self.state_dict()}
+        if extra:
+            payload["extra"] = extra
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load_checkpoint(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu"
+    ) -> MorphogeneticModel:
+        """Rebuild a model (seeds included) from :meth:`save_checkpoint` output, safely."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        payload = torch.load(path, map_location=device, weights_only=True)
+        model = cls.from_architecture(payload["architecture"], device=device)
+        model.load_state_dict(payload["state_dict"])
+        return model

@@ -1,0 +1,71 @@
+"""Every default constant of Esper, defined once. Other modules import these; none redefines them."""
+
+from __future__ import annotations
+
+# --- Gates -----------------------------------------------------------------------------------
+#: G2: validation accuracy gain (points) since the seed entered TRAINING.
+DEFAULT_G2_MIN_IMPROVEMENT = 0.5
+#: G2: epochs a seed must incubate before it may blend.
+DEFAULT_G2_MIN_TRAINING_EPOCHS = 3
+#: G2: parameter-normalized seed/host gradient ratio below which the seed is not learning.
+DEFAULT_G2_MIN_GRADIENT_RATIO = 0.05
+#: G2: real seed-to-host leaks tolerated. Detection is exact, so any leak is one too many.
+DEFAULT_MAX_ISOLATION_VIOLATIONS = 0
+#: G3: epochs a seed must spend blending before probation.
+DEFAULT_G3_MIN_BLENDING_EPOCHS = 3
+#: G3: alpha the ramp must have reached before probation.
+DEFAULT_G3_MIN_ALPHA = 0.95
+#: G5: counterfactual contribution (accuracy points) required to fossilize.
+DEFAULT_G5_MIN_CONTRIBUTION = 1.0
+
+# --- Lifecycle -------------------------------------------------------------------------------
+#: Epochs the alpha ramp takes from 0 to exactly 1 (one ramp step per ``step_epoch``).
+DEFAULT_BLENDING_STEPS = 5
+#: Epochs a seed may stay in PROBATIONARY without being fossilized before it is culled.
+DEFAULT_PROBATION_EPOCHS = 5
+#: Epochs a slot stays EMBARGOED after a cull before it may be reset and germinate again.
+DEFAULT_EMBARGO_EPOCHS = 5
+#: Default alpha schedule for BLENDING.
+DEFAULT_BLEND_ALGORITHM = "linear"
+#: Steepness of the ``sigmoid`` alpha schedule.
+DEFAULT_SIGMOID_STEEPNESS = 10.0
+
+# --- Telemetry -------------------------------------------------------------------------------
+#: EMA decay for the gradient ratio (weight kept on the previous value).
+DEFAULT_GRADIENT_EMA_DECAY = 0.9
+#: Training steps between gradient-telemetry captures.
+DEFAULT_GRADIENT_TELEMETRY_STRIDE = 10
+#: Version of the telemetry event schema written to events.jsonl.
+TELEMETRY_SCHEMA_VERSION = 1
+
+# --- Governor --------------------------------------------------------------------------------
+#: Loss history length the governor compares against.
+DEFAULT_GOVERNOR_HISTORY = 20
+#: A loss above mean + this many standard deviations of recent history is a spike.
+DEFAULT_GOVERNOR_SENSITIVITY = 6.0
+#: ...and it must also exceed recent mean by this factor (guards against a flat history).
+DEFAULT_GOVERNOR_MIN_SPIKE_FACTOR = 3.0
+#: Losses needed before spike detection starts (NaN/Inf are always caught).
+DEFAULT_GOVERNOR_MIN_HISTORY = 5
+
+# --- Heuristic controller (Tamiyo) -----------------------------------------------------------
+#: No germination before this epoch.
+DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION = 5
+#: Epochs with gain below the plateau threshold before the host counts as plateaued.
+DEFAULT_PLATEAU_EPOCHS = 3
+#: Accuracy gain (points) below which an epoch counts as plateau.
+DEFAULT_PLATEAU_THRESHOLD = 0.5
+#: A seed this many epochs in one stage...
+DEFAULT_CULL_AFTER_EPOCHS = 5
+#: ...that lost more than this many points is culled.
+DEFAULT_CULL_IF_ACCURACY_DROPS = 2.0
+#: Penalty added to a blueprint's score each time one of its seeds is culled.
+DEFAULT_BLUEPRINT_CULL_PENALTY = 1.0
+#: Host counts as stabilized once its per-epoch loss change is below this fraction.
+DEFAULT_STABILIZATION_THRESHOLD = 0.03
+
+# --- Training --------------------------------------------------------------------------------
+DEFAULT_LEARNING_RATE = 0.01
+DEFAULT_SEED_LEARNING_RATE = 0.01
+DEFAULT_MOMENTUM = 0.9
+DEFAULT_WEIGHT_DECAY = 5e-4
