@@ -73,9 +73,7 @@ def create_sink(name: str, **kwargs: Any) -> TelemetrySink:
         ValueError: If ``name`` is unknown; the message lists the valid names.
     """
     if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown telemetry sink {name!r}; valid: {', '.join(available_sinks())}"
-        )
+        raise ValueError(f"unknown telemetry sink {name!r}; valid: {', '.join(available_sinks())}")
     return _REGISTRY[name](**kwargs)
 
 

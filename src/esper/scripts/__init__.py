@@ -1,1 +1,1 @@
-"""scripts."""
+"""Runnable recipes: ``python -m esper.scripts.train``."""

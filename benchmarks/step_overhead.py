@@ -1,0 +1,447 @@
+"""Step-time overhead of a MorphogeneticModel over its static-equivalent network.
+
+For each seed stage we build two networks with identical weights:
+
+* the *morphogenetic* model: a ``CNNHost`` with one ``conv_light`` seed in each of the
+  ``early``/``mid``/``late`` slots, put in the stage under test through the public lifecycle API;
+* the *static equivalent*: a deep copy of the same host and the same seed modules, wired in as
+  ordinary layers by hand, computing exactly the same thing for that stage:
+
+  ==========  ============================================================================
+  stage       static equivalent at each injection point (``h`` = host features)
+  ==========  ============================================================================
+  TRAINING    ``s = seed(h.detach()); h = h + (s - s.detach())`` (straight-through: the
+              output is ``h``, the seed gets the same gradient as ``h``)
+  BLENDING    ``h = torch.lerp(h, seed(h.detach()), 0.5)`` (CNN seeds keep isolation)
+  FOSSILIZED  ``h = seed(h)``
+  ==========  ============================================================================
+
+Outputs are asserted equal (and gradients close) before timing. Full training steps (zero_grad,
+forward, cross-entropy, backward, optional telemetry capture, SGD step) are then timed interleaved
+in one process (A B, B A, A B, ...), after warm-up, with the garbage collector paused, and the
+ratio of the medians is reported. The telemetry rows compare the *same* morphogenetic model
+stepping with and without ``capture_gradient_telemetry()`` (every step, or every 10th step: those
+are timed in blocks of 10 steps so the capture step is inside every sample).
+
+Run ``python benchmarks/step_overhead.py --help`` for the options; ``--json`` makes the last line
+of stdout one JSON object. See ``docs/performance.md`` for the method and the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esper.kasmina import CNNHost, GateConfig, MorphogeneticModel
+from esper.leyline import SeedStage
+
+SLOTS = ("early", "mid", "late")
+
+# Gates that let the benchmark walk the lifecycle without a real training run: the benchmark
+# measures step time, not whether a seed deserves to advance.
+PERMISSIVE_GATES = GateConfig(
+    g2_min_improvement=-math.inf,
+    g2_min_training_epochs=0,
+    g2_min_gradient_ratio=0.0,
+    max_isolation_violations=1_000_000,
+    g3_min_blending_epochs=0,
+    g3_min_alpha=0.0,
+    g5_min_contribution=-math.inf,
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to build and how long to time it."""
+
+    device: str = "cpu"
+    batch: int = 128  # images per step
+    image: int = 32  # input height = width
+    width: int = 32  # CNNHost base_channels (block i has width * 2**i channels)
+    blocks: int = 3  # CNNHost n_blocks
+    blueprint: str = "conv_light"
+    reps: int = 150  # timed samples per arm (after warm-up)
+    warmup: int = 10  # untimed samples per arm
+    threads: int = 0  # torch intra-op threads; 0 = min(2, cpu count) on CPU
+    seed: int = 0  # RNG seed for weights and data
+    lr: float = 0.01
+
+
+# --------------------------------------------------------------------------------- networks
+
+
+class StaticEquivalent(nn.Module):
+    """The host with the seeds wired in by hand, for one stage's semantics.
+
+    Args:
+        host: a CNNHost (owned; pass a copy).
+        seeds: ``{slot name: seed module}`` (owned; pass copies).
+        positions: ``{slot name: k}``, the seed runs after the first ``k`` host blocks.
+        mode: ``"training"``, ``"blending"`` or ``"fossilized"``.
+        alpha: the fixed blend weight for ``"blending"``.
+    """
+
+    def __init__(
+        self,
+        host: CNNHost,
+        seeds: dict[str, nn.Module],
+        positions: dict[str, int],
+        mode: str,
+        alpha: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if mode not in ("training", "blending", "fossilized"):
+            raise ValueError(f"mode must be training, blending or fossilized, got {mode!r}")
+        self.host = host
+        self.seeds = nn.ModuleDict(seeds)
+        self.plan = tuple(sorted(((n, positions[n]) for n in seeds), key=lambda kv: kv[1]))
+        self.mode = mode
+        self.alpha = float(alpha)
+
+    def _apply_seed(self, seed: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if self.mode == "training":
+            s = seed(h.detach())
+            return h + (s - s.detach())  # value: h; gradient: to h and to the seed alike
+        if self.mode == "blending":
+            return torch.lerp(h, seed(h.detach()), self.alpha)
+        return seed(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        host = self.host
+        h = host.stem(x)  # (B, 3, H, W)
+        done = 0
+        for name, position in self.plan:
+            h = host.run_blocks(h, done, position)
+            done = position
+            h = self._apply_seed(self.seeds[name], h)
+        h = host.run_blocks(h, done, host.n_blocks)
+        return host.head(h)  # (B, classes)
+
+
+def build_morphogenetic(cfg: BenchConfig, stage: SeedStage, alpha: float = 0.5):
+    """A CNN host with a ``cfg.blueprint`` seed in every slot, advanced to ``stage``.
+
+    The seeds' zero-initialized last layers are re-drawn at random so a seed is not the identity
+    (an accidental use of its output would then show in the equality check).
+    """
+    torch.manual_seed(cfg.seed)
+    host = CNNHost(num_classes=10, n_blocks=cfg.blocks, base_channels=cfg.width)
+    model = MorphogeneticModel(host, device=cfg.device, slots=SLOTS, gate_config=PERMISSIVE_GATES)
+    for name in SLOTS:
+        model.germinate_seed(cfg.blueprint, f"bench-{name}", slot=name, blend_algorithm_id="linear")
+        slot = model.seed_slots[name]
+        with torch.no_grad():
+            for p in slot.seed.parameters():
+                if p.dim() > 1:
+                    nn.init.normal_(p, std=0.5 / math.sqrt(p[0].numel()))
+                else:
+                    p.normal_(0.0, 0.05)
+        for target in (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY):
+            if stage < target:
+                break
+            _advance(slot, target)
+        if stage == SeedStage.BLENDING:
+            slot.set_alpha(alpha)
+        if stage == SeedStage.FOSSILIZED:
+            slot.state.metrics.counterfactual_contribution = 1.0  # G5 needs a measured value
+            slot.fossilize()
+        if slot.stage != stage:
+            raise RuntimeError(f"slot {name} reached {slot.stage.name}, wanted {stage.name}")
+    return model
+
+
+def _advance(slot, target: SeedStage) -> None:
+    result = slot.advance_stage(target)
+    if not result.passed:
+        raise RuntimeError(f"slot {slot.name}: {result.message}")
+
+
+def build_static(model: MorphogeneticModel, mode: str, alpha: float = 0.5) -> StaticEquivalent:
+    """The static equivalent of ``model`` for ``mode``, with copies of its weights."""
+    seeds = {name: copy.deepcopy(model.seed_slots[name].seed) for name in SLOTS}
+    positions = model.host.injection_positions
+    static = StaticEquivalent(copy.deepcopy(model.host), seeds, positions, mode, alpha)
+    return static.to(model.seed_slots[SLOTS[0]].alpha_tensor.device)
+
+
+def check_equivalent(static: nn.Module, morph: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Assert both networks give bit-identical outputs and matching gradients on ``x``.
+
+    Runs in eval mode (batch-norm running statistics untouched) and leaves the gradients cleared.
+    """
+    static.eval()
+    morph.eval()
+    out_s, out_m = static(x), morph(x)
+    if not torch.equal(out_s, out_m):
+        diff = (out_s - out_m).abs().max().item()
+        raise AssertionError(f"static and morphogenetic outputs differ (max |diff| {diff:.3g})")
+    F.cross_entropy(out_s, y).backward()
+    F.cross_entropy(out_m, y).backward()
+    grads_s = [p.grad for p in static.parameters()]
+    grads_m = [p.grad for p in morph.parameters()]
+    if len(grads_s) != len(grads_m):
+        raise AssertionError(f"parameter counts differ: {len(grads_s)} vs {len(grads_m)}")
+    for i, (gs, gm) in enumerate(zip(grads_s, grads_m, strict=True)):
+        if (gs is None) != (gm is None) or (
+            gs is not None and not torch.allclose(gs, gm, rtol=1e-4, atol=1e-6)
+        ):
+            raise AssertionError(f"gradient of parameter #{i} differs between the two networks")
+    static.zero_grad(set_to_none=True)
+    morph.zero_grad(set_to_none=True)
+    static.train()
+    morph.train()
+
+
+# --------------------------------------------------------------------------------- timing
+
+
+def make_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    telemetry_stride: int = 0,
+) -> Callable[[], None]:
+    """One full training step; with ``telemetry_stride`` k > 0, capture every k-th step."""
+    counter = [0]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if telemetry_stride and counter[0] % telemetry_stride == 0:
+            model.capture_gradient_telemetry()
+        counter[0] += 1
+        optimizer.step()
+
+    return step
+
+
+def time_interleaved(
+    step_a: Callable[[], None],
+    step_b: Callable[[], None],
+    *,
+    reps: int,
+    warmup: int,
+    block: int,
+    device: torch.device,
+) -> tuple[list[float], list[float]]:
+    """Seconds per ``block`` consecutive steps of A and of B, interleaved (AB, BA, AB, ...)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(step: Callable[[], None]) -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(block):
+            step()
+        sync()
+        return time.perf_counter() - start
+
+    times_a: list[float] = []
+    times_b: list[float] = []
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection in the middle of one arm's sample would be charged to that arm
+    try:
+        for i in range(warmup + reps):
+            if i % 2 == 0:
+                ta, tb = timed(step_a), timed(step_b)
+            else:
+                tb, ta = timed(step_b), timed(step_a)
+            if i >= warmup:
+                times_a.append(ta)
+                times_b.append(tb)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times_a, times_b
+
+
+def _data(cfg: BenchConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    x = torch.randn(cfg.batch, 3, cfg.image, cfg.image, generator=g)
+    y = torch.randint(0, 10, (cfg.batch,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def _sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+
+def compare_stage(cfg: BenchConfig, stage: SeedStage, mode: str) -> dict:
+    """Static equivalent (A) against the morphogenetic model (B) in ``stage``."""
+    device = torch.device(cfg.device)
+    morph = build_morphogenetic(cfg, stage)
+    static = build_static(morph, mode)
+    x, y = _data(cfg, device)
+    check_equivalent(static, morph, x, y)
+    times_s, times_m = time_interleaved(
+        make_step(static, _sgd(static, cfg.lr), x, y),
+        make_step(morph, _sgd(morph, cfg.lr), x, y),
+        reps=cfg.reps,
+        warmup=cfg.warmup,
+        block=1,
+        device=device,
+    )
+    return _summary("static", times_s, "morph", times_m, block=1)
+
+
+def compare_telemetry(cfg: BenchConfig, stride: int) -> dict:
+    """The same TRAINING model stepping without (A) and with (B) telemetry every ``stride``."""
+    device = torch.device(cfg.device)
+    morph = build_morphogenetic(cfg, SeedStage.TRAINING)
+    optimizer = _sgd(morph, cfg.lr)
+    x, y = _data(cfg, device)
+    block = max(1, stride)  # every sample then contains exactly one capture
+    # Blocks of ``stride`` steps: a fifth as many samples (twice the steps) as a 1-step row.
+    reps = max(3, cfg.reps // 5) if block > 1 else cfg.reps
+    warmup = max(1, math.ceil(cfg.warmup / block)) if block > 1 else cfg.warmup
+    times_plain, times_telem = time_interleaved(
+        make_step(morph, optimizer, x, y),
+        make_step(morph, optimizer, x, y, telemetry_stride=stride),
+        reps=reps,
+        warmup=warmup,
+        block=block,
+        device=device,
+    )
+    captures = morph.seed_slots[SLOTS[0]].state.metrics.gradient_captures
+    if captures == 0:
+        raise RuntimeError("telemetry arm captured nothing")
+    return _summary("plain", times_plain, "telemetry", times_telem, block=block)
+
+
+def _warm_process(cfg: BenchConfig) -> None:
+    """A few untimed steps before anything is measured: the first steps of a process pay for
+    kernel selection, allocator growth and lazy initialisation, which would bias the first row."""
+    device = torch.device(cfg.device)
+    morph = build_morphogenetic(cfg, SeedStage.BLENDING)
+    static = build_static(morph, "blending")
+    x, y = _data(cfg, device)
+    for model in (static, morph):
+        step = make_step(model, _sgd(model, cfg.lr), x, y, telemetry_stride=0)
+        for _ in range(max(2, cfg.warmup)):
+            step()
+    morph.capture_gradient_telemetry()
+
+
+def _summary(name_a: str, times_a: list[float], name_b: str, times_b: list[float], block: int):
+    med_a = statistics.median(times_a) / block
+    med_b = statistics.median(times_b) / block
+    # Ratio of each interleaved pair: a second, pairing-aware estimate of the same quantity.
+    paired = statistics.median(b / a for a, b in zip(times_a, times_b, strict=True))
+    return {
+        f"{name_a}_ms": round(med_a * 1e3, 4),
+        f"{name_b}_ms": round(med_b * 1e3, 4),
+        "ratio": round(med_b / med_a, 4),
+        "paired_ratio": round(paired, 4),
+        "samples": len(times_a),
+        "steps_per_sample": block,
+    }
+
+
+def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> dict:
+    """Run every comparison; returns the result dictionary (see ``--json``)."""
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    threads = cfg.threads or min(2, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    _warm_process(cfg)
+    results: dict[str, dict] = {}
+    plan = [
+        ("training", lambda: compare_stage(cfg, SeedStage.TRAINING, "training")),
+        ("blending", lambda: compare_stage(cfg, SeedStage.BLENDING, "blending")),
+        ("fossilized", lambda: compare_stage(cfg, SeedStage.FOSSILIZED, "fossilized")),
+        ("telemetry_stride1", lambda: compare_telemetry(cfg, 1)),
+        ("telemetry_stride10", lambda: compare_telemetry(cfg, 10)),
+    ]
+    for name, fn in plan:
+        results[name] = fn()
+        r = results[name]
+        base, other = list(r)[:2]
+        log(
+            f"{name:<20} {base} {r[base]:9.3f} ms  {other} {r[other]:9.3f} ms  "
+            f"ratio {r['ratio']:.4f}  (paired {r['paired_ratio']:.4f}, n={r['samples']})"
+        )
+    device = torch.device(cfg.device)
+    return {
+        "device": _device_name(device),
+        "ratios": {name: r["ratio"] for name, r in results.items()},
+        "medians": results,
+        "config": {**asdict(cfg), "threads": threads},
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "date": datetime.date.today().isoformat(),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
+    d = BenchConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=d.device, help="cpu or cuda[:n] (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch, help="batch size (default: %(default)s)")
+    p.add_argument("--image", type=int, default=d.image, help="input size (default: %(default)s)")
+    p.add_argument("--width", type=int, default=d.width, help="host base width (%(default)s)")
+    p.add_argument("--blocks", type=int, default=d.blocks, help="host blocks (%(default)s)")
+    p.add_argument("--blueprint", default=d.blueprint, help="seed blueprint (%(default)s)")
+    p.add_argument("--reps", type=int, default=d.reps, help="timed samples per arm (%(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="warm-up samples (%(default)s)")
+    p.add_argument(
+        "--threads", type=int, default=d.threads, help="torch threads; 0 = min(2, cpus) (default)"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="RNG seed (%(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    a = p.parse_args(argv)
+    for name in ("batch", "image", "width", "blocks", "reps"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if a.warmup < 0 or a.threads < 0:
+        p.error("--warmup and --threads must be >= 0")
+    cfg = BenchConfig(
+        device=a.device,
+        batch=a.batch,
+        image=a.image,
+        width=a.width,
+        blocks=a.blocks,
+        blueprint=a.blueprint,
+        reps=a.reps,
+        warmup=a.warmup,
+        threads=a.threads,
+        seed=a.seed,
+    )
+    return cfg, a.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, as_json = parse_args(argv)
+    result = run(cfg)
+    if as_json:
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ``esper`` command: ``esper train {heuristic,static}`` and ``esper report RUN_DIR ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line (exit code 2), without the usage block."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from esper.scripts.train import add_train_arguments
+
+    parser = _Parser(prog="esper", description="Grow neural networks that earn their parameters.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = sub.add_parser("train", help="train a task's host: grown (heuristic) or static")
+    add_train_arguments(train)
+    report = sub.add_parser("report", help="plots and a comparison table for run directories")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from esper.scripts.train import train_main
+
+        return train_main(args)
+    from esper.karn import ReportError, report_main
+
+    console = Console()
+    try:
+        return report_main(args.run_dirs, console)
+    except ReportError as exc:
+        Console(stderr=True).print(f"esper: error: {exc}", highlight=False, markup=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

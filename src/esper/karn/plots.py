@@ -1,0 +1,191 @@
+"""PNG plots of one run: accuracy with growth events, a per-slot lifecycle swimlane, alpha ramps.
+
+Figures are built with ``matplotlib.figure.Figure`` on an explicit Agg canvas instead of pyplot,
+so writing a report never switches the process-wide backend, opens a window, or keeps figures
+alive in pyplot's global registry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from esper.karn.run_data import LifecycleMark, RunData
+from esper.leyline import SeedStage
+
+# One color per stage; the swimlane legend follows SeedStage order.
+STAGE_COLORS = {
+    "DORMANT": "#dddddd",
+    "GERMINATED": "#b8d8ba",
+    "TRAINING": "#f2c14e",
+    "BLENDING": "#f78154",
+    "PROBATIONARY": "#4d9de0",
+    "FOSSILIZED": "#3bb273",
+    "CULLED": "#e15554",
+    "EMBARGOED": "#7768ae",
+    "RESETTING": "#999999",
+}
+UNKNOWN_STAGE_COLOR = "#555555"
+MARK_STYLE = {  # (color, linestyle) for the vertical lines on accuracy.png
+    "germinated": ("#3bb273", "--"),
+    "fossilized": ("#1f5fa8", "-"),
+    "culled": ("#e15554", ":"),
+    "rollback": ("#ff9f1c", "-."),
+}
+
+
+def write_plots(run: RunData) -> list[Path]:
+    """Write the run's PNGs into its directory.
+
+    ``accuracy.png`` is always written. ``lifecycle.png`` and ``alpha.png`` only when some epoch
+    recorded a seed; a static run has nothing to draw there.
+
+    Args:
+        run: A run from :func:`esper.karn.report.load_run`.
+
+    Returns:
+        The paths written, ``accuracy.png`` first.
+    """
+    written = [_save(_accuracy_figure(run), run.run_dir / "accuracy.png")]
+    if run.has_seeds:
+        written.append(_save(_lifecycle_figure(run), run.run_dir / "lifecycle.png"))
+        written.append(_save(_alpha_figure(run), run.run_dir / "alpha.png"))
+    return written
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    # Write then rename, so a report taken while another one runs never sees half a PNG.
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _title(run: RunData, what: str) -> str:
+    return f"{what} — {run.mode}, {run.task}, seed {run.seed}"
+
+
+def _accuracy_figure(run: RunData) -> Figure:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    xs = [r.epoch for r in run.epochs]
+    ax.plot(xs, [r.val_accuracy for r in run.epochs], marker="o", ms=3, label="validation")
+    train = [(r.epoch, r.train_accuracy) for r in run.epochs if r.train_accuracy is not None]
+    if train:
+        tx, ty = zip(*train, strict=True)
+        ax.plot(tx, ty, color="gray", alpha=0.6, lw=1, ls="--", label="train")
+    if not run.epochs:
+        ax.text(0.5, 0.5, "no epochs recorded", ha="center", transform=ax.transAxes)
+    _draw_marks(ax, run.marks)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(_title(run, "Accuracy"))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _draw_marks(ax, marks: list[LifecycleMark]) -> None:
+    """One vertical line per (epoch, kind), labelled with every seed it concerns."""
+    grouped: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for m in marks:
+        who = "/".join(p for p in (m.slot, m.seed_id) if p) or m.kind
+        grouped[(m.epoch, m.kind)].append(who)
+    labelled: set[str] = set()
+    for (epoch, kind), names in sorted(grouped.items()):
+        color, ls = MARK_STYLE[kind]
+        ax.axvline(
+            epoch, color=color, ls=ls, lw=1, label=None if kind in labelled else kind, zorder=0
+        )
+        labelled.add(kind)
+        # x in data units, y in axes units: the label sits at the top whatever the accuracy range.
+        ax.text(
+            epoch, 0.98, ", ".join(names), transform=ax.get_xaxis_transform(), rotation=90,
+            va="top", ha="right", fontsize=6, color=color,
+        )  # fmt: skip
+
+
+def _lifecycle_figure(run: RunData) -> Figure:
+    lanes = run.slots
+    fig = Figure(figsize=(8, 1.2 + 0.6 * len(lanes)))
+    ax = fig.add_subplot()
+    for y, slot in enumerate(lanes):
+        for _seed_id, stage, start, end in _segments(run, slot):
+            color = STAGE_COLORS.get(stage, UNKNOWN_STAGE_COLOR)
+            ax.broken_barh([(start - 0.5, end - start + 1)], (y - 0.35, 0.7), facecolors=color)
+        for seed_id, start in _first_epochs(run, slot):
+            ax.text(start - 0.4, y, seed_id, va="center", fontsize=7)
+        culls = [m.epoch for m in run.marks if m.kind == "culled" and m.slot == slot]
+        ax.plot(culls, [y] * len(culls), "x", color="black", ms=8, ls="none")
+    present = {s.stage for r in run.epochs for s in r.seeds.values()}
+    order = [s.name for s in SeedStage] + sorted(present - {s.name for s in SeedStage})
+    handles = [
+        Patch(color=STAGE_COLORS.get(name, UNKNOWN_STAGE_COLOR), label=name)
+        for name in order
+        if name in present
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.set_ylim(len(lanes) - 0.5, -0.5)  # first slot on top, as in the model
+    if run.epochs:
+        ax.set_xlim(run.epochs[0].epoch - 0.5, run.epochs[-1].epoch + 0.5)
+    ax.set_xlabel("epoch (x: culled)")
+    ax.set_title(_title(run, "Seed lifecycle"))
+    return fig
+
+
+def _segments(run: RunData, slot: str) -> list[tuple[str, str, int, int]]:
+    """``(seed_id, stage, first_epoch, last_epoch)`` runs of consecutive epochs in one slot."""
+    segments: list[tuple[str, str, int, int]] = []
+    prev_epoch = None
+    for record in run.epochs:
+        snap = record.seeds.get(slot)
+        if snap is None:
+            prev_epoch = None
+            continue
+        last = segments[-1] if segments else None
+        if last and last[:2] == (snap.seed_id, snap.stage) and prev_epoch == last[3]:
+            segments[-1] = (*last[:3], record.epoch)
+        else:
+            segments.append((snap.seed_id, snap.stage, record.epoch, record.epoch))
+        prev_epoch = record.epoch
+    return segments
+
+
+def _first_epochs(run: RunData, slot: str) -> list[tuple[str, int]]:
+    """Each seed that lived in ``slot`` with the first epoch it was recorded there."""
+    first: dict[str, int] = {}
+    for record in run.epochs:
+        snap = record.seeds.get(slot)
+        if snap is not None:
+            first.setdefault(snap.seed_id, record.epoch)
+    return list(first.items())
+
+
+def _alpha_figure(run: RunData) -> Figure:
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot()
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for record in run.epochs:
+        for slot, snap in record.seeds.items():
+            if snap.alpha is not None:
+                series[f"{slot}/{snap.seed_id} ({snap.blueprint})"].append(
+                    (record.epoch, snap.alpha)
+                )
+    for label, points in series.items():
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", ms=3, label=label)
+    if series:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("alpha")
+    ax.set_title(_title(run, "Blend alpha"))
+    ax.grid(alpha=0.3)
+    return fig

@@ -1,0 +1,120 @@
+"""The telemetry hub: one per run, fans every event out to its sinks."""
+
+from __future__ import annotations
+
+import warnings
+from types import TracebackType
+
+from esper.leyline import TelemetryEvent
+from esper.nissa.sinks import TelemetrySink
+
+
+class TelemetryHub:
+    """Sends each emitted event to every sink, in the order the sinks were added.
+
+    A sink that raises must neither stop training nor fail silently: the hub issues one
+    ``RuntimeWarning`` per failing sink (not one per event, which would flood the console) and
+    keeps delivering to that sink and all others. :meth:`failure_count` says how often a
+    sink failed.
+
+    Create one hub per run; there is no global instance. Use it as a context manager so sinks are
+    closed (and files flushed) even when training raises.
+
+    Args:
+        sinks: Sinks to start with; more can be added with :meth:`add_sink`.
+    """
+
+    def __init__(self, sinks: list[TelemetrySink] | tuple[TelemetrySink, ...] = ()) -> None:
+        self._sinks: list[TelemetrySink] = []
+        self._failures: dict[int, int] = {}  # id(sink) -> errors raised by it
+        self._closed = False
+        for sink in sinks:
+            self.add_sink(sink)
+
+    @property
+    def sinks(self) -> tuple[TelemetrySink, ...]:
+        """The attached sinks (read-only view)."""
+        return tuple(self._sinks)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def failure_count(self, sink: TelemetrySink) -> int:
+        """How many times ``sink`` raised in ``emit`` or ``close`` (0 for a healthy sink)."""
+        return self._failures.get(id(sink), 0)
+
+    def add_sink(self, sink: TelemetrySink) -> TelemetrySink:
+        """Attach a sink.
+
+        Args:
+            sink: Any object with ``emit(event)`` and ``close()``.
+
+        Returns:
+            The same sink, so ``mem = hub.add_sink(MemorySink())`` reads naturally.
+
+        Raises:
+            TypeError: If ``sink`` lacks ``emit`` or ``close``.
+            RuntimeError: If the hub is closed.
+        """
+        if not isinstance(sink, TelemetrySink):
+            raise TypeError(
+                f"a telemetry sink needs emit(event) and close(); got {type(sink).__name__}"
+            )
+        if self._closed:
+            raise RuntimeError("cannot add a sink to a closed TelemetryHub")
+        self._sinks.append(sink)
+        return sink
+
+    def emit(self, event: TelemetryEvent) -> None:
+        """Deliver ``event`` to every sink.
+
+        Args:
+            event: The event to deliver.
+
+        Raises:
+            TypeError: If ``event`` is not a :class:`~esper.leyline.TelemetryEvent`.
+            RuntimeError: If the hub is closed (an event after close would be lost unnoticed).
+        """
+        if not isinstance(event, TelemetryEvent):
+            raise TypeError(f"expected a TelemetryEvent, got {type(event).__name__}")
+        if self._closed:
+            raise RuntimeError(f"TelemetryHub is closed; {event.event_type.value} event dropped")
+        for sink in self._sinks:
+            try:
+                sink.emit(event)
+            except Exception as exc:  # any sink error: training must go on
+                self._record_failure(sink, f"failed on a {event.event_type.value} event", exc)
+
+    def close(self) -> None:
+        """Close every sink once; later calls do nothing. Close errors become warnings too."""
+        if self._closed:
+            return
+        self._closed = True
+        for sink in self._sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # close every sink even if one fails
+                self._record_failure(sink, "failed to close", exc)
+
+    def _record_failure(self, sink: TelemetrySink, what: str, exc: Exception) -> None:
+        key = id(sink)
+        self._failures[key] = self._failures.get(key, 0) + 1
+        if self._failures[key] == 1:
+            warnings.warn(
+                f"telemetry sink {type(sink).__name__} {what}: {type(exc).__name__}: {exc} "
+                "(later errors from this sink are only counted: TelemetryHub.failure_count)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def __enter__(self) -> TelemetryHub:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

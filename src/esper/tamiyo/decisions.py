@@ -1,0 +1,65 @@
+"""What a controller sees (signals) and what it says (decisions), plus the Controller protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, runtime_checkable
+
+from esper.leyline import SeedStateReport
+
+
+class Action(str, Enum):
+    WAIT = "wait"
+    GERMINATE = "germinate"
+    FOSSILIZE = "fossilize"
+    CULL = "cull"
+
+
+@dataclass(frozen=True)
+class TrainingSignals:
+    """One epoch's view of the run, built by the signal tracker."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    best_val_accuracy: float
+    accuracy_delta: float
+    loss_delta: float
+    plateau_epochs: int
+    host_stabilized: bool
+    topology: str
+    slots: tuple[SeedStateReport, ...] = ()
+    blueprints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One controller decision. ``slot``/``blueprint`` are set where the action needs them."""
+
+    action: Action
+    slot: str | None = None
+    blueprint: str | None = None
+    blend_algorithm: str | None = None
+    reason: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "action": self.action.value,
+            "slot": self.slot,
+            "blueprint": self.blueprint,
+            "blend_algorithm": self.blend_algorithm,
+            "reason": self.reason,
+        }
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """Anything that turns signals into a decision: the heuristic (Tamiyo) or PPO (Simic)."""
+
+    def decide(self, signals: TrainingSignals) -> Decision: ...
+
+    def on_outcome(self, decision: Decision, succeeded: bool) -> None:
+        """Told whether the trainer could carry the decision out (e.g. a refused gate)."""

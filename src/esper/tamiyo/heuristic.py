@@ -1,0 +1,125 @@
+"""Tamiyo's heuristic controller: rules from the reference design, over every slot."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from esper.kasmina.blueprints import list_blueprints
+from esper.leyline import (
+    DEFAULT_BLEND_ALGORITHM,
+    DEFAULT_BLUEPRINT_CULL_PENALTY,
+    DEFAULT_CULL_AFTER_EPOCHS,
+    DEFAULT_CULL_IF_ACCURACY_DROPS,
+    DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION,
+    DEFAULT_PLATEAU_EPOCHS,
+    SeedStage,
+)
+from esper.tamiyo.decisions import Action, Decision, TrainingSignals
+
+# Blueprints tried first when nothing has been learned yet: cheap, proven residual modules.
+_PREFERENCE = {
+    "cnn": ("conv_light", "depthwise", "attention", "conv_heavy", "norm"),
+    "transformer": ("mlp", "attention", "lora", "norm"),
+}
+_INCUBATING = (SeedStage.GERMINATED, SeedStage.TRAINING)
+
+
+@dataclass(frozen=True)
+class HeuristicConfig:
+    min_epochs_before_germination: int = DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION
+    plateau_epochs: int = DEFAULT_PLATEAU_EPOCHS
+    cull_after_epochs: int = DEFAULT_CULL_AFTER_EPOCHS
+    cull_if_accuracy_drops: float = DEFAULT_CULL_IF_ACCURACY_DROPS
+    blueprint_cull_penalty: float = DEFAULT_BLUEPRINT_CULL_PENALTY
+    blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
+    #: Blueprints the controller may choose; None means every non-noop blueprint of the topology.
+    blueprints: tuple[str, ...] | None = None
+
+
+class HeuristicController:
+    """Decides WAIT / GERMINATE / FOSSILIZE / CULL from :class:`TrainingSignals`.
+
+    Priorities each epoch: settle probation (fossilize a seed whose counterfactual contribution
+    is positive, cull one whose contribution is not), cull a seed that has lingered in a stage
+    while accuracy fell, then germinate into a dormant slot once the host has stabilized and
+    plateaued. One seed incubates at a time, so each germination answers one plateau.
+    Deterministic for a given ``seed`` (ties between blueprints are broken by a seeded RNG).
+    """
+
+    def __init__(self, topology: str, config: HeuristicConfig | None = None, seed: int = 0):
+        self.topology = topology
+        self.config = config or HeuristicConfig()
+        valid = list_blueprints(topology)
+        chosen = self.config.blueprints or tuple(b for b in valid if b != "noop")
+        unknown = [b for b in chosen if b not in valid]
+        if unknown:
+            raise ValueError(
+                f"unknown blueprint(s) {', '.join(unknown)} for topology {topology!r}; "
+                f"valid: {', '.join(valid)}"
+            )
+        preference = _PREFERENCE.get(topology, ())
+        self.blueprints = tuple(sorted(chosen, key=lambda b: (b not in preference,
+                                                              preference.index(b)
+                                                              if b in preference else 0)))
+        self.penalties = {b: 0.0 for b in self.blueprints}
+        self.uses = {b: 0 for b in self.blueprints}
+        self._rng = random.Random(seed)
+        self._seed_counter = 0
+
+    def decide(self, signals: TrainingSignals) -> Decision:
+        for report in signals.slots:
+            m = report.metrics
+            if report.stage == SeedStage.PROBATIONARY and m.counterfactual_contribution is not None:
+                c = m.counterfactual_contribution
+                if c > 0:
+                    return Decision(Action.FOSSILIZE, slot=report.slot,
+                                    reason=f"contribution {c:+.2f} points")
+                return Decision(Action.CULL, slot=report.slot,
+                                reason=f"contribution {c:+.2f} points is not positive")
+        for report in signals.slots:
+            m = report.metrics
+            if report.stage in (SeedStage.TRAINING, SeedStage.BLENDING) and (
+                m.epochs_in_current_stage >= self.config.cull_after_epochs
+                and m.improvement_since_stage_start < -self.config.cull_if_accuracy_drops
+            ):
+                return Decision(Action.CULL, slot=report.slot,
+                                reason=f"{m.epochs_in_current_stage} epochs in {report.stage.name}, "
+                                f"accuracy {m.improvement_since_stage_start:+.2f} points")
+        if any(r.stage in _INCUBATING for r in signals.slots):
+            return Decision(Action.WAIT, reason="a seed is incubating")
+        if signals.epoch < self.config.min_epochs_before_germination:
+            return Decision(Action.WAIT, reason="too early to grow")
+        if not signals.host_stabilized:
+            return Decision(Action.WAIT, reason="host not stabilized")
+        if signals.plateau_epochs < self.config.plateau_epochs:
+            return Decision(Action.WAIT, reason=f"plateau {signals.plateau_epochs} epochs")
+        dormant = [r.slot for r in signals.slots if r.stage == SeedStage.DORMANT]
+        if not dormant:
+            return Decision(Action.WAIT, reason="no dormant slot")
+        blueprint = self._choose_blueprint()
+        self._seed_counter += 1
+        return Decision(
+            Action.GERMINATE,
+            slot=dormant[0],
+            blueprint=blueprint,
+            blend_algorithm=self.config.blend_algorithm,
+            reason=f"plateau for {signals.plateau_epochs} epochs",
+        )
+
+    def _choose_blueprint(self) -> str:
+        # Lowest penalty wins; among equals prefer the least used, then the preference order,
+        # with a seeded coin only between exact ties.
+        def key(b: str) -> tuple:
+            return (self.penalties[b], self.uses[b], self.blueprints.index(b), self._rng.random())
+
+        return min(self.blueprints, key=key)
+
+    def on_outcome(self, decision: Decision, succeeded: bool) -> None:
+        if decision.action == Action.GERMINATE and succeeded and decision.blueprint:
+            self.uses[decision.blueprint] += 1
+
+    def on_cull(self, blueprint: str | None) -> None:
+        """Penalize a blueprint whose seed was culled (by the controller or the lifecycle)."""
+        if blueprint in self.penalties:
+            self.penalties[blueprint] += self.config.blueprint_cull_penalty

@@ -1,0 +1,77 @@
+"""Signal tracker: turns per-epoch metrics into the signals a controller reads."""
+
+from __future__ import annotations
+
+from esper.leyline import (
+    DEFAULT_PLATEAU_THRESHOLD,
+    DEFAULT_STABILIZATION_THRESHOLD,
+    SeedStateReport,
+)
+from esper.tamiyo.decisions import TrainingSignals
+
+
+class SignalTracker:
+    """Keeps the history a controller needs (best accuracy, plateau length, loss trend).
+
+    Args:
+        plateau_threshold: an epoch whose accuracy gain is below this (points) counts as plateau.
+        stabilization_threshold: the host is stable once an epoch improves its validation loss
+            by less than this fraction.
+    """
+
+    def __init__(
+        self,
+        plateau_threshold: float = DEFAULT_PLATEAU_THRESHOLD,
+        stabilization_threshold: float = DEFAULT_STABILIZATION_THRESHOLD,
+    ) -> None:
+        self.plateau_threshold = plateau_threshold
+        self.stabilization_threshold = stabilization_threshold
+        self.best_val_accuracy = float("-inf")
+        self.prev_val_accuracy: float | None = None
+        self.prev_val_loss: float | None = None
+        self.plateau_epochs = 0
+        self.host_stabilized = False
+
+    def reset_plateau(self) -> None:
+        """Called after a germination: the new seed gets a fresh plateau count."""
+        self.plateau_epochs = 0
+
+    def update(
+        self,
+        *,
+        epoch: int,
+        train_loss: float,
+        val_loss: float,
+        val_accuracy: float,
+        topology: str,
+        slots: tuple[SeedStateReport, ...] = (),
+        blueprints: tuple[str, ...] = (),
+    ) -> TrainingSignals:
+        # Plateau: no new best by at least the threshold. Judged against the best so far, so a
+        # noisy up-and-down validation curve does not look like progress.
+        gain = val_accuracy - self.best_val_accuracy
+        if gain < self.plateau_threshold:
+            self.plateau_epochs += 1
+        else:
+            self.plateau_epochs = 0
+        acc_delta = 0.0 if self.prev_val_accuracy is None else val_accuracy - self.prev_val_accuracy
+        loss_delta = 0.0 if self.prev_val_loss is None else val_loss - self.prev_val_loss
+        if self.prev_val_loss is not None and self.prev_val_loss > 0:
+            if -loss_delta / self.prev_val_loss < self.stabilization_threshold:
+                self.host_stabilized = True
+        self.best_val_accuracy = max(self.best_val_accuracy, val_accuracy)
+        self.prev_val_accuracy, self.prev_val_loss = val_accuracy, val_loss
+        return TrainingSignals(
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            best_val_accuracy=self.best_val_accuracy,
+            accuracy_delta=acc_delta,
+            loss_delta=loss_delta,
+            plateau_epochs=self.plateau_epochs,
+            host_stabilized=self.host_stabilized,
+            topology=topology,
+            slots=slots,
+            blueprints=blueprints,
+        )

@@ -1,0 +1,87 @@
+"""The governor: catches a collapsing run and rolls it back to the last healthy snapshot."""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from collections import deque
+
+import torch
+
+from esper.leyline import (
+    DEFAULT_GOVERNOR_HISTORY,
+    DEFAULT_GOVERNOR_MIN_HISTORY,
+    DEFAULT_GOVERNOR_MIN_SPIKE_FACTOR,
+    DEFAULT_GOVERNOR_SENSITIVITY,
+    SeedStage,
+)
+
+
+class Governor:
+    """Watches the epoch training loss.
+
+    A NaN/Inf loss, or one far above recent history (more than ``sensitivity`` standard
+    deviations above the mean *and* more than ``min_spike_factor`` times the mean), is a collapse.
+    Snapshots hold the host and fossilized seeds only, and are taken only of healthy states.
+    """
+
+    def __init__(
+        self,
+        history: int = DEFAULT_GOVERNOR_HISTORY,
+        sensitivity: float = DEFAULT_GOVERNOR_SENSITIVITY,
+        min_spike_factor: float = DEFAULT_GOVERNOR_MIN_SPIKE_FACTOR,
+        min_history: int = DEFAULT_GOVERNOR_MIN_HISTORY,
+    ) -> None:
+        self.losses: deque[float] = deque(maxlen=history)
+        self.sensitivity = sensitivity
+        self.min_spike_factor = min_spike_factor
+        self.min_history = min_history
+        self.snapshot: dict | None = None
+        self.rollbacks = 0
+
+    def check(self, loss: float) -> str | None:
+        """Return why ``loss`` is a collapse, or None (and remember it) when it is healthy."""
+        if not math.isfinite(loss):
+            return f"non-finite loss {loss}"
+        if len(self.losses) >= self.min_history:
+            mean = statistics.fmean(self.losses)
+            std = statistics.pstdev(self.losses)
+            if loss > mean + self.sensitivity * std and loss > self.min_spike_factor * mean:
+                return f"loss spike {loss:.4g} vs recent mean {mean:.4g}"
+        self.losses.append(loss)
+        return None
+
+    def take_snapshot(self, model) -> None:
+        """Remember the host's and fossilized seeds' weights (call only on a healthy state)."""
+        if not _all_finite(model):
+            return
+        self.snapshot = {
+            "host": copy.deepcopy(model.host.state_dict()),
+            "fossilized": {
+                name: copy.deepcopy(slot.seed.state_dict())
+                for name, slot in model.seed_slots.items()
+                if slot.stage == SeedStage.FOSSILIZED and slot.seed is not None
+            },
+        }
+
+    def rollback(self, model) -> list[str]:
+        """Cull live seeds and restore the snapshot. Returns the culled slots' names."""
+        culled = []
+        for name, slot in model.seed_slots.items():
+            if slot.seed is not None and slot.stage != SeedStage.FOSSILIZED:
+                slot.cull()
+                culled.append(name)
+        if self.snapshot is not None:
+            model.host.load_state_dict(self.snapshot["host"])
+            for name, sd in self.snapshot["fossilized"].items():
+                model.seed_slots[name].seed.load_state_dict(sd)
+        self.rollbacks += 1
+        return culled
+
+
+def _all_finite(model) -> bool:
+    tensors = [t.detach() for t in model.host_parameters()]
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())

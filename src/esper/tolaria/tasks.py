@@ -1,0 +1,271 @@
+"""The task registry: what to train (data, host, optimiser, schedule) under one name.
+
+A :class:`TaskSpec` is plain data plus a loader; :func:`get_task` looks one up by name and
+:func:`build_task_host` builds its host sized to the loaded data. New tasks are added with
+:func:`register_task`, never with ``if name == ...`` chains.
+
+Built-in tasks: ``digits`` (the default, scikit-learn's bundled 8x8 digits, CNN), ``pyref``
+(character LM on CPython's bundled reference docs, transformer), ``cifar10`` and
+``tinystories`` (local files; see :mod:`esper.tolaria.data`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from esper.kasmina.hosts import build_host
+from esper.tolaria.data import (
+    TaskData,
+    load_cifar10_data,
+    load_digits_data,
+    load_pyref_data,
+    load_tinystories_data,
+)
+
+DEFAULT_TASK = "digits"
+TOPOLOGIES = ("cnn", "transformer")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a training run needs to know about one task.
+
+    Attributes:
+        name: registry key (what ``--task`` takes).
+        description: one line for help texts.
+        topology: ``"cnn"`` or ``"transformer"``: which host class ``host_config`` is for.
+        host_config: keyword arguments for ``CNNHost`` / ``TransformerHost``. The output size
+            (``num_classes`` / ``vocab_size``) is filled in from the data by
+            :func:`build_task_host`. Treat as read-only: it is copied, never mutated.
+        epochs: default training epochs.
+        batch_size: default batch size.
+        optimizer: ``"sgd"`` or ``"adamw"``, for the host parameters.
+        lr: host learning rate.
+        seed_lr: learning rate for seed parameters.
+        slots: default injection points (names in the host's ``injection_points``).
+        needs_data_dir: the loader reads local files, so a data directory must be given.
+        loader: ``(data_dir, seed) -> TaskData``; deterministic for a given seed.
+    """
+
+    name: str
+    description: str
+    topology: str
+    host_config: dict
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    seed_lr: float
+    slots: tuple[str, ...]
+    needs_data_dir: bool
+    loader: Callable[[Path | None, int], TaskData]
+
+    def __post_init__(self) -> None:
+        where = f"TaskSpec {self.name!r}"
+        if not self.name:
+            raise ValueError("TaskSpec: name must be a non-empty string")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(
+                f"{where}: topology must be one of {TOPOLOGIES}, got {self.topology!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"{where}: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
+            )
+        for field_name in ("epochs", "batch_size"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: {field_name} must be an integer >= 1, got {value!r}")
+        for field_name in ("lr", "seed_lr"):
+            if not getattr(self, field_name) > 0:
+                raise ValueError(
+                    f"{where}: {field_name} must be > 0, got {getattr(self, field_name)}"
+                )
+        if not self.slots or not isinstance(self.slots, tuple):
+            raise ValueError(f"{where}: slots must be a non-empty tuple, got {self.slots!r}")
+        if not callable(self.loader):
+            raise TypeError(f"{where}: loader must be callable (data_dir, seed) -> TaskData")
+
+    def load(self, data_dir: Path | str | None = None, seed: int = 0) -> TaskData:
+        """Load this task's data.
+
+        Args:
+            data_dir: local data location (ignored by tasks with bundled data).
+            seed: fixes the split and sampling.
+
+        Returns:
+            The task's :class:`TaskData`.
+
+        Raises:
+            DataNotFoundError: the task needs local files that are not there.
+        """
+        return self.loader(None if data_dir is None else Path(data_dir), seed)
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
+    """Add a task to the registry.
+
+    Args:
+        spec: the task.
+        replace: allow overwriting a task of the same name.
+
+    Returns:
+        ``spec``, so this can be used inline.
+
+    Raises:
+        TypeError: ``spec`` is not a :class:`TaskSpec`.
+        ValueError: the name is taken and ``replace`` is false.
+    """
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"register_task expects a TaskSpec, got {type(spec).__name__}")
+    if spec.name in _TASKS and not replace:
+        raise ValueError(f"task {spec.name!r} is already registered; pass replace=True to override")
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up by name.
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}") from None
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks, sorted."""
+    return sorted(_TASKS)
+
+
+def build_task_host(spec: TaskSpec, data: TaskData) -> nn.Module:
+    """Build the task's host with its output sized to the data.
+
+    Args:
+        spec: the task.
+        data: its loaded data; ``num_classes`` sets the host's classes or vocabulary.
+
+    Returns:
+        A fresh ``CNNHost`` or ``TransformerHost`` (``host.config`` holds the full arguments).
+
+    Raises:
+        ValueError: the data does not fit the host (channels, sequence length) or a default
+            slot is not one of the host's injection points.
+    """
+    config = dict(spec.host_config)
+    if spec.topology == "transformer":
+        config["vocab_size"] = data.num_classes
+        seq_len = data.train_x.shape[1]
+        if seq_len > config.get("block_size", seq_len):
+            raise ValueError(
+                f"task {spec.name!r}: windows of {seq_len} tokens exceed the host's "
+                f"block_size {config['block_size']}"
+            )
+    else:
+        config["num_classes"] = data.num_classes
+        channels = data.train_x.shape[1]
+        if channels != config.get("in_channels", channels):
+            raise ValueError(
+                f"task {spec.name!r}: data has {channels} channels but the host expects "
+                f"in_channels={config['in_channels']}"
+            )
+    host = build_host(spec.topology, config)
+    missing = [s for s in spec.slots if s not in host.injection_points]
+    if missing:
+        raise ValueError(
+            f"task {spec.name!r}: slots {missing} are not injection points of the host; "
+            f"valid: {list(host.injection_points)}"
+        )
+    return host
+
+
+_SLOTS = ("early", "mid", "late")
+
+register_task(
+    TaskSpec(
+        name="digits",
+        description="8x8 handwritten digits bundled with scikit-learn (1797 images), small CNN",
+        topology="cnn",
+        # Deliberately small (~1.7k parameters) so there is headroom for seeds to add capacity.
+        host_config={"n_blocks": 3, "base_channels": 4, "pool_layers": 2, "in_channels": 1},
+        epochs=30,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.05,
+        seed_lr=0.05,
+        slots=_SLOTS,
+        needs_data_dir=False,
+        loader=load_digits_data,
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="pyref",
+        description="character LM on the Python reference docs bundled with CPython, transformer",
+        topology="transformer",
+        host_config={"n_embd": 48, "n_head": 4, "n_layer": 1, "block_size": 64, "dropout": 0.0},
+        epochs=25,
+        batch_size=64,
+        optimizer="adamw",
+        lr=3e-3,
+        seed_lr=3e-3,
+        slots=_SLOTS,
+        needs_data_dir=False,
+        loader=load_pyref_data,
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="cifar10",
+        description="CIFAR-10 from a local cifar-10-batches-py folder, CNN",
+        topology="cnn",
+        host_config={"n_blocks": 3, "base_channels": 32, "pool_layers": 3, "in_channels": 3},
+        epochs=30,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.05,
+        seed_lr=0.05,
+        slots=_SLOTS,
+        needs_data_dir=True,
+        loader=load_cifar10_data,
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="tinystories",
+        description="character LM on a local TinyStories text file (first ~5 MB), transformer",
+        topology="transformer",
+        host_config={"n_embd": 64, "n_head": 4, "n_layer": 2, "block_size": 128, "dropout": 0.0},
+        epochs=25,
+        batch_size=64,
+        optimizer="adamw",
+        lr=3e-3,
+        seed_lr=3e-3,
+        slots=_SLOTS,
+        needs_data_dir=True,
+        loader=load_tinystories_data,
+    )
+)
+
+__all__ = [
+    "DEFAULT_TASK",
+    "TaskSpec",
+    "build_task_host",
+    "get_task",
+    "list_tasks",
+    "register_task",
+]

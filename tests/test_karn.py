@@ -1,0 +1,276 @@
+"""Karn: a synthetic run directory becomes plots and a comparison table; bad folders fail clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from esper.karn.report import (
+    ReportError,
+    comparison_table,
+    load_run,
+    report_main,
+    write_plots,
+)
+from esper.leyline import TelemetryEvent, TelemetryEventType
+
+T = TelemetryEventType
+SLOTS = ["early", "mid", "late"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Heuristic run: seed-1 in "mid" goes the whole way to FOSSILIZED; seed-2 in "late" is culled.
+# epoch -> {slot: (seed_id, blueprint, stage, alpha)}
+GROWN_SEEDS = {
+    1: {"mid": ("seed-1", "conv_light", "TRAINING", 0.0)},
+    2: {"mid": ("seed-1", "conv_light", "TRAINING", 0.0)},
+    3: {
+        "mid": ("seed-1", "conv_light", "BLENDING", 0.5),
+        "late": ("seed-2", "norm", "TRAINING", 0.0),
+    },
+    4: {"mid": ("seed-1", "conv_light", "PROBATIONARY", 1.0)},
+    5: {"mid": ("seed-1", "conv_light", "FOSSILIZED", 1.0)},
+    6: {"mid": ("seed-1", "conv_light", "FOSSILIZED", 1.0)},
+}
+
+
+def _lifecycle_events() -> list[TelemetryEvent]:
+    return [
+        TelemetryEvent(T.SEED_GERMINATED, 1, "mid", "seed-1", {"blueprint": "conv_light"}),
+        TelemetryEvent(T.SEED_STAGE_CHANGED, 1, "mid", "seed-1", {"from": "GERMINATED", "to": "TRAINING"}),
+        TelemetryEvent(T.SEED_GERMINATED, 3, "late", "seed-2", {"blueprint": "norm", "blend": "linear"}),
+        TelemetryEvent(T.SEED_CULLED, 4, "late", "seed-2", {"reason": "no improvement"}),
+        TelemetryEvent(T.GATE_EVALUATED, 4, "mid", "seed-1", {"passed": True}),
+        TelemetryEvent(T.SEED_FOSSILIZED, 5, "mid", "seed-1", {"reason": "G3 passed"}),
+        TelemetryEvent(T.GOVERNOR_ROLLBACK, None, None, None, {"reason": "loss spike", "loss": 9.0}),
+    ]  # fmt: skip
+
+
+def write_run(
+    run_dir: Path, *, mode: str = "heuristic", seed: int = 0, acc_offset: float = 0.0
+) -> Path:
+    """Write config.json, events.jsonl and summary.json following the trainer's schema."""
+    grown = mode == "heuristic"
+    run_dir.mkdir(parents=True)
+    epochs = 6
+    config = {"mode": mode, "task": "cifar10", "seed": seed, "epochs": epochs, "slots": SLOTS}
+    (run_dir / "config.json").write_text(json.dumps(config))
+
+    events = [TelemetryEvent(T.RUN_STARTED, data=dict(config))]
+    accs = [40.0 + 5 * e + acc_offset for e in range(1, epochs + 1)]
+    for epoch, acc in enumerate(accs, start=1):
+        seeds = GROWN_SEEDS[epoch] if grown else {}
+        data = {
+            "train_loss": 1.0 / epoch,
+            "train_accuracy": acc + 3,
+            "val_loss": 1.2 / epoch,
+            "val_accuracy": acc,
+            "host_params": 1000,
+            "total_params": 1200 if grown else 1000,
+            "seeds": {
+                slot: {"seed_id": s, "blueprint": b, "stage": st, "alpha": a}
+                for slot, (s, b, st, a) in seeds.items()
+            },
+        }
+        events.append(TelemetryEvent(T.EPOCH_COMPLETED, epoch=epoch, data=data))
+        events.append(TelemetryEvent(T.GRADIENT_TELEMETRY, epoch=epoch, data={"norm": 0.1}))
+    if grown:
+        events += _lifecycle_events()
+    events.append(TelemetryEvent(T.RUN_COMPLETED, epoch=epochs))
+    lines = "".join(json.dumps(e.to_dict()) + "\n" for e in events)
+    (run_dir / "events.jsonl").write_text(lines)
+
+    summary = {
+        "mode": mode,
+        "task": "cifar10",
+        "seed": seed,
+        "epochs": epochs,
+        "final_val_accuracy": accs[-1],
+        "final_val_loss": 0.2,
+        "best_val_accuracy": max(accs),
+        "host_params": 1000,
+        "total_params": 1200 if grown else 1000,
+        "fossilized": 1 if grown else 0,
+        "culled": 1 if grown else 0,
+        "wall_seconds": 12.5,
+        "seeds": [
+            {
+                "seed_id": "seed-1",
+                "slot": "mid",
+                "blueprint": "conv_light",
+                "final_stage": "FOSSILIZED",
+                "stages": ["GERMINATED", "TRAINING", "BLENDING", "PROBATIONARY", "FOSSILIZED"],
+            }
+        ]
+        if grown
+        else [],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def _render(renderable) -> str:
+    console = Console(record=True, width=220, force_terminal=False)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_load_run_derives_epochs_marks_and_slots(tmp_path):
+    run = load_run(write_run(tmp_path / "grown"))
+    assert (run.mode, run.task, run.seed) == ("heuristic", "cifar10", 0)
+    assert [r.epoch for r in run.epochs] == [1, 2, 3, 4, 5, 6]
+    assert run.epochs[2].seeds["mid"].stage == "BLENDING"
+    assert run.epochs[2].seeds["mid"].alpha == 0.5
+    assert run.slots == SLOTS
+    assert run.has_seeds
+    kinds = [(m.epoch, m.kind, m.seed_id) for m in run.marks]
+    assert kinds == [
+        (1, "germinated", "seed-1"),
+        (3, "germinated", "seed-2"),
+        (4, "culled", "seed-2"),
+        (5, "fossilized", "seed-1"),
+        (5, "rollback", None),  # no epoch on the event: placed at the last epoch seen
+    ]
+    assert run.count("fossilized") == 1
+
+
+def test_resumed_run_keeps_the_last_record_of_a_replayed_epoch(tmp_path):
+    run_dir = write_run(tmp_path / "grown")
+    replay = TelemetryEvent(T.EPOCH_COMPLETED, epoch=6, data={"val_accuracy": 99.0})
+    with (run_dir / "events.jsonl").open("a") as f:
+        f.write(json.dumps(replay.to_dict()) + "\n")
+    run = load_run(run_dir)
+    assert len(run.epochs) == 6 and run.epochs[-1].val_accuracy == 99.0
+
+
+def test_write_plots_for_grown_run(tmp_path):
+    run = load_run(write_run(tmp_path / "grown"))
+    paths = write_plots(run)
+    assert [p.name for p in paths] == ["accuracy.png", "lifecycle.png", "alpha.png"]
+    for p in paths:
+        assert p.parent == run.run_dir
+        assert p.read_bytes().startswith(PNG_MAGIC) and p.stat().st_size > 5000
+    assert not list(run.run_dir.glob("*.tmp"))
+
+
+def test_write_plots_for_static_run_skips_seed_plots(tmp_path):
+    run = load_run(write_run(tmp_path / "static", mode="static"))
+    assert not run.has_seeds and run.marks == []
+    paths = write_plots(run)
+    assert [p.name for p in paths] == ["accuracy.png"]
+    assert paths[0].read_bytes().startswith(PNG_MAGIC)
+    assert not (run.run_dir / "lifecycle.png").exists()
+
+
+def test_comparison_table_rows_and_means(tmp_path):
+    runs = [
+        load_run(write_run(tmp_path / "g0", seed=0)),
+        load_run(write_run(tmp_path / "g1", seed=1, acc_offset=2.0)),
+        load_run(write_run(tmp_path / "s0", mode="static", seed=0, acc_offset=-5.0)),
+    ]
+    table = comparison_table(runs)
+    headers = [c.header for c in table.columns]
+    assert headers == [
+        "mode", "task", "seed", "final val acc (%)", "best val acc (%)", "final val loss",
+        "host params", "total params", "fossilized", "culled",
+    ]  # fmt: skip
+    assert table.title == "Comparison: static vs grown"
+    rows = [line.split("│")[1:-1] for line in _render(table).splitlines() if "cifar10" in line]
+    rows = [[cell.strip() for cell in row] for row in rows]
+    assert rows == [
+        ["heuristic", "cifar10", "0", "70.00", "70.00", "0.2000", "1,000", "1,200", "1", "1"],
+        ["heuristic", "cifar10", "1", "72.00", "72.00", "0.2000", "1,000", "1,200", "1", "1"],
+        ["heuristic", "cifar10", "mean of 2", "71.00", "71.00", "0.2000", "1,000", "1,200",
+         "1", "1"],
+        ["static", "cifar10", "0", "65.00", "65.00", "0.2000", "1,000", "1,000", "0", "0"],
+    ]  # fmt: skip
+
+
+def test_comparison_table_tolerates_null_and_nan_values(tmp_path):
+    a = write_run(tmp_path / "a", mode="static", seed=0)
+    b = write_run(tmp_path / "b", mode="static", seed=1)
+    summary = json.loads((b / "summary.json").read_text())
+    summary.update(final_val_loss=float("nan"), final_val_accuracy=None, culled=["x", "y"])
+    (b / "summary.json").write_text(json.dumps(summary))
+    text = _render(comparison_table([load_run(a), load_run(b)]))
+    assert "—" in text and "nan" in text  # shown as they are in the run's own row
+    mean_row = next(line for line in text.splitlines() if "mean of 2" in line)
+    assert "70.00" in mean_row and "0.2000" in mean_row  # the mean skips null and NaN
+    assert mean_row.split("│")[-2].strip() == "1"  # culled: mean of 0 and len(["x", "y"])
+
+
+def test_report_main_writes_plots_and_prints_table(tmp_path):
+    grown = write_run(tmp_path / "grown")
+    static = write_run(tmp_path / "static", mode="static")
+    console = Console(record=True, width=220, force_terminal=False)
+    assert report_main([str(grown), str(static)], console) == 0
+    text = console.export_text()
+    assert f"{grown}: wrote accuracy.png, lifecycle.png, alpha.png" in text
+    assert f"{static}: wrote accuracy.png" in text
+    assert "static vs grown" in text
+    assert (grown / "alpha.png").is_file() and (static / "accuracy.png").is_file()
+
+
+def test_report_main_single_run_prints_no_table(tmp_path):
+    console = Console(record=True, width=220, force_terminal=False)
+    assert report_main([str(write_run(tmp_path / "grown"))], console) == 0
+    assert "Comparison" not in console.export_text()
+
+
+def test_report_main_checks_every_folder_before_writing(tmp_path):
+    good = write_run(tmp_path / "good")
+    with pytest.raises(ReportError, match="nope"):
+        report_main([str(good), str(tmp_path / "nope")], Console(record=True))
+    assert not (good / "accuracy.png").exists()
+    with pytest.raises(ReportError, match="no run directories"):
+        report_main([], Console(record=True))
+
+
+def test_report_error_is_a_value_error():
+    assert issubclass(ReportError, ValueError)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ReportError, match=r"nope: not a run directory"):
+        load_run(tmp_path / "nope")
+
+
+def test_missing_summary(tmp_path):
+    run_dir = write_run(tmp_path / "grown")
+    (run_dir / "summary.json").unlink()
+    with pytest.raises(ReportError, match=r"grown: missing summary\.json"):
+        load_run(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("summary.json", "{oops", r"summary\.json: not valid JSON \(line 1"),
+        ("summary.json", "[]", r"summary\.json: expected a JSON object"),
+        ("summary.json", '{"mode": "static"}', r"summary\.json: missing key\(s\) task, seed"),
+        ("config.json", "", r"config\.json: not valid JSON"),
+        ("events.jsonl", '{"event_type": "run_started"}\nnope\n', r"events\.jsonl:2: malformed"),
+        (
+            "events.jsonl",
+            json.dumps({"event_type": "epoch_completed", "epoch": 1, "data": {}}) + "\n",
+            r"events\.jsonl: epoch_completed event for epoch 1: 'val_accuracy' missing",
+        ),
+    ],
+)
+def test_malformed_files_name_the_path(tmp_path, file, content, message):
+    run_dir = write_run(tmp_path / "grown")
+    (run_dir / file).write_text(content)
+    with pytest.raises(ReportError, match=message) as info:
+        load_run(run_dir)
+    assert "\n" not in str(info.value)
+
+
+def test_summary_with_wrong_types(tmp_path):
+    run_dir = write_run(tmp_path / "grown")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["final_val_accuracy"] = "high"
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ReportError, match="'final_val_accuracy' must be a number, got 'high'"):
+        load_run(run_dir)
