@@ -1,4 +1,4 @@
-"""Karn: a synthetic run directory becomes plots and a comparison table; bad folders fail clearly."""
+"""Karn: a synthetic run directory becomes plots and a table; bad folders fail in one line."""
 
 from __future__ import annotations
 
@@ -37,15 +37,18 @@ GROWN_SEEDS = {
 
 
 def _lifecycle_events() -> list[TelemetryEvent]:
+    def ev(kind, epoch, slot, seed_id, **data) -> TelemetryEvent:
+        return TelemetryEvent(kind, epoch=epoch, slot=slot, seed_id=seed_id, data=data)
+
     return [
-        TelemetryEvent(T.SEED_GERMINATED, 1, "mid", "seed-1", {"blueprint": "conv_light"}),
-        TelemetryEvent(T.SEED_STAGE_CHANGED, 1, "mid", "seed-1", {"from": "GERMINATED", "to": "TRAINING"}),
-        TelemetryEvent(T.SEED_GERMINATED, 3, "late", "seed-2", {"blueprint": "norm", "blend": "linear"}),
-        TelemetryEvent(T.SEED_CULLED, 4, "late", "seed-2", {"reason": "no improvement"}),
-        TelemetryEvent(T.GATE_EVALUATED, 4, "mid", "seed-1", {"passed": True}),
-        TelemetryEvent(T.SEED_FOSSILIZED, 5, "mid", "seed-1", {"reason": "G3 passed"}),
-        TelemetryEvent(T.GOVERNOR_ROLLBACK, None, None, None, {"reason": "loss spike", "loss": 9.0}),
-    ]  # fmt: skip
+        ev(T.SEED_GERMINATED, 1, "mid", "seed-1", blueprint="conv_light", blend="sigmoid"),
+        ev(T.SEED_STAGE_CHANGED, 1, "mid", "seed-1", **{"from": "GERMINATED", "to": "TRAINING"}),
+        ev(T.SEED_GERMINATED, 3, "late", "seed-2", blueprint="norm", blend="linear"),
+        ev(T.SEED_CULLED, 4, "late", "seed-2", reason="no improvement"),
+        ev(T.GATE_EVALUATED, 4, "mid", "seed-1", passed=True),
+        ev(T.SEED_FOSSILIZED, 5, "mid", "seed-1", reason="G3 passed"),
+        ev(T.GOVERNOR_ROLLBACK, None, None, None, reason="loss spike", loss=9.0),
+    ]
 
 
 def write_run(

@@ -14,6 +14,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.transforms import offset_copy
 
 from esper.karn.run_data import LifecycleMark, RunData
 from esper.leyline import SeedStage
@@ -97,16 +98,26 @@ def _draw_marks(ax, marks: list[LifecycleMark]) -> None:
     for m in marks:
         who = "/".join(p for p in (m.slot, m.seed_id) if p) or m.kind
         grouped[(m.epoch, m.kind)].append(who)
+    if grouped:
+        # Headroom above the curve for the rotated labels, which hang from the top edge.
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom, top + 0.3 * (top - bottom))
     labelled: set[str] = set()
+    kinds_at_epoch: dict[int, int] = defaultdict(int)
     for (epoch, kind), names in sorted(grouped.items()):
         color, ls = MARK_STYLE[kind]
         ax.axvline(
             epoch, color=color, ls=ls, lw=1, label=None if kind in labelled else kind, zorder=0
         )
         labelled.add(kind)
-        # x in data units, y in axes units: the label sits at the top whatever the accuracy range.
+        # x in data units, y in axes units: the label sits at the top whatever the accuracy
+        # range; several kinds at one epoch step left by a few points instead of overprinting.
+        shift = offset_copy(
+            ax.get_xaxis_transform(), fig=ax.figure, x=-8 * kinds_at_epoch[epoch], units="points"
+        )
+        kinds_at_epoch[epoch] += 1
         ax.text(
-            epoch, 0.98, ", ".join(names), transform=ax.get_xaxis_transform(), rotation=90,
+            epoch, 0.98, ", ".join(names), transform=shift, rotation=90,
             va="top", ha="right", fontsize=6, color=color,
         )  # fmt: skip
 

@@ -2,7 +2,9 @@
 
 Example::
 
+    from esper.leyline import TelemetryEvent, TelemetryEventType
     from esper.nissa import JsonlSink, TelemetryHub
+
     with TelemetryHub([JsonlSink(run_dir / "events.jsonl")]) as hub:
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={...}))
 """

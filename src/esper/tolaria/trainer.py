@@ -279,6 +279,9 @@ class Trainer:
                   data={"blueprint": blueprint, "blend": blend})
         self.emit(E.SEED_STAGE_CHANGED, slot=slot, seed_id=seed_id,
                   data={"from": "DORMANT", "to": "GERMINATED"})
+        # GERMINATED -> TRAINING happens at once (G1), so the seed starts learning this epoch.
+        self.model.advance_stage(SeedStage.TRAINING, slot=slot)
+        self._sync_records()
         return seed_id
 
     def fossilize(self, slot: str) -> bool:

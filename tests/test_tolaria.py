@@ -1,0 +1,119 @@
+"""Training loop: optimizer state survives growth, the governor rolls back a collapse."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from esper.kasmina.host import CNNHost, MorphogeneticModel
+from esper.leyline import SeedStage, TelemetryEventType
+from esper.nissa import MemorySink, TelemetryHub
+from esper.tolaria.data import TaskData
+from esper.tolaria.governor import Governor
+from esper.tolaria.optim import GrowthOptimizers
+from esper.tolaria.trainer import Trainer
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
+    return TaskData(train_x=x[: n * 3 // 4], train_y=y[: n * 3 // 4], val_x=x[n * 3 // 4:],
+                    val_y=y[n * 3 // 4:], num_classes=4)
+
+
+def _model(slots=("early", "mid")):
+    torch.manual_seed(0)
+    host = CNNHost(num_classes=4, n_blocks=3, base_channels=4, pool_layers=2, in_channels=1)
+    return MorphogeneticModel(host, slots=list(slots))
+
+
+def _state_copy(opt: torch.optim.Optimizer) -> dict:
+    return copy.deepcopy(opt.state_dict())
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        for name, value in a["state"][k].items():
+            other = b["state"][k][name]
+            if torch.is_tensor(value):
+                assert torch.equal(value, other), (k, name)
+            else:
+                assert value == other
+    assert a["param_groups"] == b["param_groups"]
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_germinate_and_cull_leave_host_optimizer_state_untouched(kind):
+    model = _model()
+    trainer = Trainer(model, _data(), optimizer=kind, lr=0.05, seed_lr=0.05, batch_size=16)
+    trainer.run_epoch()  # builds momentum / Adam moments on the host
+    before = _state_copy(trainer.optimizers.host)
+    assert before["state"], "host optimizer should hold state after an epoch"
+    trainer.germinate("conv_light", "mid")
+    assert "mid" in trainer.optimizers.seeds
+    _assert_same_state(before, _state_copy(trainer.optimizers.host))
+    trainer.cull("mid", reason="test")
+    assert "mid" not in trainer.optimizers.seeds
+    _assert_same_state(before, _state_copy(trainer.optimizers.host))
+
+
+def test_seed_params_train_and_fossilized_params_join_host_optimizer():
+    model = _model()
+    opts = GrowthOptimizers("sgd", model.host_parameters(), lr=0.1, seed_lr=0.1)
+    model.germinate_seed("norm", "s", slot="mid")
+    opts.add_seed("mid", model.seed_parameters("mid"))
+    n_groups = len(opts.host.param_groups)
+    opts.fossilize_seed("mid", model.seed_slots["mid"].seed.parameters())
+    assert len(opts.host.param_groups) == n_groups + 1
+    assert "mid" not in opts.seeds
+
+
+def test_governor_rolls_back_injected_nan_and_run_finishes_finite():
+    model = _model()
+    sink = MemorySink()
+    hub = TelemetryHub([sink])
+    trainer = Trainer(model, _data(), lr=0.05, seed_lr=0.05, batch_size=16, hub=hub)
+    for _ in range(3):
+        trainer.run_epoch()
+    trainer.germinate("conv_light", "mid")
+    trainer.run_epoch()
+    with torch.no_grad():
+        next(model.host.parameters()).fill_(float("nan"))
+    result = trainer.run_epoch()
+    assert result.rolled_back
+    # Live seeds are culled (and the lifecycle moves the slot on into its embargo).
+    assert model.seed_slots["mid"].stage == SeedStage.EMBARGOED
+    (record,) = trainer.records.values()
+    assert record.stages[-2:] == ["CULLED", "EMBARGOED"]
+    for _ in range(2):
+        assert not trainer.run_epoch().rolled_back
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    kinds = [e.event_type for e in sink.events]
+    assert TelemetryEventType.GOVERNOR_ROLLBACK in kinds
+    assert trainer.governor.rollbacks == 1
+
+
+def test_governor_flags_spike_but_not_noise():
+    gov = Governor(min_history=5)
+    for loss in [1.0, 0.9, 0.95, 0.85, 0.9, 0.88]:
+        assert gov.check(loss) is None
+    assert gov.check(50.0) is not None
+    assert gov.check(float("inf")) is not None
+    assert gov.check(0.87) is None
+
+
+def test_training_captures_gradient_telemetry_so_seeds_can_blend():
+    # The reference heuristic path never captured telemetry, so G2 could never pass.
+    model = _model()
+    trainer = Trainer(model, _data(), lr=0.05, seed_lr=0.05, batch_size=16,
+                      gradient_telemetry_stride=2)
+    trainer.germinate("conv_light", "mid")
+    trainer.run_epoch()
+    m = model.seed_slots["mid"].state.metrics
+    assert m.gradient_captures > 0
+    assert m.gradient_ratio > 0
+    assert m.isolation_violations == 0
