@@ -100,3 +100,40 @@ def test_incubating_seed_does_not_touch_host_batchnorm_statistics():
     reference(x)
     for a, b in zip(model.host.buffers(), reference.buffers(), strict=True):
         assert torch.equal(a, b)
+
+
+_CHANNELS_LAST_SCRIPT = """
+import torch
+from esper.kasmina.blueprints import list_blueprints
+from esper.kasmina.host import CNNHost, MorphogeneticModel
+from esper.leyline import SeedStage
+
+for blueprint in list_blueprints("cnn"):
+    for stage in ("TRAINING", "BLENDING", "FOSSILIZED"):
+        torch.manual_seed(0)
+        model = MorphogeneticModel(CNNHost(num_classes=10, base_channels=4), slots=["early", "mid"])
+        for slot in ("early", "mid"):
+            model.germinate_seed(blueprint, f"s-{slot}", slot=slot)
+            s = model.seed_slots[slot]
+            s.advance_stage(SeedStage.TRAINING)
+            if stage != "TRAINING":
+                s.state.stage = SeedStage[stage]
+                s.isolate_gradients = stage != "FOSSILIZED"
+                s.set_alpha(0.5 if stage == "BLENDING" else 1.0)
+        model = model.to(memory_format=torch.channels_last)
+        x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+        model(x).sum().backward()
+print("ok")
+"""
+
+
+def test_channels_last_cpu_training_does_not_crash():
+    # CPU group-norm backward segfaults on a channels-last input that needs no gradient (the
+    # isolated seed input); run in a child process so a crash is a failure, not a dead runner.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _CHANNELS_LAST_SCRIPT], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")

@@ -30,17 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        from esper.scripts.train import train_main
+    from esper.scripts.train import print_error, train_main
 
+    if args.command == "train":
         return train_main(args)
     from esper.karn import ReportError, report_main
 
-    console = Console()
     try:
-        return report_main(args.run_dirs, console)
+        return report_main(args.run_dirs, Console())
     except ReportError as exc:
-        Console(stderr=True).print(f"esper: error: {exc}", highlight=False, markup=False)
+        print_error(exc)
         return 2
 
 

@@ -121,6 +121,15 @@ class _Incubate(torch.autograd.Function):
         return grad, grad
 
 
+def _detached(x: torch.Tensor) -> torch.Tensor:
+    """``x.detach()``, made contiguous when it is a channels-last CPU tensor: on CPU, group-norm
+    backward segfaults (torch 2.13) for a channels-last input that needs no gradient."""
+    x = x.detach()
+    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous():
+        return x.contiguous()
+    return x
+
+
 def _total_grad_norm(params: list[nn.Parameter], device: torch.device) -> torch.Tensor:
     """L2 norm over the gradients of ``params`` as a 0-dim device tensor (no host sync)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -227,10 +236,10 @@ class SeedSlot(nn.Module):
         seed = self.seed
         if seed is None or stage not in _HOLDS_SEED or stage == SeedStage.GERMINATED:
             return x
-        if stage == SeedStage.FOSSILIZED:
-            return seed(x)
-
         seed_in = self._seed_input(x)
+        if stage == SeedStage.FOSSILIZED:
+            return seed(seed_in)
+
         seed_out = seed(seed_in)
         if stage == SeedStage.TRAINING:
             return _Incubate.apply(x, seed_out)
@@ -245,7 +254,7 @@ class SeedSlot(nn.Module):
 
     def _seed_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.isolate_gradients:
-            return x.detach()
+            return _detached(x)
         if self.isolation_required and x.requires_grad and torch.is_grad_enabled():
             probe = x.view_as(x)
             probe.register_hook(self._record_leak)

@@ -172,6 +172,7 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             model, data, optimizer=spec.optimizer, lr=cfg.lr or spec.lr, seed_lr=spec.seed_lr,
             batch_size=cfg.batch_size or spec.batch_size, controller=controller, hub=hub,
             seed=cfg.seed, gradient_telemetry_stride=cfg.gradient_telemetry_stride,
+            total_epochs=epochs,
         )
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, epoch=0, data={
             "mode": cfg.mode, "task": cfg.task, "seed": cfg.seed, "epochs": epochs,
@@ -289,14 +290,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def print_error(exc: Exception) -> None:
+    """One unwrapped line on stderr, whatever the terminal width."""
+    message = " ".join(str(exc).split())
+    sys.stderr.write(f"esper: error: {message}\n")
+
+
 def train_main(args: argparse.Namespace) -> int:
     """Run from parsed arguments; bad input is one line on stderr and exit code 2."""
-    err = Console(stderr=True)
     try:
         cfg = config_from_args(args)
         run_training(cfg)
     except (UsageError, DataNotFoundError) as exc:
-        err.print(f"esper: error: {exc}", highlight=False, markup=False)
+        print_error(exc)
         return 2
     return 0
 

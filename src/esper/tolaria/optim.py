@@ -38,12 +38,14 @@ class GrowthOptimizers:
         self.seed_lr = seed_lr
         self.host = make_optimizer(kind, host_params, lr)
         self.seeds: dict[str, torch.optim.Optimizer] = {}
+        self.lr_factor = 1.0
 
     def add_seed(self, slot: str, params: Iterable[nn.Parameter]) -> None:
         params = list(params)
         self.seeds.pop(slot, None)
         if params:
             self.seeds[slot] = make_optimizer(self.kind, params, self.seed_lr)
+            self._apply_factor(self.seeds[slot])
 
     def drop_seed(self, slot: str) -> None:
         self.seeds.pop(slot, None)
@@ -54,6 +56,17 @@ class GrowthOptimizers:
         params = list(params)
         if params:
             self.host.add_param_group({"params": params, "lr": self.lr})
+            self._apply_factor(self.host)
+
+    def set_lr_factor(self, factor: float) -> None:
+        """Scale every group's learning rate to ``factor`` times its base (for a schedule)."""
+        self.lr_factor = float(factor)
+        for opt in (self.host, *self.seeds.values()):
+            self._apply_factor(opt)
+
+    def _apply_factor(self, opt: torch.optim.Optimizer) -> None:
+        for group in opt.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * self.lr_factor
 
     def zero_grad(self) -> None:
         self.host.zero_grad(set_to_none=True)

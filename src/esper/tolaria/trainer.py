@@ -84,6 +84,8 @@ class Trainer:
         seed: RNG seed for batch order.
         gradient_telemetry_stride: capture seed gradient telemetry every this many steps (0: off).
         governor: rollback guard; a default one is made when None.
+        total_epochs: when given, learning rates follow a cosine decay over this many epochs
+            (to 5% of their base); otherwise they stay constant.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Trainer:
         seed: int = 0,
         gradient_telemetry_stride: int = DEFAULT_GRADIENT_TELEMETRY_STRIDE,
         governor: Governor | None = None,
+        total_epochs: int | None = None,
     ) -> None:
         if gradient_telemetry_stride < 0:
             raise ValueError("gradient_telemetry_stride must be >= 0")
@@ -116,6 +119,7 @@ class Trainer:
         self.tracker = SignalTracker()
         self.optimizers = GrowthOptimizers(optimizer, model.host_parameters(), lr, seed_lr)
         self.generator = torch.Generator().manual_seed(seed)
+        self.total_epochs = total_epochs
         self.epoch = 0
         self.global_step = 0
         self.records: dict[str, SeedRecord] = {}
@@ -199,6 +203,9 @@ class Trainer:
 
     def run_epoch(self) -> EpochResult:
         self.epoch += 1
+        if self.total_epochs:
+            progress = min(1.0, (self.epoch - 1) / self.total_epochs)
+            self.optimizers.set_lr_factor(0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
         violations_before = self._violations()
         train_loss, train_acc = self.train_epoch()
         reason = self.governor.check(train_loss)

@@ -1,0 +1,90 @@
+"""Static host vs grown model vs a static host widened to (at least) the grown parameter count.
+
+Runs the project's own commands (``esper train static|heuristic``) for several seeds, then
+prints a markdown table of final/best validation accuracy, loss and parameters. Usage::
+
+    python benchmarks/growth_comparison.py --task digits --seeds 0 1 2 --out runs/compare
+
+The widened host uses ``--width-multiplier``: the smallest multiplier (in steps of the host's
+width granularity) whose static parameter count reaches the grown models' mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from esper.kasmina.host import MorphogeneticModel
+from esper.scripts.train import _respec
+from esper.tolaria.tasks import build_task_host, get_task
+
+
+def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        cmd = ["esper", "train", mode, "--task", task, "--seed", str(seed),
+               "--run-dir", str(run_dir), *extra]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(summary.read_text())
+
+
+def _static_params(task: str, factor: float) -> int:
+    spec = get_task(task)
+    data = spec.load(None, 0)
+    host = build_task_host(_respec(spec, factor), data)
+    return MorphogeneticModel(host, slots=list(spec.slots)).count_parameters()["total"]
+
+
+def _widening_for(task: str, target: float) -> float:
+    factor = 1.0
+    while _static_params(task, factor) < target and factor < 8:
+        factor = round(factor + 0.125, 3)
+    return factor
+
+
+def _row(label: str, runs: list[dict], key_params: str = "total_params") -> str:
+    def mean(key: str) -> str:
+        values = [r[key] for r in runs]
+        return f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}"
+
+    params = statistics.fmean(r[key_params] for r in runs)
+    fossil = sum(r["fossilized"] for r in runs)
+    return (f"| {label} | {mean('final_val_accuracy')} | {mean('best_val_accuracy')} | "
+            f"{statistics.fmean(r['final_val_loss'] for r in runs):.4f} | {params:,.0f} | "
+            f"{fossil} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="digits")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/compare")
+    args, extra = parser.parse_known_args(argv)
+    out = Path(args.out)
+    static = [_run("static", args.task, s, out / f"static-{args.task}-s{s}", extra)
+              for s in args.seeds]
+    grown = [_run("heuristic", args.task, s, out / f"heuristic-{args.task}-s{s}", extra)
+             for s in args.seeds]
+    target = statistics.fmean(r["total_params"] for r in grown)
+    factor = _widening_for(args.task, target)
+    wide = [_run("static", args.task, s, out / f"wide-{args.task}-s{s}",
+                 [*extra, "--width-multiplier", str(factor)]) for s in args.seeds]
+    print(f"\n{args.task}, seeds {args.seeds}; widened host: --width-multiplier {factor}\n")
+    print("| model | final val acc (%) | best val acc (%) | final val loss | params | fossilized |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(_row("static host", static))
+    print(_row("grown (heuristic)", grown))
+    print(_row(f"static host widened x{factor}", wide))
+    stages = [" → ".join(s["stages"]) for r in grown for s in r["seeds"]]
+    print("\nseed lifecycles:\n" + "\n".join(f"- {s}" for s in stages))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The command line: bad input is one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from esper.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "heuristic", "--task", "mnist"], "valid: cifar10, digits, pyref, tinystories"),
+        (["train", "heuristic", "--slots", "middle"], "valid: early"),
+        (["train", "heuristic", "--blueprints", "lora"], "valid: noop, norm"),
+        (["train", "growing"], "valid: heuristic, static"),
+        (["train", "heuristic", "--blend", "cubic"], "valid: linear, sigmoid, gated"),
+        (["train", "static", "--task", "cifar10"], "cifar-10-batches-py"),
+        (["report", "/nonexistent/run"], "/nonexistent/run"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_cifar10_with_missing_data_dir_names_the_folder(capsys, tmp_path):
+    assert main(["train", "static", "--task", "cifar10", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-batches-py" in err and "Traceback" not in err
+
+
+def test_existing_run_dir_is_never_overwritten(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("{}")
+    assert main(["train", "static", "--epochs", "1", "--run-dir", str(run_dir)]) == 2
+    assert (run_dir / "summary.json").read_text() == "{}"
+    assert "already holds files" in capsys.readouterr().err
+
+
+def test_static_run_writes_run_directory_and_report(tmp_path):
+    run_dir = tmp_path / "static"
+    assert main(["train", "static", "--epochs", "2", "--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("mode", "task", "seed", "epochs", "final_val_accuracy", "final_val_loss",
+                "best_val_accuracy", "host_params", "total_params", "fossilized", "culled",
+                "wall_seconds", "seeds"):
+        assert key in summary
+    assert summary["mode"] == "static" and summary["epochs"] == 2 and summary["seeds"] == []
+    assert (run_dir / "config.json").is_file() and (run_dir / "events.jsonl").is_file()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "accuracy.png").stat().st_size > 0
+
+
+def test_module_entry_point_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "esper.scripts.train", "heuristic", "--task", "nope"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "unknown task 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr

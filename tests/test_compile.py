@@ -1,0 +1,110 @@
+"""torch.compile(fullgraph=True) traces the model in every forward branch and matches eager.
+
+The cheap ``aot_eager`` backend covers the whole matrix (it runs dynamo and AOT autograd, which
+is where graph breaks and autograd.Function problems show up); the default inductor backend
+covers the CNN host, forward and backward, in the most intricate state (isolated blending).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_HOSTS, drive_to, perturb_seed
+
+from esper.leyline import SeedStage
+
+S = SeedStage
+STATES = ["none", "training", "blending", "fossilized"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _model_in(name: str, state: str, blend: str = "linear"):
+    tiny = TINY_HOSTS[name]
+    model = tiny.model(slots=["early", "mid"])
+    if state == "training":
+        slot = drive_to(model, "mid", S.TRAINING, blend=blend)
+        perturb_seed(slot)
+    elif state == "blending":
+        slot = drive_to(model, "mid", S.BLENDING, blend=blend)
+        slot.set_alpha(0.5)
+        expected_isolation = tiny.topology == "cnn"
+        assert slot.isolate_gradients == expected_isolation
+    elif state == "fossilized":
+        drive_to(model, "mid", S.FOSSILIZED, blend=blend)
+        drive_to(model, "early", S.TRAINING)
+    return tiny, model
+
+
+def _forward_backward(model, tiny, x, y):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    tiny.loss(out, y).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
+def _check_matches_eager(name: str, state: str, backend: str, blend: str = "linear"):
+    tiny, model = _model_in(name, state, blend)
+    twin = copy.deepcopy(model)  # identical weights and buffers; eager reference
+    x, y = tiny.inputs(), tiny.targets()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+
+    model.eval()
+    twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), twin(x), rtol=1e-5, atol=1e-5)
+
+    model.train()
+    twin.train()
+    out_c, grads_c = _forward_backward(compiled, tiny, x, y)
+    out_e, grads_e = _forward_backward(twin, tiny, x, y)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    assert grads_c.keys() == grads_e.keys()
+    for key, grad in grads_e.items():
+        torch.testing.assert_close(grads_c[key], grad, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("name", ["cnn3", "tf2"])
+def test_compiled_matches_eager_aot_eager(name, state):
+    _check_matches_eager(name, state, "aot_eager")
+
+
+@pytest.mark.parametrize("name", ["cnn2", "tf1"])
+def test_compiled_gated_blending_aot_eager(name):
+    _check_matches_eager(name, "blending", "aot_eager", blend="gated")
+
+
+def test_compiled_isolated_cnn_blending_inductor():
+    _check_matches_eager("cnn3", "blending", "inductor")
+
+
+def test_alpha_changes_do_not_recompile_but_stage_changes_are_seen():
+    from torch._dynamo.testing import CompileCounter
+
+    tiny, model = _model_in("cnn3", "blending")
+    model.eval()
+    x = tiny.inputs()
+    counter = CompileCounter()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    slot = model.seed_slots["mid"]
+    with torch.no_grad():
+        for alpha in (0.1, 0.7, 1.0, 0.0):
+            slot.set_alpha(alpha)
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+        assert counter.frame_count == 1  # alpha lives in a buffer: one graph for every value
+
+        # A lifecycle change must never be served by a stale graph.
+        model.cull_seed(slot="mid")
+        torch.testing.assert_close(compiled(x), model.host(x), rtol=0, atol=0)
+        model.germinate_seed("conv_light", "again", slot="early")
+        model.seed_slots["early"].advance_stage(S.TRAINING)
+        torch.testing.assert_close(compiled(x), model.host(x), rtol=0, atol=0)
