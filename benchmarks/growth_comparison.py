@@ -26,8 +26,18 @@ from esper.tolaria.tasks import build_task_host, get_task
 def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
     summary = run_dir / "summary.json"
     if not summary.is_file():
-        cmd = ["esper", "train", mode, "--task", task, "--seed", str(seed),
-               "--run-dir", str(run_dir), *extra]
+        cmd = [
+            "esper",
+            "train",
+            mode,
+            "--task",
+            task,
+            "--seed",
+            str(seed),
+            "--run-dir",
+            str(run_dir),
+            *extra,
+        ]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(summary.read_text())
@@ -54,27 +64,41 @@ def _row(label: str, runs: list[dict], key_params: str = "total_params") -> str:
 
     params = statistics.fmean(r[key_params] for r in runs)
     fossil = sum(r["fossilized"] for r in runs)
-    return (f"| {label} | {mean('final_val_accuracy')} | {mean('best_val_accuracy')} | "
-            f"{statistics.fmean(r['final_val_loss'] for r in runs):.4f} | {params:,.0f} | "
-            f"{fossil} |")
+    return (
+        f"| {label} | {mean('final_val_accuracy')} | {mean('best_val_accuracy')} | "
+        f"{statistics.fmean(r['final_val_loss'] for r in runs):.4f} | {params:,.0f} | "
+        f"{fossil} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", default="digits")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/compare")
     args, extra = parser.parse_known_args(argv)
     out = Path(args.out)
-    static = [_run("static", args.task, s, out / f"static-{args.task}-s{s}", extra)
-              for s in args.seeds]
-    grown = [_run("heuristic", args.task, s, out / f"heuristic-{args.task}-s{s}", extra)
-             for s in args.seeds]
+    static = [
+        _run("static", args.task, s, out / f"static-{args.task}-s{s}", extra) for s in args.seeds
+    ]
+    grown = [
+        _run("heuristic", args.task, s, out / f"heuristic-{args.task}-s{s}", extra)
+        for s in args.seeds
+    ]
     target = statistics.fmean(r["total_params"] for r in grown)
     factor = _widening_for(args.task, target)
-    wide = [_run("static", args.task, s, out / f"wide-{args.task}-s{s}",
-                 [*extra, "--width-multiplier", str(factor)]) for s in args.seeds]
+    wide = [
+        _run(
+            "static",
+            args.task,
+            s,
+            out / f"wide-{args.task}-s{s}",
+            [*extra, "--width-multiplier", str(factor)],
+        )
+        for s in args.seeds
+    ]
     print(f"\n{args.task}, seeds {args.seeds}; widened host: --width-multiplier {factor}\n")
     print("| model | final val acc (%) | best val acc (%) | final val loss | params | fossilized |")
     print("| --- | --- | --- | --- | --- | --- |")

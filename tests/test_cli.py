@@ -51,9 +51,21 @@ def test_static_run_writes_run_directory_and_report(tmp_path):
     run_dir = tmp_path / "static"
     assert main(["train", "static", "--epochs", "2", "--run-dir", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    for key in ("mode", "task", "seed", "epochs", "final_val_accuracy", "final_val_loss",
-                "best_val_accuracy", "host_params", "total_params", "fossilized", "culled",
-                "wall_seconds", "seeds"):
+    for key in (
+        "mode",
+        "task",
+        "seed",
+        "epochs",
+        "final_val_accuracy",
+        "final_val_loss",
+        "best_val_accuracy",
+        "host_params",
+        "total_params",
+        "fossilized",
+        "culled",
+        "wall_seconds",
+        "seeds",
+    ):
         assert key in summary
     assert summary["mode"] == "static" and summary["epochs"] == 2 and summary["seeds"] == []
     assert (run_dir / "config.json").is_file() and (run_dir / "events.jsonl").is_file()
@@ -64,7 +76,9 @@ def test_static_run_writes_run_directory_and_report(tmp_path):
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "esper.scripts.train", "heuristic", "--task", "nope"],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert "unknown task 'nope'" in proc.stderr

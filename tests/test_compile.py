@@ -43,9 +43,9 @@ def _model_in(name: str, state: str, blend: str = "linear"):
     return tiny, model
 
 
-def _forward_backward(model, tiny, x, y):
+def _forward_backward(call, model, tiny, x, y):
     model.zero_grad(set_to_none=True)
-    out = model(x)
+    out = call(x)
     tiny.loss(out, y).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.detach(), grads
@@ -64,8 +64,8 @@ def _check_matches_eager(name: str, state: str, backend: str, blend: str = "line
 
     model.train()
     twin.train()
-    out_c, grads_c = _forward_backward(compiled, tiny, x, y)
-    out_e, grads_e = _forward_backward(twin, tiny, x, y)
+    out_c, grads_c = _forward_backward(compiled, model, tiny, x, y)
+    out_e, grads_e = _forward_backward(twin, twin, tiny, x, y)
     torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
     assert grads_c.keys() == grads_e.keys()
     for key, grad in grads_e.items():

@@ -133,7 +133,8 @@ def test_channels_last_cpu_training_does_not_crash():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _CHANNELS_LAST_SCRIPT], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHANNELS_LAST_SCRIPT], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")

@@ -41,7 +41,11 @@ print("violations after", slot.state.metrics.isolation_violations)
 def test_bug_report_snippet_verbatim_prints_zero_violations():
     env = {**os.environ, "PYTHONPATH": "src"}
     out = subprocess.run(
-        [sys.executable, "-c", SNIPPET], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", SNIPPET],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout
     assert "violations before 0" in out

@@ -20,8 +20,13 @@ def _data(n=96, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 8, 8, generator=g)
     y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
-    return TaskData(train_x=x[: n * 3 // 4], train_y=y[: n * 3 // 4], val_x=x[n * 3 // 4:],
-                    val_y=y[n * 3 // 4:], num_classes=4)
+    return TaskData(
+        train_x=x[: n * 3 // 4],
+        train_y=y[: n * 3 // 4],
+        val_x=x[n * 3 // 4 :],
+        val_y=y[n * 3 // 4 :],
+        num_classes=4,
+    )
 
 
 def _model(slots=("early", "mid")):
@@ -109,8 +114,9 @@ def test_governor_flags_spike_but_not_noise():
 def test_training_captures_gradient_telemetry_so_seeds_can_blend():
     # The reference heuristic path never captured telemetry, so G2 could never pass.
     model = _model()
-    trainer = Trainer(model, _data(), lr=0.05, seed_lr=0.05, batch_size=16,
-                      gradient_telemetry_stride=2)
+    trainer = Trainer(
+        model, _data(), lr=0.05, seed_lr=0.05, batch_size=16, gradient_telemetry_stride=2
+    )
     trainer.germinate("conv_light", "mid")
     trainer.run_epoch()
     m = model.seed_slots["mid"].state.metrics

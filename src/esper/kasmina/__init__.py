@@ -19,6 +19,7 @@ __all__ = [
     "SeedSlot",
     "SeedState",
     "SlotOccupiedError",
+    "SlotStepReport",
     "TransformerHost",
     "blueprint_costs",
     "build_blend",

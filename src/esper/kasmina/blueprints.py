@@ -68,7 +68,9 @@ def get_blueprint(topology: str, name: str) -> Blueprint:
 
 def blueprint_costs(topology: str, width: int) -> dict[str, int]:
     """``{name: parameter count}`` for every blueprint of ``topology`` at ``width``."""
-    return {name: get_blueprint(topology, name).param_count(width) for name in list_blueprints(topology)}
+    return {
+        name: get_blueprint(topology, name).param_count(width) for name in list_blueprints(topology)
+    }
 
 
 def _groups(channels: int) -> int:

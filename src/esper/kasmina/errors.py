@@ -1,4 +1,4 @@
-"""Errors raised by the model side. Each message names the slot, what was wrong and what is valid."""
+"""Model-side errors. Each message names the slot, what was wrong and what is valid."""
 
 from __future__ import annotations
 

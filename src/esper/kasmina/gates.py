@@ -31,7 +31,11 @@ class GateConfig:
     g5_min_contribution: float = DEFAULT_G5_MIN_CONTRIBUTION
 
     def __post_init__(self) -> None:
-        for name in ("g2_min_training_epochs", "max_isolation_violations", "g3_min_blending_epochs"):
+        for name in (
+            "g2_min_training_epochs",
+            "max_isolation_violations",
+            "g3_min_blending_epochs",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"GateConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.g3_min_alpha <= 1.0:

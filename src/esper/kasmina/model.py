@@ -111,7 +111,9 @@ class MorphogeneticModel(nn.Module):
 
     def _slot(self, slot: str) -> SeedSlot:
         if slot not in self.seed_slots:
-            raise ValueError(f"unknown slot {slot!r}; this model's slots: {', '.join(self.seed_slots)}")
+            raise ValueError(
+                f"unknown slot {slot!r}; this model's slots: {', '.join(self.seed_slots)}"
+            )
         return self.seed_slots[slot]
 
     def germinate_seed(
@@ -132,7 +134,11 @@ class MorphogeneticModel(nn.Module):
         self._slot(slot).cull()
 
     def fossilize_seed(self, *, slot: str) -> GateResult:
-        """Fossilize the seed in ``slot`` through G5; raises GateFailedError with the failed checks."""
+        """Fossilize the seed in ``slot`` through G5.
+
+        Raises:
+            GateFailedError: G5 refused; the message lists the failed checks.
+        """
         return self._slot(slot).fossilize()
 
     def advance_stage(self, target: SeedStage, *, slot: str) -> GateResult:
@@ -182,7 +188,9 @@ class MorphogeneticModel(nn.Module):
 
     def active_seed_slots(self) -> list[str]:
         """Slots whose seed currently affects the output (BLENDING, PROBATIONARY, FOSSILIZED)."""
-        return [n for n, s in self.seed_slots.items() if s.seed is not None and affects_output(s.stage)]
+        return [
+            n for n, s in self.seed_slots.items() if s.seed is not None and affects_output(s.stage)
+        ]
 
     def slot_reports(self) -> list[SeedStateReport]:
         return [slot.report() for slot in self.seed_slots.values()]
@@ -207,7 +215,9 @@ class MorphogeneticModel(nn.Module):
         }
 
     @classmethod
-    def from_architecture(cls, arch: dict, device: str | torch.device = "cpu") -> MorphogeneticModel:
+    def from_architecture(
+        cls, arch: dict, device: str | torch.device = "cpu"
+    ) -> MorphogeneticModel:
         host = build_host(arch["host_kind"], arch["host_config"])
         return cls(
             host,

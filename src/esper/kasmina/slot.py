@@ -403,8 +403,12 @@ class SeedSlot(nn.Module):
             self._enter(target)
         elif result.passed:
             result = GateResult(
-                result.gate, False, result.score, result.checks_passed,
-                (*result.checks_failed, "consensus: another rank refused"), result.message,
+                result.gate,
+                False,
+                result.score,
+                result.checks_passed,
+                (*result.checks_failed, "consensus: another rank refused"),
+                result.message,
             )
         return result
 
@@ -634,4 +638,3 @@ class SeedSlot(nn.Module):
         self.isolate_gradients = bool(extra["isolate_gradients"])
         self._alpha_forced = False
         self._leak_sq.zero_()
-

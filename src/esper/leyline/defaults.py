@@ -1,4 +1,4 @@
-"""Every default constant of Esper, defined once. Other modules import these; none redefines them."""
+"""Every default constant of Esper, defined once; other modules import, never redefine them."""
 
 from __future__ import annotations
 

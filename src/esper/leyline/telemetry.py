@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from esper.leyline.defaults import TELEMETRY_SCHEMA_VERSION
 
 
-class TelemetryEventType(str, Enum):
+class TelemetryEventType(StrEnum):
     """Kinds of events. String values are what events.jsonl stores."""
 
     RUN_STARTED = "run_started"

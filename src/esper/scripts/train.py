@@ -145,16 +145,25 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
     bad = [s for s in slots if s not in host.injection_points]
     if bad:
         raise UsageError(
-            f"unknown slot {bad[0]!r} for task {cfg.task!r}; valid: {', '.join(host.injection_points)}"
+            f"unknown slot {bad[0]!r} for task {cfg.task!r}; "
+            f"valid: {', '.join(host.injection_points)}"
         )
     run_dir = _prepare_run_dir(cfg)
     model = MorphogeneticModel(host, device=cfg.device, slots=slots)
     epochs = cfg.epochs or spec.epochs
-    config_payload = {**asdict(cfg), "epochs": epochs, "slots": list(slots),
-                      "resolved": {"host": host.config, "topology": spec.topology,
-                                   "optimizer": spec.optimizer,
-                                   "lr": cfg.lr or spec.lr, "seed_lr": spec.seed_lr,
-                                   "batch_size": cfg.batch_size or spec.batch_size}}
+    config_payload = {
+        **asdict(cfg),
+        "epochs": epochs,
+        "slots": list(slots),
+        "resolved": {
+            "host": host.config,
+            "topology": spec.topology,
+            "optimizer": spec.optimizer,
+            "lr": cfg.lr or spec.lr,
+            "seed_lr": spec.seed_lr,
+            "batch_size": cfg.batch_size or spec.batch_size,
+        },
+    }
     _write_json(run_dir / "config.json", config_payload)
 
     controller = None
@@ -169,25 +178,47 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
         hub.add_sink(JsonlSink(run_dir / "events.jsonl"))
         hub.add_sink(ConsoleSink(console))
         trainer = Trainer(
-            model, data, optimizer=spec.optimizer, lr=cfg.lr or spec.lr, seed_lr=spec.seed_lr,
-            batch_size=cfg.batch_size or spec.batch_size, controller=controller, hub=hub,
-            seed=cfg.seed, gradient_telemetry_stride=cfg.gradient_telemetry_stride,
+            model,
+            data,
+            optimizer=spec.optimizer,
+            lr=cfg.lr or spec.lr,
+            seed_lr=spec.seed_lr,
+            batch_size=cfg.batch_size or spec.batch_size,
+            controller=controller,
+            hub=hub,
+            seed=cfg.seed,
+            gradient_telemetry_stride=cfg.gradient_telemetry_stride,
             total_epochs=epochs,
         )
-        hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, epoch=0, data={
-            "mode": cfg.mode, "task": cfg.task, "seed": cfg.seed, "epochs": epochs,
-            "slots": list(slots)}))
+        hub.emit(
+            TelemetryEvent(
+                TelemetryEventType.RUN_STARTED,
+                epoch=0,
+                data={
+                    "mode": cfg.mode,
+                    "task": cfg.task,
+                    "seed": cfg.seed,
+                    "epochs": epochs,
+                    "slots": list(slots),
+                },
+            )
+        )
         progress = Progress(
-            TextColumn(f"[bold]{cfg.mode}[/] {cfg.task} s{cfg.seed}"), BarColumn(),
-            MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
+            TextColumn(f"[bold]{cfg.mode}[/] {cfg.task} s{cfg.seed}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
             disable=not console.is_terminal,
         )
         with progress:
             bar = progress.add_task("epochs", total=epochs)
             for _ in range(epochs):
                 r = trainer.run_epoch()
-                seeds = " ".join(f"{n}:{v['stage'][:4]}({v['alpha']:.2f})"
-                                 for n, v in r.seeds.items())
+                seeds = " ".join(
+                    f"{n}:{v['stage'][:4]}({v['alpha']:.2f})" for n, v in r.seeds.items()
+                )
                 console.print(
                     f"epoch {r.epoch:3d}  train {r.train_loss:.4f}  val {r.val_loss:.4f}  "
                     f"acc {r.val_accuracy:6.2f}%  {seeds}"
@@ -198,8 +229,13 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
                 progress.advance(bar)
         wall = time.perf_counter() - started
         summary = _summary(cfg, epochs, trainer, wall)
-        hub.emit(TelemetryEvent(TelemetryEventType.RUN_COMPLETED, epoch=epochs, data={
-            k: v for k, v in summary.items() if k != "seeds"}))
+        hub.emit(
+            TelemetryEvent(
+                TelemetryEventType.RUN_COMPLETED,
+                epoch=epochs,
+                data={k: v for k, v in summary.items() if k != "seeds"},
+            )
+        )
     model.save_checkpoint(run_dir / "model.pt", extra={"summary_path": "summary.json"})
     _write_json(run_dir / "summary.json", summary)
     _print_final(console, summary, run_dir)
@@ -242,14 +278,23 @@ def _print_final(console: Console, summary: dict, run_dir: Path) -> None:
     table = Table(title=f"{summary['mode']} run on {summary['task']} (seed {summary['seed']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("final_val_accuracy", "best_val_accuracy", "final_val_loss", "host_params",
-                "total_params", "fossilized", "culled", "wall_seconds"):
+    for key in (
+        "final_val_accuracy",
+        "best_val_accuracy",
+        "final_val_loss",
+        "host_params",
+        "total_params",
+        "fossilized",
+        "culled",
+        "wall_seconds",
+    ):
         value = summary[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     for s in summary["seeds"]:
-        console.print(f"  {s['seed_id']}: {' -> '.join(s['stages'])}", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"  {s['seed_id']}: {' -> '.join(s['stages'])}", highlight=False, soft_wrap=True
+        )
     console.print(f"run directory: {run_dir}")
 
 
@@ -258,10 +303,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="digits", help=f"one of: {', '.join(list_tasks())}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="default: the task's")
-    parser.add_argument("--slots", default=None,
-                        help="comma-separated injection points, e.g. early,mid,late")
-    parser.add_argument("--blueprints", default=None,
-                        help="comma-separated blueprints the controller may grow")
+    parser.add_argument(
+        "--slots", default=None, help="comma-separated injection points, e.g. early,mid,late"
+    )
+    parser.add_argument(
+        "--blueprints", default=None, help="comma-separated blueprints the controller may grow"
+    )
     parser.add_argument("--blend", default="linear", help=f"one of: {', '.join(BLEND_ALGORITHMS)}")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", default=None, help="local data for cifar10 / tinystories")
@@ -269,8 +316,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--telemetry-stride", type=int, default=DEFAULT_GRADIENT_TELEMETRY_STRIDE)
-    parser.add_argument("--width-multiplier", type=float, default=1.0,
-                        help="widen the host (static comparisons at equal parameters)")
+    parser.add_argument(
+        "--width-multiplier",
+        type=float,
+        default=1.0,
+        help="widen the host (static comparisons at equal parameters)",
+    )
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -282,10 +333,19 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
-        mode=args.mode, task=args.task, seed=args.seed, epochs=args.epochs,
-        slots=_split(args.slots), blueprints=_split(args.blueprints), blend=args.blend,
-        device=args.device, data_dir=args.data_dir, run_dir=args.run_dir,
-        batch_size=args.batch_size, lr=args.lr, gradient_telemetry_stride=args.telemetry_stride,
+        mode=args.mode,
+        task=args.task,
+        seed=args.seed,
+        epochs=args.epochs,
+        slots=_split(args.slots),
+        blueprints=_split(args.blueprints),
+        blend=args.blend,
+        device=args.device,
+        data_dir=args.data_dir,
+        run_dir=args.run_dir,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        gradient_telemetry_stride=args.telemetry_stride,
         width_multiplier=args.width_multiplier,
     )
 
@@ -308,8 +368,11 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m esper.scripts.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m esper.scripts.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_train_arguments(parser)
     return train_main(parser.parse_args(argv))
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from esper.leyline import SeedStateReport
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     WAIT = "wait"
     GERMINATE = "germinate"
     FOSSILIZE = "fossilize"

@@ -59,9 +59,12 @@ class HeuristicController:
                 f"valid: {', '.join(valid)}"
             )
         preference = _PREFERENCE.get(topology, ())
-        self.blueprints = tuple(sorted(chosen, key=lambda b: (b not in preference,
-                                                              preference.index(b)
-                                                              if b in preference else 0)))
+        self.blueprints = tuple(
+            sorted(
+                chosen,
+                key=lambda b: (b not in preference, preference.index(b) if b in preference else 0),
+            )
+        )
         self.penalties = {b: 0.0 for b in self.blueprints}
         self.uses = {b: 0 for b in self.blueprints}
         self._rng = random.Random(seed)
@@ -73,19 +76,26 @@ class HeuristicController:
             if report.stage == SeedStage.PROBATIONARY and m.counterfactual_contribution is not None:
                 c = m.counterfactual_contribution
                 if c > 0:
-                    return Decision(Action.FOSSILIZE, slot=report.slot,
-                                    reason=f"contribution {c:+.2f} points")
-                return Decision(Action.CULL, slot=report.slot,
-                                reason=f"contribution {c:+.2f} points is not positive")
+                    return Decision(
+                        Action.FOSSILIZE, slot=report.slot, reason=f"contribution {c:+.2f} points"
+                    )
+                return Decision(
+                    Action.CULL,
+                    slot=report.slot,
+                    reason=f"contribution {c:+.2f} points is not positive",
+                )
         for report in signals.slots:
             m = report.metrics
             if report.stage in (SeedStage.TRAINING, SeedStage.BLENDING) and (
                 m.epochs_in_current_stage >= self.config.cull_after_epochs
                 and m.improvement_since_stage_start < -self.config.cull_if_accuracy_drops
             ):
-                return Decision(Action.CULL, slot=report.slot,
-                                reason=f"{m.epochs_in_current_stage} epochs in {report.stage.name}, "
-                                f"accuracy {m.improvement_since_stage_start:+.2f} points")
+                return Decision(
+                    Action.CULL,
+                    slot=report.slot,
+                    reason=f"{m.epochs_in_current_stage} epochs in {report.stage.name}, "
+                    f"accuracy {m.improvement_since_stage_start:+.2f} points",
+                )
         if any(r.stage in _INCUBATING for r in signals.slots):
             return Decision(Action.WAIT, reason="a seed is incubating")
         if signals.epoch < self.config.min_epochs_before_germination:

@@ -197,8 +197,11 @@ class Trainer:
                 E.COUNTERFACTUAL_EVALUATED,
                 slot=name,
                 seed_id=slot.state.seed_id,
-                data={"contribution": contribution, "accuracy_with": val_accuracy,
-                      "accuracy_without": without},
+                data={
+                    "contribution": contribution,
+                    "accuracy_with": val_accuracy,
+                    "accuracy_without": without,
+                },
             )
 
     def run_epoch(self) -> EpochResult:
@@ -224,17 +227,26 @@ class Trainer:
         for name, report in self.model.step_epoch().items():
             for gate in report.gate_results:
                 self.emit(
-                    E.GATE_EVALUATED, slot=name, seed_id=report.seed_id,
-                    data={"gate": gate.gate.name, "passed": gate.passed,
-                          "checks_failed": list(gate.checks_failed)},
+                    E.GATE_EVALUATED,
+                    slot=name,
+                    seed_id=report.seed_id,
+                    data={
+                        "gate": gate.gate.name,
+                        "passed": gate.passed,
+                        "checks_failed": list(gate.checks_failed),
+                    },
                 )
         self._sync_records()
 
         decision = None
         if self.controller is not None:
             signals = self.tracker.update(
-                epoch=self.epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc,
-                topology=self.model.topology, slots=tuple(self.model.slot_reports()),
+                epoch=self.epoch,
+                train_loss=train_loss,
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                topology=self.model.topology,
+                slots=tuple(self.model.slot_reports()),
                 blueprints=getattr(self.controller, "blueprints", ()),
             )
             decision = self.controller.decide(signals)
@@ -242,8 +254,12 @@ class Trainer:
         if reason is None:
             self.governor.take_snapshot(self.model)
         result = EpochResult(
-            epoch=self.epoch, train_loss=train_loss, train_accuracy=train_acc,
-            val_loss=val_loss, val_accuracy=val_acc, rolled_back=reason is not None,
+            epoch=self.epoch,
+            train_loss=train_loss,
+            train_accuracy=train_acc,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            rolled_back=reason is not None,
             decision=decision.to_dict() if decision is not None else None,
             seeds=self._seed_view(),
         )
@@ -251,10 +267,16 @@ class Trainer:
         counts = self.model.count_parameters()
         self.emit(
             E.EPOCH_COMPLETED,
-            data={"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                  "val_accuracy": val_acc, "host_params": counts["host"],
-                  "total_params": counts["total"], "seeds": result.seeds,
-                  "rolled_back": result.rolled_back},
+            data={
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "host_params": counts["host"],
+                "total_params": counts["total"],
+                "seeds": result.seeds,
+                "rolled_back": result.rolled_back,
+            },
         )
         return result
 
@@ -266,8 +288,9 @@ class Trainer:
         self.emit(E.CONTROLLER_DECISION, slot=decision.slot, data=decision.to_dict())
         ok = True
         if decision.action == Action.GERMINATE:
-            self.germinate(decision.blueprint, decision.slot,
-                           blend=decision.blend_algorithm or "linear")
+            self.germinate(
+                decision.blueprint, decision.slot, blend=decision.blend_algorithm or "linear"
+            )
             self.tracker.reset_plateau()
         elif decision.action == Action.FOSSILIZE:
             ok = self.fossilize(decision.slot)
@@ -282,10 +305,18 @@ class Trainer:
         self.optimizers.add_seed(slot, self.model.seed_parameters(slot))
         self.records[seed_id] = SeedRecord(seed_id, slot, blueprint, ["GERMINATED"], self.epoch)
         self._seen[seed_id] = len(self.model.seed_slots[slot].state.stage_history)
-        self.emit(E.SEED_GERMINATED, slot=slot, seed_id=seed_id,
-                  data={"blueprint": blueprint, "blend": blend})
-        self.emit(E.SEED_STAGE_CHANGED, slot=slot, seed_id=seed_id,
-                  data={"from": "DORMANT", "to": "GERMINATED"})
+        self.emit(
+            E.SEED_GERMINATED,
+            slot=slot,
+            seed_id=seed_id,
+            data={"blueprint": blueprint, "blend": blend},
+        )
+        self.emit(
+            E.SEED_STAGE_CHANGED,
+            slot=slot,
+            seed_id=seed_id,
+            data={"from": "DORMANT", "to": "GERMINATED"},
+        )
         # GERMINATED -> TRAINING happens at once (G1), so the seed starts learning this epoch.
         self.model.advance_stage(SeedStage.TRAINING, slot=slot)
         self._sync_records()
@@ -296,9 +327,16 @@ class Trainer:
         try:
             self.model.fossilize_seed(slot=slot)
         except GateFailedError as err:
-            self.emit(E.GATE_EVALUATED, slot=slot, seed_id=s.state.seed_id,
-                      data={"gate": "G5", "passed": False,
-                            "checks_failed": list(err.result.checks_failed)})
+            self.emit(
+                E.GATE_EVALUATED,
+                slot=slot,
+                seed_id=s.state.seed_id,
+                data={
+                    "gate": "G5",
+                    "passed": False,
+                    "checks_failed": list(err.result.checks_failed),
+                },
+            )
             return False
         self.optimizers.fossilize_seed(slot, s.seed.parameters())
         self._sync_records()
@@ -317,20 +355,30 @@ class Trainer:
             if record is None:
                 continue
             seen = self._seen[state.seed_id]
-            for prev, new in zip(state.stage_history[seen - 1:], state.stage_history[seen:],
-                                 strict=False):
+            for prev, new in zip(
+                state.stage_history[seen - 1 :], state.stage_history[seen:], strict=False
+            ):
                 record.stages.append(new.name)
-                self.emit(E.SEED_STAGE_CHANGED, slot=name, seed_id=record.seed_id,
-                          data={"from": prev.name, "to": new.name})
+                self.emit(
+                    E.SEED_STAGE_CHANGED,
+                    slot=name,
+                    seed_id=record.seed_id,
+                    data={"from": prev.name, "to": new.name},
+                )
                 if new == SeedStage.CULLED:
                     self.optimizers.drop_seed(name)
                     if hasattr(self.controller, "on_cull"):
                         self.controller.on_cull(record.blueprint)
-                    self.emit(E.SEED_CULLED, slot=name, seed_id=record.seed_id,
-                              data={"reason": reason})
+                    self.emit(
+                        E.SEED_CULLED, slot=name, seed_id=record.seed_id, data={"reason": reason}
+                    )
                 elif new == SeedStage.FOSSILIZED:
-                    self.emit(E.SEED_FOSSILIZED, slot=name, seed_id=record.seed_id,
-                              data={"contribution": state.metrics.counterfactual_contribution})
+                    self.emit(
+                        E.SEED_FOSSILIZED,
+                        slot=name,
+                        seed_id=record.seed_id,
+                        data={"contribution": state.metrics.counterfactual_contribution},
+                    )
             self._seen[state.seed_id] = len(state.stage_history)
 
     def _rollback(self, reason: str, loss: float) -> None:
@@ -339,9 +387,14 @@ class Trainer:
         self._sync_records(reason=f"governor rollback: {reason}")
         for name in culled:
             self.optimizers.drop_seed(name)
-        self.emit(E.GOVERNOR_ROLLBACK,
-                  data={"reason": reason, "loss": loss if math.isfinite(loss) else str(loss),
-                        "culled": culled})
+        self.emit(
+            E.GOVERNOR_ROLLBACK,
+            data={
+                "reason": reason,
+                "loss": loss if math.isfinite(loss) else str(loss),
+                "culled": culled,
+            },
+        )
 
     def _violations(self) -> dict[str, int]:
         return {n: s.state.metrics.isolation_violations for n, s in self.model.seed_slots.items()}
@@ -350,8 +403,12 @@ class Trainer:
         for name, slot in self.model.seed_slots.items():
             now = slot.state.metrics.isolation_violations
             if now > before.get(name, 0):
-                self.emit(E.ISOLATION_VIOLATION, slot=name, seed_id=slot.state.seed_id,
-                          data={"violations": now, "new": now - before.get(name, 0)})
+                self.emit(
+                    E.ISOLATION_VIOLATION,
+                    slot=name,
+                    seed_id=slot.state.seed_id,
+                    data={"violations": now, "new": now - before.get(name, 0)},
+                )
 
     def _seed_view(self) -> dict:
         view = {}
