@@ -75,9 +75,12 @@ class BenchConfig:
     width: int = 32  # CNNHost base_channels (block i has width * 2**i channels)
     blocks: int = 3  # CNNHost n_blocks
     blueprint: str = "conv_light"
-    reps: int = 150  # timed samples per arm (after warm-up)
-    warmup: int = 10  # untimed samples per arm
-    threads: int = 0  # torch intra-op threads; 0 = min(2, cpu count) on CPU
+    reps: int = 80  # timed samples per arm (after warm-up)
+    warmup: int = 6  # untimed samples per arm
+    # torch intra-op threads. 1 by default: on a shared 2-core machine a 2-thread OpenMP team
+    # stalls whenever the scheduler parks one worker (steps varied 150-1600 ms at 2 threads,
+    # +-5% at 1). 0 keeps torch's own choice.
+    threads: int = 1
     seed: int = 0  # RNG seed for weights and data
     lr: float = 0.01
 
@@ -358,8 +361,9 @@ def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> dict:
     """Run every comparison; returns the result dictionary (see ``--json``)."""
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
-    threads = cfg.threads or min(2, os.cpu_count() or 1)
-    torch.set_num_threads(threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
     started = time.perf_counter()
     _warm_process(cfg)
     results: dict[str, dict] = {}
@@ -410,7 +414,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
     p.add_argument("--reps", type=int, default=d.reps, help="timed samples per arm (%(default)s)")
     p.add_argument("--warmup", type=int, default=d.warmup, help="warm-up samples (%(default)s)")
     p.add_argument(
-        "--threads", type=int, default=d.threads, help="torch threads; 0 = min(2, cpus) (default)"
+        "--threads", type=int, default=d.threads, help="torch threads; 0 = torch's default (%(default)s)"
     )
     p.add_argument("--seed", type=int, default=d.seed, help="RNG seed (%(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

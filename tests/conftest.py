@@ -37,9 +37,7 @@ class TinyHost:
         torch.manual_seed(seed)
         return self.factory(**self.kwargs)
 
-    def model(
-        self, slots: Iterable[str] = ("mid",), seed: int = 0, **kwargs
-    ) -> MorphogeneticModel:
+    def model(self, slots: Iterable[str] = ("mid",), seed: int = 0, **kwargs) -> MorphogeneticModel:
         """A fresh ``MorphogeneticModel`` around ``build(seed)``."""
         return MorphogeneticModel(self.build(seed), slots=list(slots), **kwargs)
 

@@ -11,8 +11,8 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_HOSTS, drive_to, perturb_seed
 
+from conftest import TINY_HOSTS, drive_to, perturb_seed
 from esper.leyline import SeedStage
 
 S = SeedStage

@@ -1,11 +1,11 @@
-"""Hosts: every valid small size works, injection points sit where they say, bad args are refused."""
+"""Hosts: every valid small size works, injection points sit where they say, bad args fail."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_HOSTS, VOCAB_SIZE, drive_to
 
+from conftest import TINY_HOSTS, VOCAB_SIZE, drive_to
 from esper.kasmina import build_host, list_blueprints
 from esper.kasmina.host import CNNHost, MorphogeneticModel, TransformerHost
 from esper.leyline import SeedStage
@@ -98,7 +98,6 @@ def test_seeds_at_every_point_run_forward_and_backward(tiny):
 
 def test_every_blueprint_at_every_point(tiny):
     """Every blueprint of the topology germinates (shape probe passes) at every point and runs."""
-    host = tiny.build()
     x = tiny.inputs()
     for blueprint in list_blueprints(tiny.topology):
         model = MorphogeneticModel(tiny.build(), slots=["early", "mid", "late"])

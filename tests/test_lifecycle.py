@@ -9,9 +9,9 @@ import copy
 
 import pytest
 import torch
-from conftest import DEFAULT_BLUEPRINT, TINY_HOSTS, drive_to, pass_g2_metrics, perturb_seed
 from torch import nn
 
+from conftest import DEFAULT_BLUEPRINT, TINY_HOSTS, drive_to, pass_g2_metrics, perturb_seed
 from esper.kasmina import (
     GateConfig,
     GateFailedError,
@@ -246,7 +246,9 @@ def test_advance_stage_does_what_step_epoch_does(name, blend):
     for _ in range(2):
         model = tiny.model(slots=["mid"])
         torch.manual_seed(7)
-        model.germinate_seed(DEFAULT_BLUEPRINT[tiny.topology], "s", slot="mid", blend_algorithm_id=blend)
+        model.germinate_seed(
+            DEFAULT_BLUEPRINT[tiny.topology], "s", slot="mid", blend_algorithm_id=blend
+        )
         model.seed_slots["mid"].advance_stage(S.TRAINING)
         pass_g2_metrics(model.seed_slots["mid"])
         models.append(model)
@@ -345,7 +347,11 @@ def test_cull_passes_through_embargo_and_resetting(name, embargo, from_stage):
         epochs += 1
         assert epochs <= embargo + 2
     assert epochs == 1 + embargo + 1  # CULLED -> EMBARGOED, the cooldown, RESETTING -> DORMANT
-    assert transitions == [(S.CULLED, S.EMBARGOED), (S.EMBARGOED, S.RESETTING), (S.RESETTING, S.DORMANT)]
+    assert transitions == [
+        (S.CULLED, S.EMBARGOED),
+        (S.EMBARGOED, S.RESETTING),
+        (S.RESETTING, S.DORMANT),
+    ]
     assert slot.state.seed_id is None and slot.state.blueprint_id is None
     assert slot.state.stage_history == [S.DORMANT]
     model.germinate_seed(DEFAULT_BLUEPRINT[tiny.topology], "again", slot="mid")
@@ -726,7 +732,8 @@ def test_slot_rejects_bad_settings(kwargs):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"g2_min_training_epochs": -1}, {"g3_min_alpha": 1.5}, {"max_isolation_violations": -1}]
+    "kwargs",
+    [{"g2_min_training_epochs": -1}, {"g3_min_alpha": 1.5}, {"max_isolation_violations": -1}],
 )
 def test_gate_config_rejects_bad_thresholds(kwargs):
     with pytest.raises(ValueError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_HOSTS
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -22,6 +21,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from conftest import TINY_HOSTS
 from esper.kasmina import GateFailedError, IllegalTransitionError, SlotOccupiedError
 from esper.kasmina import list_blueprints as blueprints_of
 from esper.leyline import SeedStage, affects_output, is_valid_transition
@@ -58,18 +58,26 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
                 return fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - the type is what is being checked
                 assert isinstance(err, DOCUMENTED), f"undocumented {type(err).__name__}: {err}"
-                assert (slot.state.to_dict(), slot.seed, slot.blend, slot.isolate_gradients) == before
+                assert (
+                    slot.state.to_dict(),
+                    slot.seed,
+                    slot.blend,
+                    slot.isolate_gradients,
+                ) == before
                 assert set(self.model.state_dict()) == keys
                 return None
 
         # -- rules ------------------------------------------------------------------------------
 
-        @rule(slot=st.sampled_from(SLOTS), blueprint=blueprints,
-              blend=blends)
+        @rule(slot=st.sampled_from(SLOTS), blueprint=blueprints, blend=blends)
         def germinate(self, slot, blueprint, blend):
             self.counter += 1
             self._attempt(
-                slot, self.model.germinate_seed, blueprint, f"s{self.counter}", slot=slot,
+                slot,
+                self.model.germinate_seed,
+                blueprint,
+                f"s{self.counter}",
+                slot=slot,
                 blend_algorithm_id=blend,
             )
             if self.model.seed_slots[slot].seed is not None:
@@ -96,14 +104,15 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
         def cull(self, slot):
             self._attempt(slot, self.model.cull_seed, slot=slot)
 
-        @rule(slot=st.sampled_from(SLOTS),
-              contribution=st.one_of(st.none(), st.floats(-5.0, 5.0)))
+        @rule(slot=st.sampled_from(SLOTS), contribution=st.one_of(st.none(), st.floats(-5.0, 5.0)))
         def fossilize(self, slot, contribution):
             self.model.seed_slots[slot].state.metrics.counterfactual_contribution = contribution
             self._attempt(slot, self.model.fossilize_seed, slot=slot)
 
-        @rule(slot=st.sampled_from(SLOTS),
-              alpha=st.one_of(st.floats(0.0, 1.0), st.sampled_from([-0.5, 1.5, float("nan")])))
+        @rule(
+            slot=st.sampled_from(SLOTS),
+            alpha=st.one_of(st.floats(0.0, 1.0), st.sampled_from([-0.5, 1.5, float("nan")])),
+        )
         def set_alpha(self, slot, alpha):
             self._attempt(slot, self.model.seed_slots[slot].set_alpha, alpha)
 
@@ -111,8 +120,12 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
         def record_accuracy(self, slot, accuracy):
             self.model.seed_slots[slot].state.metrics.record_accuracy(accuracy)
 
-        @rule(slot=st.sampled_from(SLOTS), ratio=st.floats(0.0, 2.0), epochs=st.integers(0, 5),
-              gain=st.floats(-2.0, 5.0))
+        @rule(
+            slot=st.sampled_from(SLOTS),
+            ratio=st.floats(0.0, 2.0),
+            epochs=st.integers(0, 5),
+            gain=st.floats(-2.0, 5.0),
+        )
         def tune_metrics(self, slot, ratio, epochs, gain):
             """Set what the gates look at, so that they pass often enough for the deeper stages
             (blending, probation, fossilization) to be explored."""
@@ -122,8 +135,13 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
             if m.accuracy_at_stage_start is not None:
                 m.record_accuracy(m.accuracy_at_stage_start + gain)
 
-        @rule(slot=st.sampled_from(SLOTS), blueprint=st.sampled_from(valid), blend=blends,
-              steps=st.integers(1, 4), use_step_epoch=st.booleans())
+        @rule(
+            slot=st.sampled_from(SLOTS),
+            blueprint=st.sampled_from(valid),
+            blend=blends,
+            steps=st.integers(1, 4),
+            use_step_epoch=st.booleans(),
+        )
         def progress(self, slot, blueprint, blend, steps, use_step_epoch):
             """Grow along the happy path: germinate if empty, then meet each next gate's
             conditions and take the step, so the deeper stages are explored often."""
@@ -174,8 +192,11 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
                 for a, b in zip(history, history[1:], strict=False):
                     assert is_valid_transition(a, b), (a, b)
                 holds_seed = s.stage in (
-                    SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING,
-                    SeedStage.PROBATIONARY, SeedStage.FOSSILIZED,
+                    SeedStage.GERMINATED,
+                    SeedStage.TRAINING,
+                    SeedStage.BLENDING,
+                    SeedStage.PROBATIONARY,
+                    SeedStage.FOSSILIZED,
                 )
                 assert (s.seed is not None) == holds_seed
             for a, b in self.transitions:
@@ -188,7 +209,8 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
             assert out.shape == tiny.output_shape
             assert torch.isfinite(out).all()
             live = [
-                s for s in self.model.seed_slots.values()
+                s
+                for s in self.model.seed_slots.values()
                 if s.seed is not None and affects_output(s.stage)
             ]
             if not live:

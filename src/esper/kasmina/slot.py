@@ -397,6 +397,15 @@ class SeedSlot(nn.Module):
         if target == SeedStage.CULLED:
             self.cull()
             return GateResult(GateLevel.G0, True, message=f"slot {self.name} culled")
+        if target == SeedStage.RESETTING and self.state.embargo_remaining > 0:
+            # The embargo is a cooldown: only step_epoch counts it down.
+            left = self.state.embargo_remaining
+            return GateResult(
+                GateLevel.G0,
+                False,
+                checks_failed=(f"embargo: {left} epoch(s) remaining",),
+                message=f"slot {self.name} is embargoed for {left} more epoch(s)",
+            )
         result = self.gates.check_gate(self.state, target)
         passed = all_ranks_agree(result.passed)
         if passed:
@@ -446,6 +455,8 @@ class SeedSlot(nn.Module):
             self.blend = None  # the seed's output is used directly from now on
         elif target == SeedStage.EMBARGOED:
             state.embargo_remaining = self.embargo_epochs
+        elif target == SeedStage.DORMANT:  # RESETTING -> DORMANT: an empty slot, as step_epoch
+            self.state = SeedState(slot=self.name, previous_stage=SeedStage.RESETTING)
 
     def cull(self) -> None:
         """Remove the seed: the host's output is restored bit for bit; the slot enters CULLED.
@@ -497,8 +508,8 @@ class SeedSlot(nn.Module):
 
         if start == SeedStage.GERMINATED:
             gate(SeedStage.TRAINING)
-        elif start in (SeedStage.TRAINING, SeedStage.BLENDING) and not m.healthy:
-            self.cull()
+        elif start in (SeedStage.TRAINING, SeedStage.BLENDING) and not all_ranks_agree(m.healthy):
+            self.cull()  # unhealthy on any rank: every rank culls (and skips the gate's collective)
         elif start == SeedStage.TRAINING:
             gate(SeedStage.BLENDING)
         elif start == SeedStage.BLENDING:
@@ -508,7 +519,8 @@ class SeedSlot(nn.Module):
         elif start == SeedStage.PROBATIONARY:
             contribution = m.counterfactual_contribution
             timed_out = m.epochs_in_current_stage >= self.probation_epochs
-            if not m.healthy or timed_out or (contribution is not None and contribution <= 0):
+            keep = m.healthy and not timed_out and (contribution is None or contribution > 0)
+            if not all_ranks_agree(keep):  # one architecture on every rank
                 self.cull()
         elif start == SeedStage.CULLED:
             self._enter(SeedStage.EMBARGOED)
@@ -517,12 +529,9 @@ class SeedSlot(nn.Module):
             if state.embargo_remaining <= 0:
                 self._enter(SeedStage.RESETTING)
         elif start == SeedStage.RESETTING:
-            self.state = SeedState(slot=self.name)
-            self.state.previous_stage = SeedStage.RESETTING
+            self._enter(SeedStage.DORMANT)
 
-        path = [start, *state.stage_history[n_before:]]
-        if self.state is not state:  # RESETTING -> DORMANT replaced the state
-            path.append(self.state.stage)
+        path = [start, *state.stage_history[n_before:]]  # read off the history, even if reset
         report.transitions = list(zip(path, path[1:], strict=False))
         return report
 
@@ -634,6 +643,9 @@ class SeedSlot(nn.Module):
         if extra["has_blend"]:
             blend = build_blend(state.blend_algorithm_id, self.width, self.topology)
             blend = blend.to(self._device(), self.alpha_tensor.dtype)
+        for module in (seed, blend):
+            if module is not None:
+                module.train(self.training)  # rebuilt modules follow the model's train/eval mode
         self.seed, self.blend, self.state = seed, blend, state
         self.isolate_gradients = bool(extra["isolate_gradients"])
         self._alpha_forced = False
