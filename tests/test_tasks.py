@@ -106,7 +106,7 @@ def test_pyref_vocab_windows_and_shift():
     text = "".join(topics[k] for k in sorted(topics))
     assert data.vocab == "".join(sorted(set(text)))
     assert data.num_classes == len(data.vocab)
-    assert data.train_x.shape == (4096, 64) and data.train_x.dtype == torch.int64
+    assert data.train_x.shape == (32768, 64) and data.train_x.dtype == torch.int64
     assert data.val_x.shape == (512, 64)
     assert torch.equal(data.train_x[:, 1:], data.train_y[:, :-1])
     assert torch.equal(data.val_x[:, 1:], data.val_y[:, :-1])
@@ -279,3 +279,19 @@ def test_taskspec_is_plain_data():
     assert isinstance(spec, TaskSpec)
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.epochs = 1  # type: ignore[misc]
+
+
+def test_iterate_batches_limit_draws_a_fresh_sample_each_epoch():
+    from esper.tolaria.data import iterate_batches
+
+    x = torch.arange(100).unsqueeze(1)
+    y = torch.arange(100)
+    gen = torch.Generator().manual_seed(0)
+    first = torch.cat([yb for _, yb in iterate_batches(x, y, 8, gen, limit=20)])
+    second = torch.cat([yb for _, yb in iterate_batches(x, y, 8, gen, limit=20)])
+    assert len(first) == len(second) == 20
+    assert len(set(first.tolist())) == 20  # no repeats inside an epoch
+    assert set(first.tolist()) != set(second.tolist())  # a fresh sample next epoch
+    with pytest.raises(ValueError, match="limit"):
+        next(iterate_batches(x, y, 8, gen, limit=0))
+    assert get_task("pyref").epoch_samples == 2048

@@ -103,6 +103,8 @@ class SlotStepReport:
     seed_id: str | None
     transitions: list[tuple[SeedStage, SeedStage]] = field(default_factory=list)
     gate_results: list[GateResult] = field(default_factory=list)
+    #: Why the lifecycle culled the seed in this step, if it did.
+    cull_reason: str | None = None
 
 
 class _Incubate(torch.autograd.Function):
@@ -119,6 +121,10 @@ class _Incubate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad, grad
+
+
+def _points(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:+.2f} points"
 
 
 def _detached(x: torch.Tensor) -> torch.Tensor:
@@ -510,6 +516,7 @@ class SeedSlot(nn.Module):
             gate(SeedStage.TRAINING)
         elif start in (SeedStage.TRAINING, SeedStage.BLENDING) and not all_ranks_agree(m.healthy):
             self.cull()  # unhealthy on any rank: every rank culls (and skips the gate's collective)
+            report.cull_reason = "seed produced non-finite values"
         elif start == SeedStage.TRAINING:
             gate(SeedStage.BLENDING)
         elif start == SeedStage.BLENDING:
@@ -522,6 +529,14 @@ class SeedSlot(nn.Module):
             keep = m.healthy and not timed_out and (contribution is None or contribution > 0)
             if not all_ranks_agree(keep):  # one architecture on every rank
                 self.cull()
+                report.cull_reason = (
+                    "seed produced non-finite values"
+                    if not m.healthy
+                    else f"probation ended after {m.epochs_in_current_stage} epochs without "
+                    f"fossilization (contribution {_points(contribution)})"
+                    if timed_out
+                    else f"contribution {_points(contribution)} is not positive"
+                )
         elif start == SeedStage.CULLED:
             self._enter(SeedStage.EMBARGOED)
         elif start == SeedStage.EMBARGOED:

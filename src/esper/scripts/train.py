@@ -189,6 +189,7 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             seed=cfg.seed,
             gradient_telemetry_stride=cfg.gradient_telemetry_stride,
             total_epochs=epochs,
+            epoch_samples=spec.epoch_samples,
         )
         hub.emit(
             TelemetryEvent(

@@ -71,6 +71,7 @@ def iterate_batches(
     generator: torch.Generator | None,
     shuffle: bool = True,
     drop_last: bool = False,
+    limit: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x_batch, y_batch)`` pairs covering every row once, by index slicing.
 
@@ -82,6 +83,8 @@ def iterate_batches(
             gives the same order. May be ``None`` only when ``shuffle`` is false.
         shuffle: visit rows in a random permutation (training) or in order (evaluation).
         drop_last: skip a final short batch (useful when a batch of one would break batch norm).
+        limit: visit only the first ``limit`` rows of the (shuffled) order: an "epoch" that is a
+            fresh random sample of a large pool, as language-model training wants.
 
     Returns:
         An iterator of batches; with ``shuffle=False`` they are views of ``x`` and ``y``.
@@ -97,6 +100,10 @@ def iterate_batches(
         raise ValueError(f"iterate_batches: batch_size must be an integer >= 1, got {batch_size!r}")
     if shuffle and generator is None:
         raise ValueError("iterate_batches: shuffle=True needs a torch.Generator for a fixed order")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"iterate_batches: limit must be >= 1, got {limit}")
+        n = min(n, limit)
     stop = n - n % batch_size if drop_last else n
     if not shuffle:
         for start in range(0, stop, batch_size):
@@ -104,7 +111,8 @@ def iterate_batches(
         return
     # The permutation is drawn on the generator's own device and then moved, so the order
     # depends only on the generator, not on where the data lives.
-    perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
+    perm = torch.randperm(x.shape[0], generator=generator, device=generator.device)[:n]
+    perm = perm.to(x.device)
     for start in range(0, stop, batch_size):
         idx = perm[start : start + batch_size]
         yield x.index_select(0, idx), y.index_select(0, idx.to(y.device))
@@ -268,9 +276,10 @@ def load_pyref_data(data_dir: Path | str | None, seed: int) -> TaskData:
         seed: fixes the training window offsets.
 
     Returns:
-        ``TaskData`` of 64-character windows: 4096 training windows, at most 512 validation.
+        ``TaskData`` of 64-character windows: 32768 training windows, at most 512 validation.
     """
-    return char_lm_data(_pydoc_text(), block_size=64, seed=seed)
+    # A large pool of random windows (about 5x the training text); each epoch samples from it.
+    return char_lm_data(_pydoc_text(), block_size=64, seed=seed, n_train_windows=32768)
 
 
 TINYSTORIES_FILES = ("TinyStories-train.txt", "TinyStories-valid.txt")

@@ -50,6 +50,9 @@ class TaskSpec:
         slots: default injection points (names in the host's ``injection_points``).
         needs_data_dir: the loader reads local files, so a data directory must be given.
         loader: ``(data_dir, seed) -> TaskData``; deterministic for a given seed.
+        epoch_samples: training rows per epoch, drawn afresh from the pool each epoch; ``None``
+            means a full pass. Language-model tasks use it so that an epoch (the unit of the
+            seed lifecycle) is short while the data never repeats much.
     """
 
     name: str
@@ -64,6 +67,7 @@ class TaskSpec:
     slots: tuple[str, ...]
     needs_data_dir: bool
     loader: Callable[[Path | None, int], TaskData]
+    epoch_samples: int | None = None
 
     def __post_init__(self) -> None:
         where = f"TaskSpec {self.name!r}"
@@ -88,6 +92,12 @@ class TaskSpec:
                 )
         if not self.slots or not isinstance(self.slots, tuple):
             raise ValueError(f"{where}: slots must be a non-empty tuple, got {self.slots!r}")
+        if self.epoch_samples is not None and (
+            not isinstance(self.epoch_samples, int) or self.epoch_samples < 1
+        ):
+            raise ValueError(
+                f"{where}: epoch_samples must be None or >= 1, got {self.epoch_samples!r}"
+            )
         if not callable(self.loader):
             raise TypeError(f"{where}: loader must be callable (data_dir, seed) -> TaskData")
 
@@ -216,7 +226,7 @@ register_task(
         description="character LM on the Python reference docs bundled with CPython, transformer",
         topology="transformer",
         host_config={"n_embd": 48, "n_head": 4, "n_layer": 1, "block_size": 64, "dropout": 0.0},
-        epochs=25,
+        epochs=60,
         batch_size=64,
         optimizer="adamw",
         lr=3e-3,
@@ -224,6 +234,7 @@ register_task(
         slots=_SLOTS,
         needs_data_dir=False,
         loader=load_pyref_data,
+        epoch_samples=2048,
     )
 )
 

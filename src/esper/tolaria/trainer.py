@@ -86,6 +86,7 @@ class Trainer:
         governor: rollback guard; a default one is made when None.
         total_epochs: when given, learning rates follow a cosine decay over this many epochs
             (to 5% of their base); otherwise they stay constant.
+        epoch_samples: training rows per epoch, a fresh random sample each epoch (None: all).
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class Trainer:
         gradient_telemetry_stride: int = DEFAULT_GRADIENT_TELEMETRY_STRIDE,
         governor: Governor | None = None,
         total_epochs: int | None = None,
+        epoch_samples: int | None = None,
     ) -> None:
         if gradient_telemetry_stride < 0:
             raise ValueError("gradient_telemetry_stride must be >= 0")
@@ -120,6 +122,7 @@ class Trainer:
         self.optimizers = GrowthOptimizers(optimizer, model.host_parameters(), lr, seed_lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.total_epochs = total_epochs
+        self.epoch_samples = epoch_samples
         self.epoch = 0
         self.global_step = 0
         self.records: dict[str, SeedRecord] = {}
@@ -151,7 +154,12 @@ class Trainer:
         n_batches, n_targets = 0, 0
         capture = self.stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
         for xb, yb in iterate_batches(
-            self.train_x, self.train_y, self.batch_size, self.generator, shuffle=True
+            self.train_x,
+            self.train_y,
+            self.batch_size,
+            self.generator,
+            shuffle=True,
+            limit=self.epoch_samples,
         ):
             logits = model(xb)
             loss = task_loss(logits, yb)
@@ -224,7 +232,10 @@ class Trainer:
         for slot in self.model.seed_slots.values():
             if slot.seed is not None:
                 slot.state.metrics.record_accuracy(val_acc)
+        cull_reasons = {}
         for name, report in self.model.step_epoch().items():
+            if report.cull_reason:
+                cull_reasons[name] = report.cull_reason
             for gate in report.gate_results:
                 self.emit(
                     E.GATE_EVALUATED,
@@ -236,7 +247,7 @@ class Trainer:
                         "checks_failed": list(gate.checks_failed),
                     },
                 )
-        self._sync_records()
+        self._sync_records(reasons=cull_reasons)
 
         decision = None
         if self.controller is not None:
@@ -346,7 +357,7 @@ class Trainer:
         self.model.cull_seed(slot=slot)
         self._sync_records(reason=reason)
 
-    def _sync_records(self, reason: str = "lifecycle") -> None:
+    def _sync_records(self, reason: str = "lifecycle", reasons: dict | None = None) -> None:
         """Turn new entries of every slot's stage history into events and seed records; keep the
         optimizers in step with seeds the lifecycle culled on its own."""
         for name, slot in self.model.seed_slots.items():
@@ -370,7 +381,10 @@ class Trainer:
                     if hasattr(self.controller, "on_cull"):
                         self.controller.on_cull(record.blueprint)
                     self.emit(
-                        E.SEED_CULLED, slot=name, seed_id=record.seed_id, data={"reason": reason}
+                        E.SEED_CULLED,
+                        slot=name,
+                        seed_id=record.seed_id,
+                        data={"reason": (reasons or {}).get(name, reason)},
                     )
                 elif new == SeedStage.FOSSILIZED:
                     self.emit(
