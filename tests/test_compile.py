@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 
-from conftest import TINY_HOSTS, drive_to, perturb_seed
+from conftest import DEFAULT_BLUEPRINT, TINY_HOSTS, drive_to, pass_g2_metrics, perturb_seed
 from esper.leyline import SeedStage
 
 S = SeedStage
@@ -108,3 +108,57 @@ def test_alpha_changes_do_not_recompile_but_stage_changes_are_seen():
         model.germinate_seed("conv_light", "again", slot="early")
         model.seed_slots["early"].advance_stage(S.TRAINING)
         torch.testing.assert_close(compiled(x), model.host(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["cnn3", "tf2"])
+def test_one_compiled_model_follows_the_whole_lifecycle(name):
+    """A single compiled model, driven DORMANT -> ... -> FOSSILIZED, matches eager at every stage
+    and compiles about one graph per stage change (a stage tested with a frozenset was not
+    guarded by dynamo, so the first stage's graph was silently reused)."""
+    from torch._dynamo.testing import CompileCounter
+
+    tiny = TINY_HOSTS[name]
+    model = tiny.model(slots=["mid"])
+    twin = copy.deepcopy(model)
+    counter = CompileCounter()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    x, y = tiny.inputs(), tiny.targets()
+    stages = [S.DORMANT, S.TRAINING, S.BLENDING, S.PROBATIONARY, S.FOSSILIZED]
+    for stage in stages:
+        if stage != S.DORMANT:
+            for m in (model, twin):
+                _step_to(m, stage)
+        if stage == S.TRAINING:  # same (non-trivial) seed weights in both models
+            with torch.no_grad():
+                for a, b in zip(
+                    model.seed_slots["mid"].seed.parameters(),
+                    twin.seed_slots["mid"].seed.parameters(),
+                    strict=True,
+                ):
+                    a.add_(0.3)
+                    b.copy_(a)
+        out_c, grads_c = _forward_backward(compiled, model, tiny, x, y)
+        out_e, grads_e = _forward_backward(twin, twin, tiny, x, y)
+        torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5, msg=stage.name)
+        assert grads_c.keys() == grads_e.keys(), stage.name
+        for key in grads_e:
+            torch.testing.assert_close(grads_c[key], grads_e[key], rtol=1e-4, atol=1e-5)
+    assert counter.frame_count <= len(stages) + 1
+
+
+def _step_to(model, stage):
+    s = model.seed_slots["mid"]
+    if stage == S.TRAINING:
+        model.germinate_seed(DEFAULT_BLUEPRINT[model.topology], "s", slot="mid")
+        assert s.advance_stage(S.TRAINING).passed
+    elif stage == S.BLENDING:
+        pass_g2_metrics(s)
+        assert s.advance_stage(S.BLENDING).passed
+        s.set_alpha(0.5)
+    elif stage == S.PROBATIONARY:
+        s.state.metrics.epochs_in_current_stage = 3
+        s.set_alpha(1.0)
+        assert s.advance_stage(S.PROBATIONARY).passed
+    elif stage == S.FOSSILIZED:
+        s.state.metrics.counterfactual_contribution = 2.0
+        model.fossilize_seed(slot="mid")

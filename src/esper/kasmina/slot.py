@@ -45,19 +45,25 @@ from esper.leyline import (
     is_valid_transition,
 )
 
+# Stage sets are tuples, not sets: torch.compile (2.13) guards an enum's membership in a tuple
+# but not in a frozenset, so a compiled forward would silently keep a stale stage's graph.
 # Stages in which the slot holds a seed module.
-_HOLDS_SEED = frozenset(
-    {
-        SeedStage.GERMINATED,
-        SeedStage.TRAINING,
-        SeedStage.BLENDING,
-        SeedStage.PROBATIONARY,
-        SeedStage.FOSSILIZED,
-    }
+_HOLDS_SEED = (
+    SeedStage.GERMINATED,
+    SeedStage.TRAINING,
+    SeedStage.BLENDING,
+    SeedStage.PROBATIONARY,
+    SeedStage.FOSSILIZED,
 )
-_CULLABLE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY)
+# Stages in which the seed runs in the forward pass.
+_RUNS_SEED = (
+    SeedStage.TRAINING,
+    SeedStage.BLENDING,
+    SeedStage.PROBATIONARY,
+    SeedStage.FOSSILIZED,
+)
 # Topologies whose seeds keep isolation while blending. Transformer seeds co-adapt on purpose.
-_KEEPS_ISOLATION_WHILE_BLENDING = frozenset({"cnn"})
+_KEEPS_ISOLATION_WHILE_BLENDING = ("cnn",)
 
 
 @dataclass
@@ -240,7 +246,7 @@ class SeedSlot(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stage = self.state.stage
         seed = self.seed
-        if seed is None or stage not in _HOLDS_SEED or stage == SeedStage.GERMINATED:
+        if seed is None or stage not in _RUNS_SEED:
             return x
         seed_in = self._seed_input(x)
         if stage == SeedStage.FOSSILIZED:
