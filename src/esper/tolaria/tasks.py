@@ -209,7 +209,7 @@ register_task(
         topology="cnn",
         # Deliberately small (~1.7k parameters) so there is headroom for seeds to add capacity.
         host_config={"n_blocks": 3, "base_channels": 4, "pool_layers": 2, "in_channels": 1},
-        epochs=30,
+        epochs=45,
         batch_size=64,
         optimizer="sgd",
         lr=0.05,

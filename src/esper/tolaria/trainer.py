@@ -129,6 +129,7 @@ class Trainer:
         self._seen: dict[str, int] = {}  # seed_id -> stages already recorded
         self._seed_counter = 0
         self.history: list[EpochResult] = []
+        self.last_val_accuracy: float | None = None
         self._to_device()
 
     def _to_device(self) -> None:
@@ -228,6 +229,7 @@ class Trainer:
             self._rollback(reason, val_loss)
             val_loss, val_acc = self.evaluate()
         self._report_violations(violations_before)
+        self.last_val_accuracy = val_acc
         self.counterfactuals(val_acc)
         for slot in self.model.seed_slots.values():
             if slot.seed is not None:
@@ -328,6 +330,9 @@ class Trainer:
             seed_id=seed_id,
             data={"from": "DORMANT", "to": "GERMINATED"},
         )
+        if self.last_val_accuracy is not None:
+            # G2's "improvement since TRAINING began" is measured from the accuracy at germination.
+            self.model.seed_slots[slot].state.metrics.record_accuracy(self.last_val_accuracy)
         # GERMINATED -> TRAINING happens at once (G1), so the seed starts learning this epoch.
         self.model.advance_stage(SeedStage.TRAINING, slot=slot)
         self._sync_records()
