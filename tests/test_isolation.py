@@ -188,3 +188,26 @@ def test_gradient_ratio_is_parameter_normalized_and_feeds_g2():
     expected = (seed_norm / host_norm) * (n_host / n_seed) ** 0.5  # == 2.0
     assert slot.state.metrics.gradient_ratio == pytest.approx(expected, rel=1e-5)
     assert expected == pytest.approx(2.0)
+
+
+def test_model_level_capture_matches_per_slot_capture():
+    """The batched capture (one sync for all slots) gives the same metrics as per-slot calls."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MorphogeneticModel(CNNHost(num_classes=10, base_channels=8), slots=["early", "late"])
+    for name in ("early", "late"):
+        model.germinate_seed("conv_light", f"s-{name}", slot=name)
+        model.seed_slots[name].advance_stage(SeedStage.TRAINING)
+    model.seed_slots["late"].isolate_gradients = False  # one leaking slot, one healthy
+    twin = copy.deepcopy(model)
+    x, y = _batch(model)
+    for m in (model, twin):
+        F.cross_entropy(m(x), y).backward()
+    model.capture_gradient_telemetry()
+    for slot in twin.seed_slots.values():
+        slot.capture_gradient_telemetry()
+    for name in ("early", "late"):
+        assert model.seed_slots[name].state.metrics == twin.seed_slots[name].state.metrics
+    assert model.seed_slots["early"].state.metrics.isolation_violations == 0
+    assert model.seed_slots["late"].state.metrics.isolation_violations == 1

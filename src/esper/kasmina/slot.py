@@ -102,6 +102,14 @@ class SeedState:
 
 
 @dataclass
+class _TelemetryProbe:
+    """One slot's device-side telemetry, waiting to be read back with the others."""
+
+    tensors: list[torch.Tensor]
+    seed_params: list[nn.Parameter]
+
+
+@dataclass
 class SlotStepReport:
     """What one ``step_epoch`` did to a slot: stage changes and the gates evaluated."""
 
@@ -375,18 +383,20 @@ class SeedSlot(nn.Module):
             seed.train(was_training)
         return tuple(out.shape) == shape and bool(torch.isfinite(out).all())
 
-    def _host_tensors(self) -> list[torch.Tensor]:
+    def _host_tensor_ptrs(self) -> frozenset[int]:
         owner = self._owner[0]
-        if owner is None:
-            return []
-        return [*owner.host.parameters(), *owner.host.buffers()]
+        return owner.host_tensor_ptrs() if owner is not None else frozenset()
+
+    def _tensors_shared_with_host(self, module: nn.Module) -> list[torch.Tensor]:
+        host_ptrs = self._host_tensor_ptrs()
+        return [
+            t
+            for t in (*module.parameters(), *module.buffers())
+            if t.numel() and t.data_ptr() in host_ptrs
+        ]
 
     def _shared_with_host(self, module: nn.Module) -> bool:
-        host_ptrs = {t.data_ptr() for t in self._host_tensors() if t.numel()}
-        return any(
-            t.numel() and t.data_ptr() in host_ptrs
-            for t in (*module.parameters(), *module.buffers())
-        )
+        return bool(self._tensors_shared_with_host(module))
 
     def _check_no_sharing(self, seed: nn.Module, blueprint_id: str) -> None:
         if self._shared_with_host(seed):
@@ -582,44 +592,57 @@ class SeedSlot(nn.Module):
         seed back into the host while isolation was required (through the seed's input, or
         through a tensor the seed shares with the host). Ordinary host gradients on the direct
         path never count. One host/device synchronisation per call; none per training step.
+        (``MorphogeneticModel.capture_gradient_telemetry`` does every slot with one sync.)
         """
-        if self.seed is None or self.state.stage not in _HOLDS_SEED:
+        probe = self.telemetry_probe()
+        if probe is None:
             return
-        device = self._device()
-        seed_params = self.seed_parameters()
         owner = self._owner[0]
         host_params = list(owner.host_parameters()) if owner is not None else []
-        seed_norm = _total_grad_norm(seed_params, device)
-        host_norm = _total_grad_norm(host_params, device)
+        host_norm = _total_grad_norm(host_params, self._device())
+        values = torch.stack([host_norm, *probe.tensors]).tolist()
+        self.fold_telemetry(probe, values[0], values[1:], sum(p.numel() for p in host_params))
+
+    def telemetry_probe(self) -> _TelemetryProbe | None:
+        """Device-side measurements for one capture (no sync): seed gradient norm, leaked
+        gradient energy since the last capture, alpha used, and gradient on shared tensors."""
+        if self.seed is None or self.state.stage not in _HOLDS_SEED:
+            return None
+        device = self._device()
+        seed_params = self.seed_parameters()
         leak = self._leak_sq.clone()
         self._leak_sq.zero_()
         alpha_used = self._alpha_used if isinstance(self.blend, GatedBlend) else self.alpha_tensor
-        seed_norm_v, host_norm_v, leak_v, alpha_v = torch.stack(
-            [seed_norm, host_norm, leak, alpha_used.float()]
-        ).tolist()
+        shared = torch.zeros((), device=device)
+        if self.isolation_required:
+            tied = self._tensors_shared_with_host(self.seed)
+            grads = [t.grad.detach().abs().sum().float() for t in tied if t.grad is not None]
+            if grads:
+                shared = torch.stack(grads).sum()
+        tensors = [_total_grad_norm(seed_params, device), leak, alpha_used.float(), shared]
+        return _TelemetryProbe(tensors, seed_params)
 
-        shared_leak = (
-            self.isolation_required
-            and self._shared_with_host(self.seed)
-            and any(p.grad is not None and p.grad.abs().sum() > 0 for p in self.seed.parameters())
-        )
+    def fold_telemetry(
+        self, probe: _TelemetryProbe, host_norm: float, values: list[float], n_host: int
+    ) -> None:
+        """Update the metrics from one capture's materialized numbers."""
+        seed_norm, leak, alpha, shared = values
         m = self.state.metrics
-        m.seed_gradient_norm = seed_norm_v
-        m.host_gradient_norm = host_norm_v
+        m.seed_gradient_norm = seed_norm
+        m.host_gradient_norm = host_norm
         m.gradient_captures += 1
         if self.state.stage in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
-            m.current_alpha = alpha_v
-        if leak_v > 0 or shared_leak:
+            m.current_alpha = alpha
+        if leak > 0 or shared > 0:
             m.isolation_violations += 1
-        if not (math.isfinite(seed_norm_v) and math.isfinite(leak_v)):
+        if not (math.isfinite(seed_norm) and math.isfinite(leak)):
             m.healthy = False
             return
-        n_seed = sum(p.numel() for p in seed_params)
-        n_host = sum(p.numel() for p in host_params)
-        if n_seed == 0 or host_norm_v <= 0.0:
+        n_seed = sum(p.numel() for p in probe.seed_params)
+        if n_seed == 0 or host_norm <= 0.0:
             ratio = 0.0
         else:
-            ratio = (seed_norm_v / host_norm_v) * math.sqrt(n_host / n_seed)
+            ratio = (seed_norm / host_norm) * math.sqrt(n_host / n_seed)
         if m.gradient_captures == 1:
             m.gradient_ratio = ratio
         else:
