@@ -73,6 +73,7 @@ class MorphogeneticModel(nn.Module):
             )
         if len(set(slots)) != len(slots):
             raise ValueError(f"slots must be unique, got {slots}")
+        self._host_tensors: tuple[list, list] | None = None
         self.host = host
         self.topology = host.topology
         gates = QualityGates(gate_config)
@@ -172,9 +173,23 @@ class MorphogeneticModel(nn.Module):
     def host_tensor_ptrs(self) -> frozenset[int]:
         """Storage addresses of the host's parameters and buffers, for the structural check that
         no seed shares a tensor with the host."""
-        return frozenset(
-            t.data_ptr() for t in (*self.host.parameters(), *self.host.buffers()) if t.numel()
-        )
+        params, buffers = self._host_own_tensors()
+        return frozenset(t.data_ptr() for t in (*params, *buffers) if t.numel())
+
+    def _host_own_tensors(self) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
+        # Cached: walking the module tree at every telemetry capture cost more than the rest of
+        # the capture. Dropped wherever tensors may be replaced: .to()/.cuda(), load_state_dict.
+        if self._host_tensors is None:
+            self._host_tensors = (list(self.host.parameters()), list(self.host.buffers()))
+        return self._host_tensors
+
+    def _apply(self, fn, *args, **kwargs):
+        self._host_tensors = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._host_tensors = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @contextlib.contextmanager
     def force_alpha(self, value: float, slots: Iterable[str] | None = None) -> Iterator[None]:
@@ -194,7 +209,7 @@ class MorphogeneticModel(nn.Module):
 
     def host_parameters(self) -> Iterator[nn.Parameter]:
         """The host's parameters, including those of fossilized seeds (now part of the host)."""
-        yield from self.host.parameters()
+        yield from self._host_own_tensors()[0]
         for slot in self.seed_slots.values():
             if slot.stage == SeedStage.FOSSILIZED and slot.seed is not None:
                 yield from slot.seed.parameters()
