@@ -243,6 +243,12 @@ def check_recompiles(args) -> dict:
 
     torch._dynamo.reset()
     counters.clear()
+    # A growing model compiles one graph per stage and grad mode (train steps, eval passes);
+    # dynamo's default limit of 8 is below a full lifecycle, so raise it as a user would.
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = args.recompile_limit
+    else:
+        torch._dynamo.config.cache_size_limit = args.recompile_limit
     device = torch.device(args.device)
     inner = torch._dynamo.lookup_backend(args.backend)
     graphs = [0]
@@ -453,6 +459,9 @@ def parse_args(argv=None):
     p.add_argument("--blueprint", default="conv_light")
     p.add_argument("--blending-steps", type=int, default=5, help="epochs of the alpha ramp")
     p.add_argument("--steps-per-epoch", type=int, default=6)
+    p.add_argument(
+        "--recompile-limit", type=int, default=32, help="dynamo recompile limit (default 32)"
+    )
     p.add_argument("--sync-steps", type=int, default=10, help="steps between captures")
     p.add_argument("--sync-captures", type=int, default=3)
     p.add_argument("--no-sync-in-lifecycle", action="store_true")
