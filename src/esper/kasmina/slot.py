@@ -36,6 +36,7 @@ from esper.leyline import (
     DEFAULT_EMBARGO_EPOCHS,
     DEFAULT_GRADIENT_EMA_DECAY,
     DEFAULT_PROBATION_EPOCHS,
+    TOPOLOGIES,
     VALID_TRANSITIONS,
     GateLevel,
     GateResult,
@@ -187,8 +188,8 @@ class SeedSlot(nn.Module):
         gradient_ema_decay: float = DEFAULT_GRADIENT_EMA_DECAY,
     ) -> None:
         super().__init__()
-        if topology not in ("cnn", "transformer"):
-            raise ValueError(f"unknown topology {topology!r}; valid: cnn, transformer")
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {topology!r}; valid: {', '.join(TOPOLOGIES)}")
         for label, value in (
             ("blending_steps", blending_steps),
             ("probation_epochs", probation_epochs),

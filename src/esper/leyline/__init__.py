@@ -1,7 +1,7 @@
 """Leyline: the shared contracts of Esper. Imports nothing else of esper."""
 
 from esper.leyline.defaults import *  # noqa: F403 - every DEFAULT_* is part of the contract
-from esper.leyline.defaults import TELEMETRY_SCHEMA_VERSION
+from esper.leyline.defaults import TELEMETRY_SCHEMA_VERSION, TOPOLOGIES
 from esper.leyline.gates import GateLevel, GateResult
 from esper.leyline.reports import SeedMetrics, SeedStateReport
 from esper.leyline.stages import (
@@ -17,6 +17,7 @@ from esper.leyline.telemetry import TelemetryEvent, TelemetryEventType
 
 __all__ = [
     "TELEMETRY_SCHEMA_VERSION",
+    "TOPOLOGIES",
     "VALID_TRANSITIONS",
     "GateLevel",
     "GateResult",

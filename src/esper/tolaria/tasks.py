@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from esper.kasmina.hosts import build_host
+from esper.leyline import TOPOLOGIES
 from esper.tolaria.data import (
     TaskData,
     load_cifar10_data,
@@ -25,10 +26,9 @@ from esper.tolaria.data import (
     load_pyref_data,
     load_tinystories_data,
 )
+from esper.tolaria.optim import OPTIMIZERS
 
 DEFAULT_TASK = "digits"
-TOPOLOGIES = ("cnn", "transformer")
-OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
