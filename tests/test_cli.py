@@ -83,3 +83,11 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "unknown task 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_malformed_flag_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "heuristic", "--epochs", "abc"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "invalid int value" in err

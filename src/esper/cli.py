@@ -8,19 +8,13 @@ import sys
 from rich.console import Console
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad usage as one line (exit code 2), without the usage block."""
-
-    def error(self, message: str) -> None:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from esper.scripts.train import add_train_arguments
+    from esper.scripts.train import OneLineParser, add_train_arguments
 
-    parser = _Parser(prog="esper", description="Grow neural networks that earn their parameters.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(
+        prog="esper", description="Grow neural networks that earn their parameters."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     train = sub.add_parser("train", help="train a task's host: grown (heuristic) or static")
     add_train_arguments(train)
     report = sub.add_parser("report", help="plots and a comparison table for run directories")

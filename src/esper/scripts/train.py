@@ -35,6 +35,14 @@ from esper.tolaria.trainer import Trainer
 MODES = ("heuristic", "static")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line (exit code 2), without the usage block."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
 class UsageError(ValueError):
     """Bad command-line input: printed as one line, exit code 2."""
 
@@ -369,7 +377,7 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m esper.scripts.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
