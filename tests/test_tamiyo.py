@@ -1,0 +1,120 @@
+"""The heuristic controller and its signal tracker."""
+
+from __future__ import annotations
+
+import pytest
+
+from esper.kasmina import list_blueprints
+from esper.leyline import SeedMetrics, SeedStage, SeedStateReport
+from esper.tamiyo import Action, Controller, HeuristicConfig, HeuristicController, SignalTracker
+from esper.tamiyo.decisions import TrainingSignals
+
+SLOTS = ("early", "mid", "late")
+
+
+def _report(slot, stage=SeedStage.DORMANT, **metrics):
+    return SeedStateReport(
+        slot=slot,
+        seed_id=None if stage == SeedStage.DORMANT else f"s-{slot}",
+        blueprint_id=None if stage == SeedStage.DORMANT else "conv_light",
+        stage=stage,
+        alpha=0.0,
+        isolate_gradients=True,
+        seed_params=0,
+        metrics=SeedMetrics(**metrics),
+    )
+
+
+def _signals(epoch=10, plateau=3, stabilized=True, slots=None, topology="cnn"):
+    return TrainingSignals(
+        epoch=epoch,
+        train_loss=0.1,
+        val_loss=0.2,
+        val_accuracy=90.0,
+        best_val_accuracy=90.0,
+        accuracy_delta=0.0,
+        loss_delta=0.0,
+        plateau_epochs=plateau,
+        host_stabilized=stabilized,
+        topology=topology,
+        slots=tuple(slots or [_report(s) for s in SLOTS]),
+    )
+
+
+def test_is_a_controller():
+    assert isinstance(HeuristicController("cnn"), Controller)
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"epoch": 4}, "too early"),
+        ({"stabilized": False}, "not stabilized"),
+        ({"plateau": 2}, "plateau"),
+    ],
+)
+def test_waits_until_host_is_ready(kwargs, reason):
+    decision = HeuristicController("cnn").decide(_signals(**kwargs))
+    assert decision.action == Action.WAIT and reason in decision.reason
+
+
+@pytest.mark.parametrize("topology", ["cnn", "transformer"])
+def test_germinates_on_plateau_with_a_blueprint_valid_for_the_topology(topology):
+    decision = HeuristicController(topology).decide(_signals(topology=topology))
+    assert decision.action == Action.GERMINATE
+    assert decision.blueprint in list_blueprints(topology) and decision.blueprint != "noop"
+    # CNNs grow shallow first (cheap seeds), transformers deep first (measured, see config).
+    assert decision.slot == ("early" if topology == "cnn" else "late")
+
+
+def test_one_seed_incubates_at_a_time():
+    slots = [_report("early", SeedStage.TRAINING), _report("mid"), _report("late")]
+    assert HeuristicController("cnn").decide(_signals(slots=slots)).action == Action.WAIT
+
+
+def test_probation_fossilizes_positive_and_culls_non_positive_contribution():
+    ctl = HeuristicController("cnn")
+    good = [_report("early", SeedStage.PROBATIONARY, counterfactual_contribution=2.0)]
+    bad = [_report("early", SeedStage.PROBATIONARY, counterfactual_contribution=0.0)]
+    assert ctl.decide(_signals(slots=good)).action == Action.FOSSILIZE
+    decision = ctl.decide(_signals(slots=bad))
+    assert decision.action == Action.CULL and decision.slot == "early"
+
+
+def test_culls_a_seed_that_lingered_while_accuracy_fell():
+    lingering = _report(
+        "mid",
+        SeedStage.TRAINING,
+        epochs_in_current_stage=5,
+        accuracy_at_stage_start=95.0,
+        current_val_accuracy=92.0,
+    )
+    decision = HeuristicController("cnn").decide(_signals(slots=[lingering]))
+    assert decision.action == Action.CULL and decision.slot == "mid"
+
+
+def test_culled_blueprints_are_penalized_and_choice_is_deterministic():
+    a, b = HeuristicController("cnn", seed=3), HeuristicController("cnn", seed=3)
+    first = a.decide(_signals()).blueprint
+    assert first == b.decide(_signals()).blueprint
+    a.on_cull(first)
+    assert a.decide(_signals()).blueprint != first
+
+
+def test_unknown_blueprint_or_slot_order_is_rejected():
+    with pytest.raises(ValueError, match="valid: noop, norm, lora"):
+        HeuristicController("transformer", HeuristicConfig(blueprints=("conv_light",)))
+    with pytest.raises(ValueError, match="slot_order"):
+        HeuristicConfig(slot_order="random")
+
+
+def test_tracker_counts_plateau_against_best_accuracy():
+    tracker = SignalTracker(plateau_threshold=0.5)
+    accs = [50.0, 70.0, 70.3, 69.0, 70.4, 71.0]
+    signals = [
+        tracker.update(
+            epoch=i + 1, train_loss=1.0, val_loss=1.0 / (i + 1), val_accuracy=a, topology="cnn"
+        )
+        for i, a in enumerate(accs)
+    ]
+    assert [s.plateau_epochs for s in signals] == [0, 0, 1, 2, 3, 0]
