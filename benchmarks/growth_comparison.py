@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from esper.kasmina.host import MorphogeneticModel
-from esper.scripts.train import _respec
+from esper.scripts.train import widen_task
 from esper.tolaria.tasks import build_task_host, get_task
 
 
@@ -46,7 +46,7 @@ def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> di
 def _static_params(task: str, factor: float) -> int:
     spec = get_task(task)
     data = spec.load(None, 0)
-    host = build_task_host(_respec(spec, factor), data)
+    host = build_task_host(widen_task(spec, factor), data)
     return MorphogeneticModel(host, slots=list(spec.slots)).count_parameters()["total"]
 
 

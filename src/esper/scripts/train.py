@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -148,7 +148,7 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     data = spec.load(cfg.data_dir, cfg.seed)
     slots = tuple(cfg.slots) if cfg.slots else spec.slots
-    host_spec = spec if cfg.width_multiplier == 1.0 else _respec(spec, cfg.width_multiplier)
+    host_spec = spec if cfg.width_multiplier == 1.0 else widen_task(spec, cfg.width_multiplier)
     host = build_task_host(host_spec, data)
     bad = [s for s in slots if s not in host.injection_points]
     if bad:
@@ -251,9 +251,8 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
     return summary
 
 
-def _respec(spec, factor: float):
-    from dataclasses import replace
-
+def widen_task(spec, factor: float):
+    """The task with its host widened by ``factor`` (for static comparisons at equal size)."""
     return replace(spec, host_config=_widened(spec.host_config, spec.topology, factor))
 
 

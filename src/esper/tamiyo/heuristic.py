@@ -80,7 +80,6 @@ class HeuristicController:
         self.penalties = {b: 0.0 for b in self.blueprints}
         self.uses = {b: 0 for b in self.blueprints}
         self._rng = random.Random(seed)
-        self._seed_counter = 0
 
     def decide(self, signals: TrainingSignals) -> Decision:
         for report in signals.slots:
@@ -126,7 +125,6 @@ class HeuristicController:
         if not dormant:
             return Decision(Action.WAIT, reason="no dormant slot")
         blueprint = self._choose_blueprint()
-        self._seed_counter += 1
         return Decision(
             Action.GERMINATE,
             slot=dormant[0],
