@@ -118,3 +118,29 @@ def test_tracker_counts_plateau_against_best_accuracy():
         for i, a in enumerate(accs)
     ]
     assert [s.plateau_epochs for s in signals] == [0, 0, 1, 2, 3, 0]
+
+
+def test_a_controller_needs_only_decide(tmp_path):
+    """The trainer accepts any object with decide(); the hooks are optional."""
+    import torch
+
+    from esper.kasmina.host import CNNHost, MorphogeneticModel
+    from esper.tamiyo import Decision
+    from esper.tolaria.data import TaskData
+    from esper.tolaria.trainer import Trainer
+
+    class GrowOnce:
+        def decide(self, signals):
+            if signals.epoch == 1:
+                return Decision(Action.GERMINATE, slot="mid", blueprint="norm")
+            return Decision(Action.WAIT)
+
+    assert isinstance(GrowOnce(), Controller)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+    data = TaskData(train_x=x, train_y=y, val_x=x, val_y=y, num_classes=3)
+    host = CNNHost(num_classes=3, n_blocks=2, base_channels=4, in_channels=1)
+    trainer = Trainer(MorphogeneticModel(host, slots=["mid"]), data, controller=GrowOnce())
+    trainer.run_epoch()
+    trainer.run_epoch()
+    assert trainer.model.seed_slots["mid"].stage == SeedStage.TRAINING

@@ -56,9 +56,11 @@ class Decision:
 
 @runtime_checkable
 class Controller(Protocol):
-    """Anything that turns signals into a decision: the heuristic (Tamiyo) or PPO (Simic)."""
+    """Anything that turns signals into a decision: the heuristic (Tamiyo) or PPO (Simic).
+
+    Optional hooks the trainer calls when a controller has them: ``on_outcome(decision,
+    succeeded)`` (whether the decision could be carried out, e.g. a refused G5) and
+    ``on_cull(blueprint)`` (a seed of that blueprint was culled, by anyone).
+    """
 
     def decide(self, signals: TrainingSignals) -> Decision: ...
-
-    def on_outcome(self, decision: Decision, succeeded: bool) -> None:
-        """Told whether the trainer could carry the decision out (e.g. a refused gate)."""

@@ -309,7 +309,8 @@ class Trainer:
             ok = self.fossilize(decision.slot)
         elif decision.action == Action.CULL:
             self.cull(decision.slot, reason=decision.reason)
-        self.controller.on_outcome(decision, ok)
+        if hasattr(self.controller, "on_outcome"):
+            self.controller.on_outcome(decision, ok)
 
     def germinate(self, blueprint: str, slot: str, *, blend: str = "linear") -> str:
         self._seed_counter += 1
