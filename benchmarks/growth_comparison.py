@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             "static",
             args.task,
             s,
-            out / f"wide-{args.task}-s{s}",
+            out / f"wide{factor}-{args.task}-s{s}",
             [*extra, "--width-multiplier", str(factor)],
         )
         for s in args.seeds

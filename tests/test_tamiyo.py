@@ -144,3 +144,13 @@ def test_a_controller_needs_only_decide(tmp_path):
     trainer.run_epoch()
     trainer.run_epoch()
     assert trainer.model.seed_slots["mid"].stage == SeedStage.TRAINING
+
+
+def test_culls_a_seed_stalled_in_training():
+    stalled = _report("mid", SeedStage.TRAINING, epochs_in_current_stage=10)
+    decision = HeuristicController("cnn").decide(_signals(slots=[stalled]))
+    assert decision.action == Action.CULL and "stalled" in decision.reason
+    young = _report("mid", SeedStage.TRAINING, epochs_in_current_stage=9)
+    assert HeuristicController("cnn").decide(_signals(slots=[young])).action == Action.WAIT
+    off = HeuristicController("cnn", HeuristicConfig(cull_stalled_after_epochs=0))
+    assert off.decide(_signals(slots=[stalled])).action == Action.WAIT

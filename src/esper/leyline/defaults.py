@@ -62,6 +62,8 @@ DEFAULT_PLATEAU_THRESHOLD = 0.5
 DEFAULT_CULL_AFTER_EPOCHS = 5
 #: ...that lost more than this many points is culled.
 DEFAULT_CULL_IF_ACCURACY_DROPS = 2.0
+#: A seed still incubating after this many epochs (G2 never passed) is culled to free its slot.
+DEFAULT_CULL_STALLED_AFTER_EPOCHS = 10
 #: Penalty added to a blueprint's score each time one of its seeds is culled.
 DEFAULT_BLUEPRINT_CULL_PENALTY = 1.0
 #: Host counts as stabilized once its per-epoch loss change is below this fraction.

@@ -11,6 +11,7 @@ from esper.leyline import (
     DEFAULT_BLUEPRINT_CULL_PENALTY,
     DEFAULT_CULL_AFTER_EPOCHS,
     DEFAULT_CULL_IF_ACCURACY_DROPS,
+    DEFAULT_CULL_STALLED_AFTER_EPOCHS,
     DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION,
     DEFAULT_PLATEAU_EPOCHS,
     SeedStage,
@@ -32,6 +33,9 @@ class HeuristicConfig:
     plateau_epochs: int = DEFAULT_PLATEAU_EPOCHS
     cull_after_epochs: int = DEFAULT_CULL_AFTER_EPOCHS
     cull_if_accuracy_drops: float = DEFAULT_CULL_IF_ACCURACY_DROPS
+    #: Cull a seed that has incubated this long without passing G2 (0 disables): once the host
+    #: has plateaued, G2's accuracy-gain check may never pass, and the seed would hold its slot.
+    cull_stalled_after_epochs: int = DEFAULT_CULL_STALLED_AFTER_EPOCHS
     blueprint_cull_penalty: float = DEFAULT_BLUEPRINT_CULL_PENALTY
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
     #: Blueprints the controller may choose; None means every non-noop blueprint of the topology.
@@ -106,6 +110,15 @@ class HeuristicController:
                     slot=report.slot,
                     reason=f"{m.epochs_in_current_stage} epochs in {report.stage.name}, "
                     f"accuracy {m.improvement_since_stage_start:+.2f} points",
+                )
+        stalled = self.config.cull_stalled_after_epochs
+        for report in signals.slots:
+            epochs = report.metrics.epochs_in_current_stage
+            if stalled and report.stage == SeedStage.TRAINING and epochs >= stalled:
+                return Decision(
+                    Action.CULL,
+                    slot=report.slot,
+                    reason=f"stalled: {epochs} epochs in TRAINING without passing G2",
                 )
         if any(r.stage in _INCUBATING for r in signals.slots):
             return Decision(Action.WAIT, reason="a seed is incubating")
