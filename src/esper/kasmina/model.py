@@ -13,7 +13,7 @@ from torch import nn
 
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.hosts import build_host
-from esper.kasmina.slot import SeedSlot, SlotStepReport, _total_grad_norm
+from esper.kasmina.slot import SeedSlot, SlotStepReport, capture_telemetry
 from esper.leyline import (
     DEFAULT_BLEND_ALGORITHM,
     DEFAULT_BLENDING_STEPS,
@@ -155,20 +155,7 @@ class MorphogeneticModel(nn.Module):
         The host's gradient norm is computed once and every slot's numbers come back to the
         host in a single synchronisation.
         """
-        probes = [(slot, slot.telemetry_probe()) for slot in self.seed_slots.values()]
-        probes = [(slot, probe) for slot, probe in probes if probe is not None]
-        if not probes:
-            return
-        host_params = list(self.host_parameters())
-        device = next(iter(self.seed_slots.values())).alpha_tensor.device
-        host_norm = _total_grad_norm(host_params, device)
-        values = torch.stack([host_norm, *(t for _, p in probes for t in p.tensors)]).tolist()
-        n_host = sum(p.numel() for p in host_params)
-        for i, (slot, probe) in enumerate(probes):
-            width = len(probe.tensors)
-            slot.fold_telemetry(
-                probe, values[0], values[1 + i * width : 1 + (i + 1) * width], n_host
-            )
+        capture_telemetry(self.seed_slots.values(), list(self.host_parameters()))
 
     def host_tensor_ptrs(self) -> frozenset[int]:
         """Storage addresses of the host's parameters and buffers, for the structural check that

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -43,20 +44,13 @@ from esper.leyline import (
     SeedMetrics,
     SeedStage,
     SeedStateReport,
+    is_active_stage,
     is_valid_transition,
 )
 
-# Stage sets are tuples, not sets: torch.compile (2.13) guards an enum's membership in a tuple
-# but not in a frozenset, so a compiled forward would silently keep a stale stage's graph.
-# Stages in which the slot holds a seed module.
-_HOLDS_SEED = (
-    SeedStage.GERMINATED,
-    SeedStage.TRAINING,
-    SeedStage.BLENDING,
-    SeedStage.PROBATIONARY,
-    SeedStage.FOSSILIZED,
-)
-# Stages in which the seed runs in the forward pass.
+# Stages in which the seed runs in the forward pass. A tuple, not a set: torch.compile (2.13)
+# guards an enum's membership in a tuple but not in a frozenset, so a compiled forward would
+# silently keep a stale stage's graph.
 _RUNS_SEED = (
     SeedStage.TRAINING,
     SeedStage.BLENDING,
@@ -149,6 +143,12 @@ def _detached(x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous():
         return x.contiguous()
     return x
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """True when every value of every tensor is finite (one host sync for the whole set)."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _total_grad_norm(params: list[nn.Parameter], device: torch.device) -> torch.Tensor:
@@ -518,10 +518,10 @@ class SeedSlot(nn.Module):
         report = SlotStepReport(slot=self.name, seed_id=state.seed_id)
         start = state.stage
         n_before = len(state.stage_history)
-        if start in _HOLDS_SEED:
+        if is_active_stage(start):
             m.epochs_total += 1
             m.epochs_in_current_stage += 1
-            if self.seed is not None and not self._finite_seed():
+            if self.seed is not None and not all_finite(self.seed.parameters()):
                 m.healthy = False
 
         def gate(target: SeedStage) -> bool:
@@ -567,14 +567,6 @@ class SeedSlot(nn.Module):
         report.transitions = list(zip(path, path[1:], strict=False))
         return report
 
-    def _finite_seed(self) -> bool:
-        tensors = [p.detach() for p in self.seed.parameters()]
-        if not tensors:
-            return True
-        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-    # ------------------------------------------------------------------ telemetry
-
     def seed_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the live seed and its blend gate (empty when none)."""
         params: list[nn.Parameter] = []
@@ -595,19 +587,13 @@ class SeedSlot(nn.Module):
         path never count. One host/device synchronisation per call; none per training step.
         (``MorphogeneticModel.capture_gradient_telemetry`` does every slot with one sync.)
         """
-        probe = self.telemetry_probe()
-        if probe is None:
-            return
         owner = self._owner[0]
-        host_params = list(owner.host_parameters()) if owner is not None else []
-        host_norm = _total_grad_norm(host_params, self._device())
-        values = torch.stack([host_norm, *probe.tensors]).tolist()
-        self.fold_telemetry(probe, values[0], values[1:], sum(p.numel() for p in host_params))
+        capture_telemetry([self], list(owner.host_parameters()) if owner is not None else [])
 
     def telemetry_probe(self) -> _TelemetryProbe | None:
         """Device-side measurements for one capture (no sync): seed gradient norm, leaked
         gradient energy since the last capture, alpha used, and gradient on shared tensors."""
-        if self.seed is None or self.state.stage not in _HOLDS_SEED:
+        if self.seed is None or not is_active_stage(self.state.stage):
             return None
         device = self._device()
         seed_params = self.seed_parameters()
@@ -695,3 +681,20 @@ class SeedSlot(nn.Module):
         self.isolate_gradients = bool(extra["isolate_gradients"])
         self._alpha_forced = False
         self._leak_sq.zero_()
+
+
+def capture_telemetry(slots: Iterable[SeedSlot], host_params: list[nn.Parameter]) -> None:
+    """One gradient-telemetry capture for ``slots``: the host's gradient norm is computed once,
+    and every slot's numbers come back to the host in a single synchronisation."""
+    probes = [(slot, slot.telemetry_probe()) for slot in slots]
+    probes = [(slot, probe) for slot, probe in probes if probe is not None]
+    if not probes:
+        return
+    host_norm = _total_grad_norm(host_params, probes[0][0].alpha_tensor.device)
+    values = torch.stack([host_norm, *(t for _, p in probes for t in p.tensors)]).tolist()
+    n_host = sum(p.numel() for p in host_params)
+    start = 1
+    for slot, probe in probes:
+        end = start + len(probe.tensors)
+        slot.fold_telemetry(probe, values[0], values[start:end], n_host)
+        start = end

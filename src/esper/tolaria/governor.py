@@ -7,8 +7,7 @@ import math
 import statistics
 from collections import deque
 
-import torch
-
+from esper.kasmina.slot import all_finite
 from esper.leyline import (
     DEFAULT_GOVERNOR_HISTORY,
     DEFAULT_GOVERNOR_MIN_HISTORY,
@@ -54,7 +53,7 @@ class Governor:
 
     def take_snapshot(self, model) -> None:
         """Remember the host's and fossilized seeds' weights (call only on a healthy state)."""
-        if not _all_finite(model):
+        if not all_finite(model.host_parameters()):
             return
         self.snapshot = {
             "host": copy.deepcopy(model.host.state_dict()),
@@ -78,10 +77,3 @@ class Governor:
                 model.seed_slots[name].seed.load_state_dict(sd)
         self.rollbacks += 1
         return culled
-
-
-def _all_finite(model) -> bool:
-    tensors = [t.detach() for t in model.host_parameters()]
-    if not tensors:
-        return True
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())

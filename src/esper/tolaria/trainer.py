@@ -404,9 +404,7 @@ class Trainer:
     def _rollback(self, reason: str, loss: float) -> None:
         culled = self.governor.rollback(self.model)
         self.optimizers.reset_host_state()
-        self._sync_records(reason=f"governor rollback: {reason}")
-        for name in culled:
-            self.optimizers.drop_seed(name)
+        self._sync_records(reason=f"governor rollback: {reason}")  # drops their optimizers
         self.emit(
             E.GOVERNOR_ROLLBACK,
             data={
