@@ -7,7 +7,6 @@ alive in pyplot's global registry.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.transforms import offset_copy
 
+from esper._atomic import atomic_path
 from esper.karn.run_data import LifecycleMark, RunData
 from esper.leyline import SeedStage
 
@@ -62,9 +62,8 @@ def write_plots(run: RunData) -> list[Path]:
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     # Write then rename, so a report taken while another one runs never sees half a PNG.
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

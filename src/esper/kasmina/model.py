@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from esper._atomic import atomic_path
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.hosts import build_host
 from esper.kasmina.slot import SeedSlot, SlotStepReport, capture_telemetry
@@ -254,20 +254,12 @@ class MorphogeneticModel(nn.Module):
 
     def save_checkpoint(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
         """Write architecture + weights (seeds described as plain data) atomically to ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"architecture": self.architecture(), "state_dict": self.state_dict()}
         if extra:
             payload["extra"] = extra
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return Path(path)
 
     @classmethod
     def load_checkpoint(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from esper._atomic import atomic_path
 from esper.kasmina import MorphogeneticModel, list_blueprints
 from esper.kasmina.blending import BLEND_ALGORITHMS
 from esper.leyline import DEFAULT_GRADIENT_TELEMETRY_STRIDE, TelemetryEvent, TelemetryEventType
@@ -131,9 +131,8 @@ def _prepare_run_dir(cfg: RunConfig) -> Path:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
