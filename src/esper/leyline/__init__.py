@@ -1,8 +1,23 @@
 """Leyline: the shared contracts of Esper. Imports nothing else of esper."""
 
+from esper.leyline.controller import (
+    Action,
+    Controller,
+    Decision,
+    Outcome,
+    TrainingSignals,
+    controller_state,
+)
 from esper.leyline.defaults import *  # noqa: F403 - every DEFAULT_* is part of the contract
-from esper.leyline.defaults import TELEMETRY_SCHEMA_VERSION, TOPOLOGIES
+from esper.leyline.defaults import TELEMETRY_SCHEMA_VERSION
 from esper.leyline.gates import GateLevel, GateResult
+from esper.leyline.lifecycle import (
+    GateEvaluated,
+    IsolationViolated,
+    LifecycleEvent,
+    LifecycleListener,
+    StageChanged,
+)
 from esper.leyline.reports import SeedMetrics, SeedStateReport
 from esper.leyline.stages import (
     VALID_TRANSITIONS,
@@ -14,8 +29,22 @@ from esper.leyline.stages import (
     is_valid_transition,
 )
 from esper.leyline.telemetry import TelemetryEvent, TelemetryEventType
+from esper.leyline.topology import TOPOLOGIES, Topology, get_topology
 
 __all__ = [
+    "Action",
+    "Controller",
+    "Decision",
+    "GateEvaluated",
+    "IsolationViolated",
+    "LifecycleEvent",
+    "LifecycleListener",
+    "Outcome",
+    "StageChanged",
+    "Topology",
+    "TrainingSignals",
+    "controller_state",
+    "get_topology",
     "TELEMETRY_SCHEMA_VERSION",
     "TOPOLOGIES",
     "VALID_TRANSITIONS",

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-#: Host topologies: CNN features are (B, C, H, W), transformer features (B, T, C).
-TOPOLOGIES = ("cnn", "transformer")
-
 # --- Gates -----------------------------------------------------------------------------------
 #: G2: validation accuracy gain (points) since the seed entered TRAINING.
 DEFAULT_G2_MIN_IMPROVEMENT = 0.5
