@@ -2,9 +2,10 @@
 
 Three sections, each independent (a failure in one is reported and the others still run):
 
-1. **timing**: ``step_overhead`` on CUDA at the reference configuration (batch 512, 32x32
-   inputs, CNN base width 32, three ``conv_light`` seeds at early/mid/late, SGD), plus the
-   telemetry rows at base width 64, next to the reference implementation's numbers.
+1. **timing**: ``step_overhead.py`` (run as its own process) on CUDA at the reference
+   configuration (batch 512, 32x32 inputs, CNN base width 32, three ``conv_light`` seeds at
+   early/mid/late, SGD), plus the telemetry row at base width 64, next to the reference
+   implementation's numbers.
 2. **sync**: for TRAINING, TRAINING with the leak hook armed (isolation required but
    ``isolate_gradients`` off), gated BLENDING and FOSSILIZED, the steps between two telemetry
    captures run under ``torch.cuda.set_sync_debug_mode("error")``: any host/device
@@ -23,9 +24,12 @@ Usage on the GPU machine::
     python benchmarks/gpu_check.py            # everything, CUDA, inductor (several minutes)
     python benchmarks/gpu_check.py --json     # same, the last line one JSON object
 
-Without CUDA it exits with status 2 and says so. ``--dry-run`` runs what can run on CPU (tiny
-sizes, the ``eager`` dynamo backend, no sync section) to test the script itself. Exit status 1
-means a check failed (a sync between captures, or the alpha ramp recompiled).
+Without CUDA it exits with status 2 and says so. ``--dry-run`` runs every section on CPU (tiny
+sizes, the ``eager`` dynamo backend) to test the script itself; it is expected to exit 0. There
+the sync section runs its code path but cannot detect a synchronisation (that needs CUDA), so it
+checks only the isolation-violation counts; timing and recompiles check the same things as on
+CUDA. Exit status 1 means a check failed (a sync between captures, an unexpected isolation
+count, the alpha ramp recompiled, the compiled model left the lifecycle) or a section crashed.
 """
 
 from __future__ import annotations
@@ -33,23 +37,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
+import subprocess
 import sys
 import time
 import traceback
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from esper.kasmina import CNNHost, GateConfig, MorphogeneticModel
+from esper.kasmina import CNNHost, MorphogeneticModel
 from esper.leyline import SeedStage
+from esper.testing import (
+    image_batch,
+    make_train_step,
+    model_at_stage,
+    permissive_gates,
+    perturb_seed,
+    set_contribution,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import step_overhead as so  # noqa: E402 - the sibling benchmark module
+#: The benchmark the timing section runs, as its own process (benchmarks never import each
+#: other: the shared helpers live in ``esper.testing``).
+STEP_OVERHEAD = Path(__file__).resolve().with_name("step_overhead.py")
+#: The reference configuration's slots, as in ``step_overhead``.
+SLOTS = ("early", "mid", "late")
 
 # Step time over the static-equivalent network, reference implementation on an NVIDIA H200
 # (batch 512, 32x32, CNN base width 32, three conv_light seeds, SGD).
@@ -64,18 +77,35 @@ REFERENCE = {
 # ------------------------------------------------------------------------------- 1. timing
 
 
+def _run_step_overhead(*flags: str, echo: bool = True) -> dict:
+    """Run ``step_overhead.py`` with ``flags`` in a fresh process and return its JSON result
+    (its last line of output); with ``echo``, print its rows indented as they come.
+
+    Raises:
+        RuntimeError: the benchmark exited with a non-zero status (its stderr is passed through).
+    """
+    cmd = [sys.executable, str(STEP_OVERHEAD), *flags, "--json"]
+    last = None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if echo and last is not None:  # one line behind: the JSON line is not echoed
+                print("  " + last, flush=True)
+            last = line.rstrip("\n")
+    if proc.returncode != 0 or last is None:
+        raise RuntimeError(f"step_overhead.py exited with status {proc.returncode}: {cmd}")
+    return json.loads(last)
+
+
 def check_timing(args) -> dict:
-    cfg = so.BenchConfig(
-        device=args.device,
-        batch=args.batch,
-        width=args.width,
-        reps=args.reps,
-        warmup=args.warmup,
-        threads=0,
+    common = ["--device", args.device, "--batch", str(args.batch)]
+    common += ["--reps", str(args.reps), "--warmup", str(args.warmup)]
+    # The dry run keeps one thread (see main); on the GPU machine torch picks its own count.
+    common += ["--threads", "1" if args.dry_run else "0"]
+    result = _run_step_overhead(*common, "--width", str(args.width))
+    wide = _run_step_overhead(
+        *common, "--width", str(args.wide_width), "--rows", "telemetry_stride1", echo=False
     )
-    result = so.run(cfg, log=lambda line: print("  " + line, flush=True))
-    wide = replace(cfg, width=args.wide_width)
-    stride1 = so.compare_telemetry(wide, 1)
+    stride1 = wide["medians"]["telemetry_stride1"]
     print(f"  telemetry_stride1 at width {args.wide_width}: ratio {stride1['ratio']:.4f}")
     result["ratios"][f"telemetry_stride1@width{args.wide_width}"] = stride1["ratio"]
     result["medians"][f"telemetry_stride1@width{args.wide_width}"] = stride1
@@ -127,18 +157,22 @@ def check_syncs(args) -> dict:
         ("BLENDING, gated alpha", SeedStage.BLENDING, "gated", False),
         ("FOSSILIZED", SeedStage.FOSSILIZED, "linear", False),
     ]
-    cfg = so.BenchConfig(device=args.device, batch=args.batch, width=args.width)
     on_cuda = torch.device(args.device).type == "cuda"
     rows = []
     for label, stage, blend, leaky in cases:
-        model = so.build_morphogenetic(cfg, stage, blend=blend)
+        torch.manual_seed(0)
+        host = CNNHost(num_classes=10, n_blocks=3, base_channels=args.width)
+        model = model_at_stage(
+            host, stage, slots=SLOTS, blueprint=args.blueprint, blend=blend, device=args.device
+        )
         if leaky:
             # Isolation is required in TRAINING; with the input not detached the slot arms its
             # leak hook, whose accumulation must not synchronise either.
             for slot in model.seed_slots.values():
                 slot.isolate_gradients = False
-        x, y = so._data(cfg, torch.device(args.device))
-        step = so.make_step(model, so._sgd(model, cfg.lr), x, y)
+        x, y = image_batch(args.batch, 32, seed=1, device=args.device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        step = make_train_step(model, optimizer, x, y)
         for _ in range(3):  # warm-up outside the check: lazy init, allocator, cuDNN heuristics
             step()
         model.capture_gradient_telemetry()
@@ -265,33 +299,24 @@ def check_recompiles(args) -> dict:
     torch.manual_seed(0)
     # G2 and G5 opened so the walk needs no real learning; G3 left at its defaults so the alpha
     # ramp runs its full course (blending_steps epochs) before PROBATIONARY.
-    gates = GateConfig(
-        g2_min_improvement=-math.inf,
-        g2_min_training_epochs=1,
-        g2_min_gradient_ratio=0.0,
-        max_isolation_violations=1_000_000,
-        g5_min_contribution=-math.inf,
-    )
     host = CNNHost(num_classes=10, n_blocks=3, base_channels=args.width)
     model = MorphogeneticModel(
-        host, device=device, slots=so.SLOTS, gate_config=gates, blending_steps=args.blending_steps
+        host,
+        device=device,
+        slots=SLOTS,
+        gate_config=permissive_gates(full_alpha_ramp=True),
+        blending_steps=args.blending_steps,
     )
     compiled = torch.compile(model, backend=counting_backend)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch, 3, 32, 32, generator=g).to(device)
-    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    x, y = image_batch(args.batch, 32, seed=1, device=device)
     sync_check = device.type == "cuda" and not args.no_sync_in_lifecycle
 
     phases: list[dict] = []
     sync_errors: list[str] = []
-
-    def step(capture: bool) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(compiled(x), y).backward()
-        if capture:
-            model.capture_gradient_telemetry()
-        optimizer.step()
+    # Each epoch: one step that captures telemetry (and may compile), then plain steps.
+    capture_step = make_train_step(compiled, optimizer, x, y, telemetry_stride=1)
+    plain_step = make_train_step(compiled, optimizer, x, y)
 
     def live_seeds_have_grads() -> bool:
         """After a backward: every seed that is in the forward (not GERMINATED) got a gradient."""
@@ -305,17 +330,15 @@ def check_recompiles(args) -> dict:
     def epoch(label: str) -> None:
         before, reasons_before = graphs[0], len(handler.reasons)
         model.train()
-        step(capture=True)  # may compile, so outside any sync check
+        capture_step()  # may compile, so outside any sync check
         grads_ok = live_seeds_have_grads()
         if sync_check:  # the steps between two captures must not synchronise
-            error = _steps_without_sync(
-                lambda: step(capture=False), args.steps_per_epoch - 1, on_cuda=True
-            )
+            error = _steps_without_sync(plain_step, args.steps_per_epoch - 1, on_cuda=True)
             if error:
                 sync_errors.append(f"{label}: {error}")
         else:
             for _ in range(args.steps_per_epoch - 1):
-                step(capture=False)
+                plain_step()
         model.capture_gradient_telemetry()
         model.eval()
         with torch.no_grad():
@@ -348,9 +371,10 @@ def check_recompiles(args) -> dict:
 
     try:
         epoch("DORMANT")
-        for name in so.SLOTS:
+        for i, name in enumerate(SLOTS):
             model.germinate_seed(args.blueprint, f"gpu-{name}", slot=name)
-            so.randomize_seed(model.seed_slots[name].seed)  # so a stale graph shows in outputs
+            # Random weights, so a stale graph (a seed ignored or used wrongly) shows in outputs.
+            perturb_seed(model.seed_slots[name], seed=i, fan_in_scaled=True)
         optimizer.add_param_group({"params": model.seed_parameters()})
         epoch("GERMINATED")
         model.step_epoch()  # -> TRAINING
@@ -365,7 +389,7 @@ def check_recompiles(args) -> dict:
                 raise RuntimeError("the alpha ramp never reached PROBATIONARY")
         epoch("PROBATIONARY")
         for name, slot in model.seed_slots.items():
-            slot.state.metrics.counterfactual_contribution = 1.0  # measured by the loop above
+            set_contribution(slot, 1.0)  # as if measured by the force_alpha(0) pass above
             model.fossilize_seed(slot=name)
         for k in (1, 2):
             epoch(f"FOSSILIZED epoch {k}")

@@ -47,22 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper.kasmina import CNNHost, GateConfig, MorphogeneticModel
+from esper.kasmina import CNNHost, MorphogeneticModel
 from esper.leyline import SeedStage
+from esper.testing import image_batch, make_train_step, model_at_stage
 
 SLOTS = ("early", "mid", "late")
-
-# Gates that let the benchmark walk the lifecycle without a real training run: the benchmark
-# measures step time, not whether a seed deserves to advance.
-PERMISSIVE_GATES = GateConfig(
-    g2_min_improvement=-math.inf,
-    g2_min_training_epochs=0,
-    g2_min_gradient_ratio=0.0,
-    max_isolation_violations=1_000_000,
-    g3_min_blending_epochs=0,
-    g3_min_alpha=0.0,
-    g5_min_contribution=-math.inf,
-)
+#: The rows of the result, in the order they are measured.
+ROWS = ("training", "blending", "fossilized", "telemetry_stride1", "telemetry_stride10")
 
 
 @dataclass(frozen=True)
@@ -137,48 +128,24 @@ class StaticEquivalent(nn.Module):
 
 
 def build_morphogenetic(
-    cfg: BenchConfig, stage: SeedStage, alpha: float = 0.5, blend: str = "linear"
+    cfg: BenchConfig, stage: SeedStage, alpha: float = 0.5
 ) -> MorphogeneticModel:
-    """A CNN host with a ``cfg.blueprint`` seed in every slot, advanced to ``stage``.
+    """A CNN host with a ``cfg.blueprint`` seed in every slot, driven to ``stage``.
 
-    The seeds' zero-initialized last layers are re-drawn at random so a seed is not the identity
-    (an accidental use of its output would then show in the equality check).
+    The gates are permissive (the benchmark measures step time, not whether a seed deserves to
+    advance) and the seeds' weights are re-drawn, so a seed is not the identity: an accidental
+    use of its output would then show in the equality check. In BLENDING every alpha is
+    ``alpha``, the static equivalent's blend weight.
     """
     torch.manual_seed(cfg.seed)
     host = CNNHost(num_classes=10, n_blocks=cfg.blocks, base_channels=cfg.width)
-    model = MorphogeneticModel(host, device=cfg.device, slots=SLOTS, gate_config=PERMISSIVE_GATES)
-    for name in SLOTS:
-        model.germinate_seed(cfg.blueprint, f"bench-{name}", slot=name, blend_algorithm_id=blend)
-        slot = model.seed_slots[name]
-        randomize_seed(slot.seed)
-        for target in (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY):
-            if stage < target:
-                break
-            _advance(slot, target)
-        if stage == SeedStage.BLENDING:
+    model = model_at_stage(
+        host, stage, slots=SLOTS, blueprint=cfg.blueprint, device=cfg.device, seed=cfg.seed
+    )
+    if stage == SeedStage.BLENDING:
+        for slot in model.seed_slots.values():
             slot.set_alpha(alpha)
-        if stage == SeedStage.FOSSILIZED:
-            slot.state.metrics.counterfactual_contribution = 1.0  # G5 needs a measured value
-            slot.fossilize()
-        if slot.stage != stage:
-            raise RuntimeError(f"slot {name} reached {slot.stage.name}, wanted {stage.name}")
     return model
-
-
-def randomize_seed(seed: nn.Module) -> None:
-    """Re-draw a seed's weights (its last layer starts at zero) so it is not the identity."""
-    with torch.no_grad():
-        for p in seed.parameters():
-            if p.dim() > 1:
-                nn.init.normal_(p, std=0.5 / math.sqrt(p[0].numel()))
-            else:
-                p.normal_(0.0, 0.05)
-
-
-def _advance(slot, target: SeedStage) -> None:
-    result = slot.advance_stage(target)
-    if not result.passed:
-        raise RuntimeError(f"slot {slot.name}: {result.message}")
 
 
 def build_static(model: MorphogeneticModel, mode: str, alpha: float = 0.5) -> StaticEquivalent:
@@ -228,28 +195,6 @@ def check_equivalent(static: nn.Module, morph: nn.Module, x: torch.Tensor, y: to
 # --------------------------------------------------------------------------------- timing
 
 
-def make_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    telemetry_stride: int = 0,
-) -> Callable[[], None]:
-    """One full training step; with ``telemetry_stride`` k > 0, capture every k-th step."""
-    counter = [0]
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        if telemetry_stride and counter[0] % telemetry_stride == 0:
-            model.capture_gradient_telemetry()
-        counter[0] += 1
-        optimizer.step()
-
-    return step
-
-
 def time_interleaved(
     step_a: Callable[[], None],
     step_b: Callable[[], None],
@@ -291,10 +236,7 @@ def time_interleaved(
 
 
 def _data(cfg: BenchConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    x = torch.randn(cfg.batch, 3, cfg.image, cfg.image, generator=g)
-    y = torch.randint(0, 10, (cfg.batch,), generator=g)
-    return x.to(device), y.to(device)
+    return image_batch(cfg.batch, cfg.image, seed=cfg.seed + 1, device=device)
 
 
 def _sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -309,8 +251,8 @@ def compare_stage(cfg: BenchConfig, stage: SeedStage, mode: str) -> dict:
     x, y = _data(cfg, device)
     check_equivalent(static, morph, x, y)
     times_s, times_m = time_interleaved(
-        make_step(static, _sgd(static, cfg.lr), x, y),
-        make_step(morph, _sgd(morph, cfg.lr), x, y),
+        make_train_step(static, _sgd(static, cfg.lr), x, y),
+        make_train_step(morph, _sgd(morph, cfg.lr), x, y),
         reps=cfg.reps,
         warmup=cfg.warmup,
         block=1,
@@ -330,8 +272,8 @@ def compare_telemetry(cfg: BenchConfig, stride: int) -> dict:
     reps = max(3, cfg.reps // 5) if block > 1 else cfg.reps
     warmup = max(1, math.ceil(cfg.warmup / block)) if block > 1 else cfg.warmup
     times_plain, times_telem = time_interleaved(
-        make_step(morph, optimizer, x, y),
-        make_step(morph, optimizer, x, y, telemetry_stride=stride),
+        make_train_step(morph, optimizer, x, y),
+        make_train_step(morph, optimizer, x, y, telemetry_stride=stride),
         reps=reps,
         warmup=warmup,
         block=block,
@@ -351,7 +293,7 @@ def _warm_process(cfg: BenchConfig) -> None:
     static = build_static(morph, "blending")
     x, y = _data(cfg, device)
     for model in (static, morph):
-        step = make_step(model, _sgd(model, cfg.lr), x, y, telemetry_stride=0)
+        step = make_train_step(model, _sgd(model, cfg.lr), x, y, telemetry_stride=0)
         for _ in range(max(2, cfg.warmup)):
             step()
     morph.capture_gradient_telemetry()
@@ -372,8 +314,25 @@ def _summary(name_a: str, times_a: list[float], name_b: str, times_b: list[float
     }
 
 
-def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> dict:
-    """Run every comparison; returns the result dictionary (see ``--json``)."""
+def run(
+    cfg: BenchConfig, *, rows: tuple[str, ...] = ROWS, log: Callable[[str], None] = print
+) -> dict:
+    """Run the comparisons named in ``rows`` (all by default), in :data:`ROWS` order.
+
+    Args:
+        cfg: what to build and how long to time it.
+        rows: a subset of :data:`ROWS`.
+        log: receives one line per row as it finishes.
+
+    Returns:
+        The result dictionary (see ``--json``); its ``ratios`` and ``medians`` hold ``rows``.
+
+    Raises:
+        ValueError: an unknown row name.
+    """
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise ValueError(f"unknown row(s) {', '.join(unknown)}; valid: {', '.join(ROWS)}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
     if cfg.threads:
@@ -382,15 +341,15 @@ def run(cfg: BenchConfig, *, log: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     _warm_process(cfg)
     results: dict[str, dict] = {}
-    plan = [
-        ("training", lambda: compare_stage(cfg, SeedStage.TRAINING, "training")),
-        ("blending", lambda: compare_stage(cfg, SeedStage.BLENDING, "blending")),
-        ("fossilized", lambda: compare_stage(cfg, SeedStage.FOSSILIZED, "fossilized")),
-        ("telemetry_stride1", lambda: compare_telemetry(cfg, 1)),
-        ("telemetry_stride10", lambda: compare_telemetry(cfg, 10)),
-    ]
-    for name, fn in plan:
-        results[name] = fn()
+    plan = {
+        "training": lambda: compare_stage(cfg, SeedStage.TRAINING, "training"),
+        "blending": lambda: compare_stage(cfg, SeedStage.BLENDING, "blending"),
+        "fossilized": lambda: compare_stage(cfg, SeedStage.FOSSILIZED, "fossilized"),
+        "telemetry_stride1": lambda: compare_telemetry(cfg, 1),
+        "telemetry_stride10": lambda: compare_telemetry(cfg, 10),
+    }
+    for name in (row for row in ROWS if row in rows):
+        results[name] = plan[name]()
         r = results[name]
         base, other = list(r)[:2]
         log(
@@ -417,7 +376,8 @@ def _device_name(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}"
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
+def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, tuple[str, ...], bool]:
+    """The command line as ``(config, rows to run, whether to print JSON)``."""
     d = BenchConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=d.device, help="cpu or cuda[:n] (default: %(default)s)")
@@ -435,6 +395,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
         help="torch threads; 0 = torch's default (%(default)s)",
     )
     p.add_argument("--seed", type=int, default=d.seed, help="RNG seed (%(default)s)")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ROWS,
+        default=list(ROWS),
+        metavar="ROW",
+        help=f"rows to measure (default: all of {', '.join(ROWS)})",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     a = p.parse_args(argv)
     for name in ("batch", "image", "width", "blocks", "reps"):
@@ -454,12 +422,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
         threads=a.threads,
         seed=a.seed,
     )
-    return cfg, a.json
+    return cfg, tuple(a.rows), a.json
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, as_json = parse_args(argv)
-    result = run(cfg)
+    cfg, rows, as_json = parse_args(argv)
+    result = run(cfg, rows=rows)
     if as_json:
         print(json.dumps(result), flush=True)
     return 0

@@ -1,10 +1,12 @@
-"""Smoke tests for the benchmark scripts: they run, and their JSON has the promised shape.
+"""Smoke tests for the benchmark scripts: they run, their JSON has the promised shape, and
+they share their helpers through ``esper.testing`` rather than through one another.
 
 No timing assertions: these run on shared, noisy machines.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -12,6 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from esper.kasmina import GateFailedError
+from esper.leyline import SeedStage
+from esper.testing import TINY_HOSTS, model_at_stage, permissive_gates, set_contribution
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--batch", "2", "--width", "2", "--image", "8", "--reps", "3", "--warmup", "1"]
@@ -62,13 +68,80 @@ def test_gpu_check_says_clearly_when_cuda_is_missing():
 
 
 def test_gpu_check_dry_run_reports_a_lifecycle():
+    # On CPU with the eager backend every recompile check can pass (nothing is compiled on the
+    # ramp, compiled and eager outputs are identical), so the dry run must exit 0: status 1
+    # would mean a real regression, not a CPU limitation.
     proc = _run("gpu_check.py", "--dry-run", "--skip", "timing", "--skip", "sync", "--json")
-    assert proc.returncode in (0, 1), proc.stderr  # 1 = a check failed; the report still stands
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     result = _last_json(proc.stdout)
+    assert result["failed"] == []
     rec = result["recompiles"]
     phases = [p["phase"] for p in rec["phases"]]
     assert phases[:3] == ["DORMANT", "GERMINATED", "TRAINING"]
     assert any(p.startswith("BLENDING epoch 2") for p in phases)
     assert "PROBATIONARY" in phases and phases[-1].startswith("FOSSILIZED")
-    for key in ("alpha_ramp_recompiles", "total_graphs", "compiled_follows_lifecycle", "ok"):
-        assert key in rec
+    assert rec["ok"] is True
+    assert rec["alpha_ramp_recompiles"] == 0
+    assert rec["compiled_follows_lifecycle"] is True
+    assert rec["total_graphs"] > 0
+
+
+def test_benchmarks_import_no_sibling_and_edit_no_sys_path():
+    scripts = sorted(BENCHMARKS.glob("*.py"))
+    siblings = {p.stem for p in scripts}
+    for script in scripts:
+        text = script.read_text()
+        assert "sys.path" not in text, script.name
+        imported = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+        assert not imported & siblings, f"{script.name} imports {imported & siblings}"
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY, SeedStage.FOSSILIZED],
+)
+def test_model_at_stage_puts_every_slot_in_the_stage_with_a_seed_that_is_not_the_identity(stage):
+    slots = ("early", "late")
+    host = TINY_HOSTS["cnn3"].build()
+    x = TINY_HOSTS["cnn3"].inputs()
+    with torch.no_grad():
+        host_out = host(x)
+    model = model_at_stage(host, stage, slots=slots)
+    assert [model.seed_slots[n].stage for n in slots] == [stage, stage]
+    with torch.no_grad():
+        out = model(x)
+    if stage == SeedStage.TRAINING:  # the incubator leaves the host's output exactly as it was
+        assert torch.equal(out, host_out)
+    else:
+        assert not torch.allclose(out, host_out)
+
+
+def test_permissive_gates_still_need_a_measured_contribution_to_fossilize():
+    host = TINY_HOSTS["cnn2"].build()
+    model = model_at_stage(host, SeedStage.PROBATIONARY, slots=["mid"])
+    slot = model.seed_slots["mid"]
+    assert slot.stage == SeedStage.PROBATIONARY
+    with pytest.raises(GateFailedError, match="not measured"):
+        model.fossilize_seed(slot="mid")
+    set_contribution(slot, -5.0)  # any measured value passes the permissive G5
+    model.fossilize_seed(slot="mid")
+    assert slot.stage == SeedStage.FOSSILIZED
+
+
+@pytest.mark.parametrize("full_alpha_ramp", [False, True])
+def test_permissive_gates_end_blending_at_once_or_after_the_whole_ramp(full_alpha_ramp):
+    gates = permissive_gates(full_alpha_ramp=full_alpha_ramp)
+    host = TINY_HOSTS["cnn2"].build()
+    model = model_at_stage(host, SeedStage.BLENDING, slots=["mid"], gate_config=gates)
+    slot = model.seed_slots["mid"]
+    epochs = 0
+    while slot.stage == SeedStage.BLENDING:
+        slot.step_epoch()
+        epochs += 1
+    assert slot.stage == SeedStage.PROBATIONARY
+    assert epochs == (slot.blending_steps - 1 if full_alpha_ramp else 1)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_HOSTS, drive_to, perturb_seed
-from esper.kasmina import GateConfig, SlotOccupiedError
+from esper.kasmina import GateConfig, SeedState, SlotOccupiedError
 from esper.kasmina.blending import GatedBlend
 from esper.kasmina.host import MorphogeneticModel
 from esper.leyline import SeedStage
@@ -186,6 +186,38 @@ def test_save_is_atomic_and_overwrites(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ck.pt"]  # no temporary files left behind
     loaded = MorphogeneticModel.load_checkpoint(path)
     assert loaded.seed_slots["early"].state.metrics.current_val_accuracy == 99.0
+
+
+def test_seed_state_round_trips_through_plain_data(tiny):
+    model, points = grown(tiny)
+    slot = model.seed_slots[points[0]]
+    slot.state.stage = S.BLENDING  # a forced step, recorded in the history
+    for s in model.seed_slots.values():
+        raw = s.state.to_dict()
+        assert _plain(raw) and "forced" in raw and "blending_steps" in raw
+        assert SeedState.from_dict(raw) == s.state
+    assert slot.state.to_dict()["forced"] == [3]
+
+
+def test_checkpoint_written_before_forced_and_blending_steps_still_loads(tmp_path):
+    tiny = TINY_HOSTS["cnn3"]
+    model, points = grown(tiny, blending_steps=4)
+    path = model.save_checkpoint(tmp_path / "new.pt")
+    payload = torch.load(path, weights_only=True)
+    for key, extra in payload["state_dict"].items():
+        if key.endswith("_extra_state"):
+            del extra["state"]["forced"], extra["state"]["blending_steps"]
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    loaded = MorphogeneticModel.load_checkpoint(old)
+    for name in points:
+        state = loaded.seed_slots[name].state
+        assert state.forced == [] and state.blending_steps == 4  # the slot's own ramp length
+        assert state == model.seed_slots[name].state
+    x = tiny.inputs()
+    model.eval()
+    loaded.eval()
+    assert torch.equal(loaded(x), model(x))
 
 
 def test_load_missing_checkpoint_raises(tmp_path):

@@ -157,6 +157,7 @@ def _step_to(model, stage):
         s.set_alpha(0.5)
     elif stage == S.PROBATIONARY:
         s.state.metrics.epochs_in_current_stage = 3
+        s.state.blend_step = s.blending_steps  # G3 waits for the end of the ramp
         s.set_alpha(1.0)
         assert s.advance_stage(S.PROBATIONARY).passed
     elif stage == S.FOSSILIZED:

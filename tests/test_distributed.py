@@ -47,6 +47,7 @@ def _to_probation(model, slot, contribution):
     _g2_metrics(slot, True)
     assert slot.advance_stage(SeedStage.BLENDING).passed
     slot.state.metrics.epochs_in_current_stage = 5
+    slot.state.blend_step = slot.blending_steps  # G3 waits for the end of the ramp
     slot.set_alpha(1.0)
     assert slot.advance_stage(SeedStage.PROBATIONARY).passed
     slot.state.metrics.counterfactual_contribution = contribution

@@ -173,6 +173,42 @@ def test_parameter_shared_with_host_after_germination_is_counted():
     assert slot.state.metrics.isolation_violations >= 1
 
 
+@pytest.mark.parametrize("how", ["register_buffer", "replace_buffer"])
+def test_buffer_shared_with_host_after_germination_is_counted(how):
+    """A buffer never has a gradient, so only the structural check (storage addresses, read on
+    the host side without a sync) can see a seed buffer tied to a host buffer."""
+    from torch import nn
+
+    from esper.leyline import IsolationViolated
+
+    model = _cnn_model(blueprint="norm")
+    slot = _to_stage(model, SeedStage.TRAINING)
+    events = []
+    model.subscribe(events.append)
+    host_bn = model.host.blocks[1][1]
+    if how == "register_buffer":
+        slot.seed.register_buffer("stolen", host_bn.running_mean)
+    else:
+        slot.seed.bn = nn.BatchNorm2d(host_bn.num_features)  # a research script's extra norm
+        slot.seed.bn.running_mean = host_bn.running_mean
+    _train(model, steps=2)
+    assert slot.state.metrics.isolation_violations == 2  # one per capture while it lasts
+    assert [e for e in events if isinstance(e, IsolationViolated)] == [
+        IsolationViolated("mid", "s0", 1),
+        IsolationViolated("mid", "s0", 2),
+    ]
+    result = slot.gates.check_gate(slot.state, SeedStage.BLENDING)
+    assert any(c.startswith("isolation") for c in result.checks_failed)
+
+
+def test_shared_buffer_is_not_a_violation_where_isolation_is_not_required():
+    model = _tf_model()
+    slot = _to_stage(model, SeedStage.BLENDING)  # transformer blending co-adapts by design
+    slot.seed.register_buffer("stolen", model.host.lm_head.weight.detach())
+    _train(model, steps=2)
+    assert slot.state.metrics.isolation_violations == 0
+
+
 def test_gradient_ratio_is_parameter_normalized_and_feeds_g2():
     model = _cnn_model()
     slot = _to_stage(model, SeedStage.TRAINING)

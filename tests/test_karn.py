@@ -78,7 +78,9 @@ def write_run(
             },
         }
         events.append(TelemetryEvent(T.EPOCH_COMPLETED, epoch=epoch, data=data))
-        events.append(TelemetryEvent(T.GRADIENT_TELEMETRY, epoch=epoch, data={"norm": 0.1}))
+        events.append(
+            TelemetryEvent(T.COUNTERFACTUAL_EVALUATED, epoch=epoch, data={"contribution": 0.1})
+        )
     if grown:
         events += _lifecycle_events()
     events.append(TelemetryEvent(T.RUN_COMPLETED, epoch=epochs))

@@ -17,13 +17,17 @@ from esper.kasmina import (
     GateFailedError,
     IllegalTransitionError,
     SeedSlot,
+    SeedState,
     SlotOccupiedError,
+    build_blend,
 )
 from esper.kasmina.blueprints import _REGISTRY, register_blueprint
 from esper.leyline import (
     DEFAULT_G2_MIN_TRAINING_EPOCHS,
+    DEFAULT_G3_MIN_ALPHA,
     DEFAULT_G3_MIN_BLENDING_EPOCHS,
     VALID_TRANSITIONS,
+    SeedMetrics,
     SeedStage,
     is_valid_transition,
 )
@@ -230,6 +234,9 @@ def test_full_lifecycle_via_advance_stage(tiny):
     assert not refused.passed and slot.stage == S.BLENDING
     slot.state.metrics.epochs_in_current_stage = DEFAULT_G3_MIN_BLENDING_EPOCHS
     slot.set_alpha(0.95)
+    refused = slot.advance_stage(S.PROBATIONARY)  # alpha is high enough, the ramp is not done
+    assert [c.split(":")[0] for c in refused.checks_failed] == ["ramp_complete"]
+    slot.state.blend_step = slot.blending_steps
     assert slot.advance_stage(S.PROBATIONARY).passed
     assert slot.alpha == 1.0
     slot.state.metrics.counterfactual_contribution = 1.0
@@ -324,6 +331,46 @@ def test_g3_refuses_low_alpha_or_too_few_epochs():
     result = slot.advance_stage(S.PROBATIONARY)
     assert not result.passed and result.checks_failed[0].startswith("blending_epochs")
     assert slot.stage == S.BLENDING
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+def test_blending_runs_its_whole_ramp_before_probation(blend):
+    """G3 is checked every epoch. With the sigmoid ramp alpha passes 0.95 one step early
+    (0.959 at step 4 of 5); G3 used to pass there and jump alpha to 1.0, skipping the last step.
+    Now every ramp step is blended through, whatever the schedule."""
+    model = TINY_HOSTS["cnn3"].model(slots=["mid"])
+    slot = drive_to(model, "mid", S.BLENDING, blend=blend)
+    schedule = build_blend(blend, 8, "cnn").schedule
+    steps = slot.blending_steps
+    alphas = [slot.alpha]
+    while slot.stage == S.BLENDING:
+        model.step_epoch()
+        alphas.append(slot.alpha)
+    assert alphas == [schedule(k, steps) for k in range(1, steps + 1)]
+    assert slot.stage == S.PROBATIONARY and slot.state.blend_step == steps
+    if blend == "sigmoid":
+        assert schedule(steps - 1, steps) >= DEFAULT_G3_MIN_ALPHA  # the case that used to jump
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+def test_ramp_check_changes_nothing_for_ramps_that_end_at_the_last_step(blend):
+    """The default linear ramp (and the gated one, linear underneath) only reaches 0.95 at its
+    last step, so waiting for the ramp to complete changes nothing there; runs with them stay
+    bit-identical. Only the sigmoid ramp used to leave early."""
+    traces = []
+    for require in (True, False):
+        config = GateConfig(g3_require_ramp_complete=require)
+        model = TINY_HOSTS["cnn3"].model(slots=["mid"], gate_config=config)
+        slot = drive_to(model, "mid", S.BLENDING, blend=blend)
+        trace = []
+        while slot.stage == S.BLENDING:
+            model.step_epoch()
+            trace.append((slot.stage, slot.alpha, slot.state.blend_step))
+        traces.append(trace)
+    if blend == "sigmoid":
+        assert len(traces[1]) == len(traces[0]) - 1  # without the check: one step short
+    else:
+        assert traces[0] == traces[1]
 
 
 # --- culls, embargo, reset ----------------------------------------------------------------------
@@ -672,6 +719,15 @@ def test_setting_stage_directly_with_set_alpha_gives_working_forward(name):
     with slot_io(slot) as seen:
         model(x)
     assert torch.equal(seen["out"], slot.seed(seen["in"]))
+    # The history keeps every assigned stage and says which ones were not lifecycle steps.
+    assert slot.state.stage_history == [
+        S.DORMANT,
+        S.GERMINATED,
+        S.TRAINING,
+        S.BLENDING,
+        S.FOSSILIZED,
+    ]
+    assert slot.state.forced == [2, 3, 4] and slot.state.previous_stage == S.BLENDING
 
 
 @pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), float("inf")])
@@ -727,8 +783,68 @@ def test_slots_are_independent():
 )
 def test_slot_rejects_bad_settings(kwargs):
     args = {"name": "mid", "width": 8, "topology": "cnn", **kwargs}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cnn, transformer" if "topology" in kwargs else "must be"):
         SeedSlot(**args)
+
+
+# --- SeedState: keyword-only, validated ----------------------------------------------------------
+
+
+def test_seed_state_is_keyword_only():
+    with pytest.raises(TypeError):
+        SeedState("seed-1", "norm", "slot-1")
+    state = SeedState(slot="mid", stage=3, previous_stage=S.GERMINATED, stage_history=[1, 2, 3])
+    assert state.stage is S.TRAINING and state.stage_history == [
+        S.DORMANT,
+        S.GERMINATED,
+        S.TRAINING,
+    ]
+    assert all(isinstance(s, SeedStage) for s in state.stage_history)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        ({"slot": ""}, TypeError, "slot must be a non-empty str"),
+        ({"slot": 3}, TypeError, "slot must be a non-empty str"),
+        ({"stage": "TRAINING"}, TypeError, "stage must be a SeedStage or its int value"),
+        ({"stage": 5}, ValueError, "stage: 5 is not a SeedStage value"),
+        ({"stage": True}, TypeError, "stage must be a SeedStage"),
+        ({"stage": 3.0}, TypeError, "stage must be a SeedStage"),
+        ({"previous_stage": "DORMANT"}, TypeError, "previous_stage must be a SeedStage"),
+        ({"stage_history": [1, "GERMINATED"]}, TypeError, "stage_history[1] must be a SeedStage"),
+        ({"stage_history": [1, 42]}, ValueError, "stage_history[1]: 42 is not a SeedStage"),
+        ({"stage_history": []}, ValueError, "stage_history must not be empty"),
+        ({"blend_step": -1}, ValueError, "blend_step must be an int >= 0"),
+        ({"blend_step": 1.5}, TypeError, "blend_step must be an int >= 0"),
+        ({"embargo_remaining": -2}, ValueError, "embargo_remaining must be an int >= 0"),
+        ({"blending_steps": 0}, ValueError, "blending_steps must be an int >= 1"),
+        ({"alpha": 1.5}, ValueError, "alpha must be a float in [0, 1]"),
+        ({"alpha": float("nan")}, ValueError, "alpha must be a float in [0, 1]"),
+        ({"alpha": "0.5"}, TypeError, "alpha must be a float in [0, 1]"),
+        ({"metrics": {}}, TypeError, "metrics must be a SeedMetrics"),
+        ({"seed_id": 7}, TypeError, "seed_id must be a str or None"),
+        ({"shape_probe_passed": 1}, TypeError, "shape_probe_passed must be a bool"),
+        ({"forced": [1]}, ValueError, "forced: index 1 does not name a step"),
+        ({"forced": [-1]}, ValueError, "forced[0] must be an int >= 0"),
+    ],
+)
+def test_seed_state_rejects_bad_fields_naming_the_field(kwargs, error, fragment):
+    with pytest.raises(error) as err:
+        SeedState(**{"slot": "mid", **kwargs})
+    message = str(err.value)
+    assert fragment in message and "\n" not in message
+    if "a SeedStage" in fragment:
+        assert "TRAINING=3" in message  # what is valid
+
+
+def test_seed_state_validates_assignment_too():
+    state = SeedState(slot="mid", metrics=SeedMetrics())
+    with pytest.raises(TypeError, match="SeedState.stage must be"):
+        state.stage = "BLENDING"
+    with pytest.raises(ValueError, match="alpha"):
+        state.alpha = -0.5
+    assert state.stage == S.DORMANT and state.alpha == 0.0 and state.stage_history == [S.DORMANT]
 
 
 @pytest.mark.parametrize(

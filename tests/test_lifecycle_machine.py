@@ -2,9 +2,10 @@
 
 A Hypothesis state machine drives a two-slot model (tiny CNN or tiny transformer) with every
 public lifecycle verb, valid and invalid arguments alike, and checks after each step that the
-stage is a SeedStage, the stage history only holds legal transitions, the forward is finite
-with the right shape, a model with no seed affecting the output is exactly its host, and every
-error raised is one of the documented kinds and left the slot untouched.
+stage is a SeedStage, the stage history only holds legal transitions, the lifecycle events a
+listener heard rebuild every history exactly, the forward is finite with the right shape, a model
+with no seed affecting the output is exactly its host, and every error raised is one of the
+documented kinds and left the slot untouched.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hypothesis.stateful import (
 from conftest import TINY_HOSTS
 from esper.kasmina import GateFailedError, IllegalTransitionError, SlotOccupiedError
 from esper.kasmina import list_blueprints as blueprints_of
-from esper.leyline import SeedStage, affects_output, is_valid_transition
+from esper.leyline import SeedStage, StageChanged, affects_output, is_valid_transition
 
 SLOTS = ("early", "late")
 DOCUMENTED = (ValueError, IllegalTransitionError, SlotOccupiedError, GateFailedError)
@@ -46,6 +47,17 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
             self.x = tiny.inputs()
             self.transitions: list[tuple[SeedStage, SeedStage]] = []
             self.counter = 0
+            self.histories = {name: [SeedStage.DORMANT] for name in SLOTS}
+            self.model.subscribe(self._hear)
+
+        def _hear(self, event):
+            if isinstance(event, StageChanged):
+                history = self.histories[event.slot]
+                assert history[-1] == event.from_stage, event
+                if event.to_stage == SeedStage.DORMANT and not event.forced:
+                    self.histories[event.slot] = [SeedStage.DORMANT]  # a fresh SeedState
+                else:
+                    history.append(event.to_stage)
 
         # -- helpers ----------------------------------------------------------------------------
 
@@ -118,7 +130,7 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
 
         @rule(slot=st.sampled_from(SLOTS), accuracy=st.floats(0.0, 100.0))
         def record_accuracy(self, slot, accuracy):
-            self.model.seed_slots[slot].state.metrics.record_accuracy(accuracy)
+            self.model.seed_slots[slot].record_validation(accuracy)
 
         @rule(
             slot=st.sampled_from(SLOTS),
@@ -163,6 +175,7 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
                 m.gradient_ratio = max(m.gradient_ratio, 0.1)
                 m.epochs_in_current_stage = max(m.epochs_in_current_stage, 3)
                 if nxt == SeedStage.PROBATIONARY:
+                    s.state.blend_step = s.state.blending_steps  # G3 waits for the ramp's end
                     s.set_alpha(1.0)
                 if nxt == SeedStage.FOSSILIZED:
                     m.counterfactual_contribution = 1.5
@@ -189,8 +202,10 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
                 assert isinstance(s.stage, SeedStage)
                 history = s.state.stage_history
                 assert history[-1] == s.stage
+                assert s.state.forced == []  # nothing here assigns a stage directly
                 for a, b in zip(history, history[1:], strict=False):
                     assert is_valid_transition(a, b), (a, b)
+                assert self.histories[s.name] == history  # the events tell the whole story
                 holds_seed = s.stage in (
                     SeedStage.GERMINATED,
                     SeedStage.TRAINING,

@@ -39,6 +39,39 @@ def test_growth_does_no_harm_on_seed_0(runs):
 
 
 def test_run_checkpoint_reloads_into_a_fresh_model(runs):
+    from esper.tolaria.data import load_digits_data
+    from esper.tolaria.trainer import Trainer
+
     model = MorphogeneticModel.load_checkpoint(runs["heuristic"] / "model.pt")
     summary = json.loads((runs["heuristic"] / "summary.json").read_text())
     assert model.count_parameters()["total"] == summary["total_params"]
+    stages = {s["slot"]: s["final_stage"] for s in summary["seeds"]}
+    for name, slot in model.seed_slots.items():
+        if name in stages and stages[name] not in ("CULLED", "EMBARGOED", "RESETTING"):
+            assert slot.stage.name == stages[name]
+    # The reloaded model predicts exactly what the run measured last.
+    trainer = Trainer(model, load_digits_data(None, 0))
+    val_loss, val_acc = trainer.evaluate()
+    assert val_acc == summary["final_val_accuracy"]
+    assert val_loss == summary["final_val_loss"]
+
+
+def test_event_log_replays_every_slots_stage_history(runs):
+    from esper.nissa import read_events
+
+    model = MorphogeneticModel.load_checkpoint(runs["heuristic"] / "model.pt")
+    histories = {name: ["DORMANT"] for name in model.seed_slots}
+    changes = 0
+    for event in read_events(runs["heuristic"] / "events.jsonl"):
+        if event.event_type != "seed_stage_changed":
+            continue
+        changes += 1
+        history = histories[event.slot]
+        assert history[-1] == event.data["from"]
+        if event.data["to"] == "DORMANT":
+            history[:] = ["DORMANT"]
+        else:
+            history.append(event.data["to"])
+    assert changes >= 5
+    for name, slot in model.seed_slots.items():
+        assert histories[name] == [s.name for s in slot.state.stage_history], name

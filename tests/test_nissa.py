@@ -194,7 +194,7 @@ def test_console_prints_lifecycle_lines_and_skips_epoch_noise():
     text = _console_output(
         [
             _event(T.EPOCH_COMPLETED, data={"val_accuracy": 50.0}),
-            _event(T.GRADIENT_TELEMETRY, data={"norm": 1.0}),
+            _event(T.COUNTERFACTUAL_EVALUATED, data={"contribution": 1.0}),
             _event(T.SEED_GERMINATED, data={"blueprint": "conv_light", "blend": "sigmoid"}),
             _event(T.SEED_STAGE_CHANGED, data={"from": "TRAINING", "to": "BLENDING"}),
             _event(T.SEED_FOSSILIZED, data={"reason": "G3 passed"}),

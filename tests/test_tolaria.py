@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from esper.kasmina.host import CNNHost, MorphogeneticModel
-from esper.leyline import SeedStage, TelemetryEventType
+from esper.leyline import Action, Decision, SeedStage, TelemetryEventType
 from esper.nissa import MemorySink, TelemetryHub
+from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import TaskData
 from esper.tolaria.governor import Governor
 from esper.tolaria.optim import GrowthOptimizers
 from esper.tolaria.trainer import Trainer
+
+GROW_MID = Decision(Action.GERMINATE, slot="mid", blueprint="conv_light")
 
 
 def _data(n=96, seed=0):
@@ -54,14 +57,15 @@ def _assert_same_state(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
 def test_germinate_and_cull_leave_host_optimizer_state_untouched(kind):
     model = _model()
-    trainer = Trainer(model, _data(), optimizer=kind, lr=0.05, seed_lr=0.05, batch_size=16)
+    config = TrainerConfig(optimizer=kind, lr=0.05, seed_lr=0.05, batch_size=16)
+    trainer = Trainer(model, _data(), config)
     trainer.run_epoch()  # builds momentum / Adam moments on the host
     before = _state_copy(trainer.optimizers.host)
     assert before["state"], "host optimizer should hold state after an epoch"
-    trainer.germinate("conv_light", "mid")
+    assert trainer.apply(GROW_MID).applied
     assert "mid" in trainer.optimizers.seeds
     _assert_same_state(before, _state_copy(trainer.optimizers.host))
-    trainer.cull("mid", reason="test")
+    assert trainer.apply(Decision(Action.CULL, slot="mid", reason="test")).applied
     assert "mid" not in trainer.optimizers.seeds
     _assert_same_state(before, _state_copy(trainer.optimizers.host))
 
@@ -81,10 +85,11 @@ def test_governor_rolls_back_injected_nan_and_run_finishes_finite():
     model = _model()
     sink = MemorySink()
     hub = TelemetryHub([sink])
-    trainer = Trainer(model, _data(), lr=0.05, seed_lr=0.05, batch_size=16, hub=hub)
+    config = TrainerConfig(lr=0.05, seed_lr=0.05, batch_size=16)
+    trainer = Trainer(model, _data(), config, hub=hub)
     for _ in range(3):
         trainer.run_epoch()
-    trainer.germinate("conv_light", "mid")
+    assert trainer.apply(GROW_MID).applied
     trainer.run_epoch()
     with torch.no_grad():
         next(model.host.parameters()).fill_(float("nan"))
@@ -114,10 +119,9 @@ def test_governor_flags_spike_but_not_noise():
 def test_training_captures_gradient_telemetry_so_seeds_can_blend():
     # The reference heuristic path never captured telemetry, so G2 could never pass.
     model = _model()
-    trainer = Trainer(
-        model, _data(), lr=0.05, seed_lr=0.05, batch_size=16, gradient_telemetry_stride=2
-    )
-    trainer.germinate("conv_light", "mid")
+    config = TrainerConfig(lr=0.05, seed_lr=0.05, batch_size=16, telemetry_stride=2)
+    trainer = Trainer(model, _data(), config)
+    assert trainer.apply(GROW_MID).applied
     trainer.run_epoch()
     m = model.seed_slots["mid"].state.metrics
     assert m.gradient_captures > 0

@@ -5,8 +5,12 @@ from esper.kasmina.blueprints import blueprint_costs, get_blueprint, list_bluepr
 from esper.kasmina.errors import GateFailedError, IllegalTransitionError, SlotOccupiedError
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.hosts import CNNHost, TransformerHost, build_host
+from esper.kasmina.lifecycle import SlotStepReport
 from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.slot import SeedSlot, SeedState, SlotStepReport
+from esper.kasmina.slot import SeedSlot
+from esper.kasmina.state import SeedState
+from esper.kasmina.telemetry import capture_telemetry
+from esper.kasmina.tensors import all_finite
 
 __all__ = [
     "BLEND_ALGORITHMS",
@@ -21,9 +25,11 @@ __all__ = [
     "SlotOccupiedError",
     "SlotStepReport",
     "TransformerHost",
+    "all_finite",
     "blueprint_costs",
     "build_blend",
     "build_host",
+    "capture_telemetry",
     "get_blueprint",
     "list_blueprints",
 ]

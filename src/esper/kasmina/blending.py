@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from esper.leyline import DEFAULT_SIGMOID_STEEPNESS
+from esper.leyline import DEFAULT_SIGMOID_STEEPNESS, get_topology
 
 
 class BlendAlgorithm(nn.Module):
@@ -64,8 +64,11 @@ class GatedBlend(BlendAlgorithm):
 
     ``alpha(x) = r + r * (1 - r) * (2 * g(x) - 1)``: it equals ``r`` when the gate is neutral
     (it starts so: zero weights), stays in ``[r**2, r * (2 - r)]``, and is exactly 0 at ``r = 0``
-    and exactly 1 at ``r = 1``. CNN features are pooled per sample; transformer features are
-    gated per position so no token's alpha depends on later tokens.
+    and exactly 1 at ``r = 1``. Image features (``BCHW``) are pooled per sample; sequence
+    features (``BTC``) are gated per position so no token's alpha depends on later tokens.
+
+    Raises:
+        ValueError: unknown ``topology`` (the message lists the valid ones).
     """
 
     algorithm_id = "gated"
@@ -73,12 +76,13 @@ class GatedBlend(BlendAlgorithm):
     def __init__(self, width: int, topology: str) -> None:
         super().__init__()
         self.topology = topology
+        self.layout = get_topology(topology).layout
         self.gate = nn.Linear(width, 1)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
 
     def alpha(self, x: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
-        if self.topology == "cnn":
+        if self.layout == "BCHW":
             g = torch.sigmoid(self.gate(x.mean(dim=(2, 3))))[:, :, None, None]  # (B, 1, 1, 1)
         else:
             g = torch.sigmoid(self.gate(x))  # (B, T, 1)

@@ -20,7 +20,12 @@ from esper.leyline import (
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Gate thresholds; defaults come from leyline."""
+    """Gate thresholds; defaults come from leyline.
+
+    ``g3_require_ramp_complete``: G3 also waits until the alpha ramp has taken all its steps, so
+    a schedule that passes ``g3_min_alpha`` early (``sigmoid``: 0.959 at step 4 of 5) still
+    blends through its last step. Turn it off only to drive stages by hand (benchmarks).
+    """
 
     g2_min_improvement: float = DEFAULT_G2_MIN_IMPROVEMENT
     g2_min_training_epochs: int = DEFAULT_G2_MIN_TRAINING_EPOCHS
@@ -29,6 +34,7 @@ class GateConfig:
     g3_min_blending_epochs: int = DEFAULT_G3_MIN_BLENDING_EPOCHS
     g3_min_alpha: float = DEFAULT_G3_MIN_ALPHA
     g5_min_contribution: float = DEFAULT_G5_MIN_CONTRIBUTION
+    g3_require_ramp_complete: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -40,6 +46,11 @@ class GateConfig:
                 raise ValueError(f"GateConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.g3_min_alpha <= 1.0:
             raise ValueError(f"GateConfig.g3_min_alpha must be in [0, 1], got {self.g3_min_alpha}")
+        if not isinstance(self.g3_require_ramp_complete, bool):
+            raise TypeError(
+                "GateConfig.g3_require_ramp_complete must be a bool, got "
+                f"{self.g3_require_ramp_complete!r}"
+            )
 
 
 def _score(level: GateLevel, state) -> float:
@@ -66,14 +77,28 @@ _GATE_FOR_TARGET = {
 class QualityGates:
     """Evaluates the gate guarding a transition into ``target`` for a seed ``state``.
 
-    ``state`` is a :class:`~esper.kasmina.slot.SeedState`. Transitions without a gate (culls,
+    ``state`` is a :class:`~esper.kasmina.state.SeedState`. Transitions without a gate (culls,
     embargo, reset) always pass.
     """
 
     def __init__(self, config: GateConfig | None = None) -> None:
         self.config = config or GateConfig()
 
+    @staticmethod
+    def gate_for(target: SeedStage) -> GateLevel | None:
+        """The gate guarding a transition into ``target``; None when no gate does."""
+        return _GATE_FOR_TARGET.get(SeedStage(target))
+
     def check_gate(self, state, target: SeedStage) -> GateResult:
+        """Evaluate the gate guarding a transition of ``state`` into ``target``.
+
+        Args:
+            state: the seed's :class:`~esper.kasmina.state.SeedState`.
+            target: the stage the seed would enter.
+
+        Returns:
+            The gate's result; a passing G0-level result for ungated targets.
+        """
         target = SeedStage(target)
         level = _GATE_FOR_TARGET.get(target)
         if level is None:
@@ -139,7 +164,7 @@ class QualityGates:
 
     def _checks_g3(self, state):
         cfg, m = self.config, state.metrics
-        return [
+        checks = [
             (
                 "blending_epochs",
                 m.epochs_in_current_stage >= cfg.g3_min_blending_epochs,
@@ -147,6 +172,15 @@ class QualityGates:
             ),
             ("alpha", state.alpha >= cfg.g3_min_alpha, f"{state.alpha:.3f} < {cfg.g3_min_alpha}"),
         ]
+        if cfg.g3_require_ramp_complete:
+            checks.append(
+                (
+                    "ramp_complete",
+                    state.blend_step >= state.blending_steps,
+                    f"ramp at step {state.blend_step} of {state.blending_steps}",
+                )
+            )
+        return checks
 
     def _checks_g5(self, state):
         cfg, m = self.config, state.metrics

@@ -11,15 +11,19 @@ import torch
 from torch import nn
 
 from esper._atomic import atomic_path
+from esper.kasmina.events import Listeners
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.hosts import build_host
-from esper.kasmina.slot import SeedSlot, SlotStepReport, capture_telemetry
+from esper.kasmina.lifecycle import SlotStepReport
+from esper.kasmina.slot import SeedSlot
+from esper.kasmina.telemetry import capture_telemetry
 from esper.leyline import (
     DEFAULT_BLEND_ALGORITHM,
     DEFAULT_BLENDING_STEPS,
     DEFAULT_EMBARGO_EPOCHS,
     DEFAULT_PROBATION_EPOCHS,
     GateResult,
+    LifecycleListener,
     SeedStage,
     SeedStateReport,
     affects_output,
@@ -42,6 +46,11 @@ class MorphogeneticModel(nn.Module):
         embargo_epochs: cooldown after a cull.
 
     With no seeds, the output equals ``host(x)`` exactly.
+
+    Every lifecycle change of every slot is announced as one typed event (``StageChanged``,
+    ``GateEvaluated``, ``IsolationViolated`` from :mod:`esper.leyline`) to the listeners given to
+    :meth:`subscribe`, in the order the changes happen. Listeners are not part of the model's
+    state: not in ``state_dict`` or checkpoints, and a ``copy.deepcopy`` starts without them.
 
     Raises:
         ValueError: an unknown or repeated slot name (the message lists the host's points).
@@ -74,6 +83,7 @@ class MorphogeneticModel(nn.Module):
         if len(set(slots)) != len(slots):
             raise ValueError(f"slots must be unique, got {slots}")
         self._host_tensors: tuple[list, list] | None = None
+        self._listeners = Listeners()
         self.host = host
         self.topology = host.topology
         gates = QualityGates(gate_config)
@@ -108,6 +118,34 @@ class MorphogeneticModel(nn.Module):
         h = host.run_blocks(h, done, host.n_blocks)
         return host.head(h)
 
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, listener: LifecycleListener) -> LifecycleListener:
+        """Call ``listener(event)`` for every lifecycle event of every slot.
+
+        Events arrive as they happen, in a deterministic order (within one ``step_epoch`` or
+        capture: slot by slot, in forward order). A listener that raises stops the operation
+        that emitted the event.
+
+        Args:
+            listener: any callable taking one event; subscribing it twice changes nothing.
+
+        Returns:
+            ``listener``, so this works as a decorator.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+        """
+        return self._listeners.subscribe(listener)
+
+    def unsubscribe(self, listener: LifecycleListener) -> None:
+        """Stop calling ``listener``.
+
+        Raises:
+            ValueError: ``listener`` is not subscribed to this model.
+        """
+        self._listeners.unsubscribe(listener)
+
     # ------------------------------------------------------------------ lifecycle
 
     def _slot(self, slot: str) -> SeedSlot:
@@ -130,9 +168,18 @@ class MorphogeneticModel(nn.Module):
             blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id
         )
 
-    def cull_seed(self, *, slot: str) -> None:
-        """Remove the seed in ``slot``; see :meth:`SeedSlot.cull`."""
-        self._slot(slot).cull()
+    def cull_seed(self, *, slot: str, reason: str = "") -> None:
+        """Remove the seed in ``slot``; see :meth:`SeedSlot.cull`.
+
+        Args:
+            slot: the slot's name.
+            reason: why, in words; carried by the ``StageChanged`` event.
+
+        Raises:
+            ValueError: unknown slot.
+            IllegalTransitionError: nothing to cull, or the seed is FOSSILIZED.
+        """
+        self._slot(slot).cull(reason=reason)
 
     def fossilize_seed(self, *, slot: str) -> GateResult:
         """Fossilize the seed in ``slot`` through G5.
@@ -148,6 +195,29 @@ class MorphogeneticModel(nn.Module):
     def step_epoch(self) -> dict[str, SlotStepReport]:
         """Advance every slot's mechanical lifecycle by one epoch."""
         return {name: slot.step_epoch() for name, slot in self.seed_slots.items()}
+
+    def record_validation(self, accuracy: float) -> list[str]:
+        """Record this epoch's validation accuracy into every slot that holds a seed.
+
+        Args:
+            accuracy: validation accuracy in percent.
+
+        Returns:
+            The slots that recorded it, in forward order.
+
+        Raises:
+            TypeError, ValueError: ``accuracy`` is not a finite number.
+        """
+        return [name for name, s in self.seed_slots.items() if s.record_validation(accuracy)]
+
+    def record_counterfactual(self, slot: str, contribution: float) -> None:
+        """Record the measured contribution (points) of the seed in ``slot``; see
+        :meth:`SeedSlot.record_counterfactual`.
+
+        Raises:
+            ValueError: unknown slot, a slot without a seed, or a non-finite contribution.
+        """
+        self._slot(slot).record_counterfactual(contribution)
 
     def capture_gradient_telemetry(self) -> None:
         """Capture gradient telemetry on every slot holding a seed (call after backward).

@@ -21,9 +21,9 @@ class TelemetryEventType(StrEnum):
     SEED_FOSSILIZED = "seed_fossilized"
     SEED_CULLED = "seed_culled"
     ISOLATION_VIOLATION = "isolation_violation"
-    GRADIENT_TELEMETRY = "gradient_telemetry"
     COUNTERFACTUAL_EVALUATED = "counterfactual_evaluated"
     CONTROLLER_DECISION = "controller_decision"
+    DECISION_REFUSED = "decision_refused"
     GOVERNOR_ROLLBACK = "governor_rollback"
     RUN_COMPLETED = "run_completed"
 

@@ -45,13 +45,21 @@ class Topology:
         """The dimension that holds features (1 for BCHW, -1 for BTC)."""
         return 1 if self.layout == "BCHW" else -1
 
-    def widen(self, host_config: dict, factor: float, default_width: int) -> dict:
+    def widen(self, host_config: dict, factor: float) -> dict:
         """A copy of ``host_config`` with its width scaled by ``factor`` (rounded; kept a
-        multiple of ``width_multiple_of`` where the host needs it)."""
+        multiple of ``width_multiple_of`` where the host needs it).
+
+        Raises:
+            ValueError: ``host_config`` does not set the width (``width_key``).
+        """
         config = dict(host_config)
         if factor == 1.0:
             return config
-        width = config.get(self.width_key, default_width)
+        if self.width_key not in config:
+            raise ValueError(
+                f"cannot widen a {self.name} host whose config has no {self.width_key}"
+            )
+        width = config[self.width_key]
         step = config.get(self.width_multiple_of, 1) if self.width_multiple_of else 1
         config[self.width_key] = max(step, round(width * factor / step) * step)
         return config

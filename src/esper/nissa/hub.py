@@ -86,6 +86,26 @@ class TelemetryHub:
             except Exception as exc:  # any sink error: training must go on
                 self._record_failure(sink, f"failed on a {event.event_type.value} event", exc)
 
+    def state_dict(self) -> dict:
+        """Positions of the sinks that have one (e.g. a JSONL file's length), by sink index."""
+        return {
+            "sinks": {
+                str(i): sink.state_dict()
+                for i, sink in enumerate(self._sinks)
+                if callable(getattr(sink, "state_dict", None))
+            }
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Give each sink its saved position back (sinks added in the same order as before)."""
+        for key, sink_state in state.get("sinks", {}).items():
+            index = int(key)
+            if index >= len(self._sinks) or not callable(
+                getattr(self._sinks[index], "load_state_dict", None)
+            ):
+                raise ValueError(f"no sink {index} with a saved position in this hub")
+            self._sinks[index].load_state_dict(sink_state)
+
     def close(self) -> None:
         """Close every sink once; later calls do nothing. Close errors become warnings too."""
         if self._closed:

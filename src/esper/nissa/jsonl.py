@@ -51,6 +51,28 @@ class JsonlSink:
         if not self._file.closed:
             self._file.close()
 
+    def state_dict(self) -> dict:
+        """The file's length now: a checkpoint records it so a resumed run can cut the log back
+        to exactly the events that happened before the checkpoint."""
+        self._file.flush()
+        return {"offset": self._file.tell()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Cut the file back to ``state["offset"]`` bytes (events after it are replayed).
+
+        Raises:
+            ValueError: the file is shorter than the offset (it is not the log of that run).
+        """
+        offset = int(state["offset"])
+        self._file.flush()
+        size = self.path.stat().st_size
+        if size < offset:
+            raise ValueError(
+                f"{self.path} holds {size} bytes, fewer than the {offset} the checkpoint recorded"
+            )
+        os.truncate(self.path, offset)
+        self._file.seek(0, os.SEEK_END)
+
 
 def read_events(path: str | os.PathLike[str]) -> list[TelemetryEvent]:
     """Read a JSONL telemetry file back into events, in file order.

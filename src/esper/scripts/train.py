@@ -4,8 +4,11 @@ Usage::
 
     esper train heuristic --task digits --seed 0
     python -m esper.scripts.train static --task pyref --seed 1
+    esper train --resume runs/heuristic-digits-s0-20261126-120000
 
-Every run directory holds ``config.json``, ``events.jsonl``, ``summary.json`` and ``model.pt``.
+Every run directory holds ``config.json``, ``events.jsonl`` and ``checkpoint.pt`` (the whole
+state, rewritten every ``--checkpoint-every`` epochs), and at the end ``summary.json`` and
+``model.pt``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -25,9 +28,23 @@ from rich.table import Table
 from esper._atomic import atomic_path
 from esper.kasmina import MorphogeneticModel, list_blueprints
 from esper.kasmina.blending import BLEND_ALGORITHMS
-from esper.leyline import DEFAULT_GRADIENT_TELEMETRY_STRIDE, TelemetryEvent, TelemetryEventType
+from esper.leyline import (
+    DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_GRADIENT_TELEMETRY_STRIDE,
+    DEFAULT_THREADS,
+    TelemetryEvent,
+    TelemetryEventType,
+    get_topology,
+)
 from esper.nissa import ConsoleSink, JsonlSink, TelemetryHub
+from esper.scripts.checkpoints import (
+    ResumeError,
+    read_run_checkpoint,
+    remove_stale_temporaries,
+    write_run_checkpoint,
+)
 from esper.tamiyo import HeuristicConfig, HeuristicController
+from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import build_task_host, get_task, list_tasks
 from esper.tolaria.trainer import Trainer
@@ -66,6 +83,10 @@ class RunConfig:
     gradient_telemetry_stride: int = DEFAULT_GRADIENT_TELEMETRY_STRIDE
     #: Multiply the host's base width by this (a static host "widened" for a fair comparison).
     width_multiplier: float = 1.0
+    #: Intra-op threads (``torch.set_num_threads``); part of the result on a CPU.
+    threads: int = DEFAULT_THREADS
+    #: Write ``checkpoint.pt`` every this many epochs (and after the last).
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -80,6 +101,10 @@ class RunConfig:
             raise UsageError("--telemetry-stride must be >= 0")
         if self.width_multiplier <= 0:
             raise UsageError(f"--width-multiplier must be > 0, got {self.width_multiplier}")
+        if self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        if self.checkpoint_every < 1:
+            raise UsageError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -94,18 +119,28 @@ class RunConfig:
                     f"valid: {', '.join(valid)}"
                 )
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> RunConfig:
+        """The run's configuration from its ``config.json`` (extra keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        for key in ("slots", "blueprints"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
-def _widened(host_config: dict, topology: str, factor: float) -> dict:
-    config = dict(host_config)
-    if factor == 1.0:
-        return config
-    if topology == "cnn":
-        config["base_channels"] = max(1, round(config.get("base_channels", 32) * factor))
-    else:
-        heads = config.get("n_head", 1)
-        width = max(heads, round(config.get("n_embd", 384) * factor / heads) * heads)
-        config["n_embd"] = width
-    return config
+    def trainer_config(self, spec, epochs: int) -> TrainerConfig:
+        """How the trainer trains this run: the task's defaults, overridden by flags."""
+        return TrainerConfig(
+            optimizer=spec.optimizer,
+            lr=self.lr or spec.lr,
+            seed_lr=spec.seed_lr,
+            batch_size=self.batch_size or spec.batch_size,
+            epoch_samples=spec.epoch_samples,
+            total_epochs=epochs,
+            telemetry_stride=self.gradient_telemetry_stride,
+            seed=self.seed,
+        )
 
 
 def _default_run_dir(cfg: RunConfig) -> Path:
@@ -144,6 +179,7 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
     """
     console = console or Console()
     spec = get_task(cfg.task)
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data = spec.load(cfg.data_dir, cfg.seed)
     slots = tuple(cfg.slots) if cfg.slots else spec.slots
@@ -158,21 +194,79 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
     run_dir = _prepare_run_dir(cfg)
     model = MorphogeneticModel(host, device=cfg.device, slots=slots)
     epochs = cfg.epochs or spec.epochs
+    cfg = replace(cfg, epochs=epochs, slots=slots, run_dir=str(run_dir))
+    trainer_cfg = cfg.trainer_config(spec, epochs)
     config_payload = {
         **asdict(cfg),
-        "epochs": epochs,
         "slots": list(slots),
-        "resolved": {
-            "host": host.config,
-            "topology": spec.topology,
-            "optimizer": spec.optimizer,
-            "lr": cfg.lr or spec.lr,
-            "seed_lr": spec.seed_lr,
-            "batch_size": cfg.batch_size or spec.batch_size,
-        },
+        "trainer": trainer_cfg.to_dict(),
+        "resolved": {"host": host.config, "topology": spec.topology},
     }
     _write_json(run_dir / "config.json", config_payload)
+    return _execute(cfg, trainer_cfg, data, model, run_dir, console, checkpoint=None)
 
+
+def resume_training(run_dir: str | Path, console: Console | None = None) -> dict | None:
+    """Continue a killed run from its last checkpoint, with its original configuration.
+
+    The event log is cut back to the checkpoint's position, so no event is written twice, and
+    the run ends exactly as an uninterrupted one would (bit for bit on the CPU).
+
+    Returns:
+        The summary, or None when the run had already finished (nothing is changed then).
+
+    Raises:
+        ResumeError: not a run directory, or its checkpoint is missing, truncated or corrupt
+            (nothing in the folder is changed).
+        DataNotFoundError: the task's local data is missing.
+    """
+    console = console or Console()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResumeError(f"{run_dir}: no such run directory")
+    if (run_dir / "summary.json").is_file():
+        console.print(
+            f"run {run_dir} already finished; nothing to resume", highlight=False, soft_wrap=True
+        )
+        return None
+    config_path = run_dir / "config.json"
+    try:
+        raw = json.loads(config_path.read_text())
+        cfg = RunConfig.from_dict(raw)
+        trainer_cfg = TrainerConfig.from_dict(raw["trainer"])
+    except FileNotFoundError:
+        raise ResumeError(f"{config_path}: missing; is this a run directory?") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ResumeError(f"{config_path}: unreadable run configuration ({exc})") from None
+    checkpoint = read_run_checkpoint(run_dir)
+    offset = checkpoint["trainer"].get("telemetry", {}).get("sinks", {}).get("0", {}).get("offset")
+    events = run_dir / "events.jsonl"
+    if offset is not None and (not events.is_file() or events.stat().st_size < offset):
+        raise ResumeError(f"{events}: shorter than the checkpoint's {offset} bytes")
+    spec = get_task(cfg.task)
+    torch.set_num_threads(cfg.threads)
+    data = spec.load(cfg.data_dir, cfg.seed)
+    model = MorphogeneticModel.from_architecture(checkpoint["architecture"], device=cfg.device)
+    remove_stale_temporaries(run_dir)
+    console.print(
+        f"resuming {run_dir} after epoch {checkpoint['epoch']}", highlight=False, soft_wrap=True
+    )
+    return _execute(cfg, trainer_cfg, data, model, run_dir, console, checkpoint=checkpoint)
+
+
+def _execute(
+    cfg: RunConfig,
+    trainer_cfg: TrainerConfig,
+    data,
+    model: MorphogeneticModel,
+    run_dir: Path,
+    console: Console,
+    *,
+    checkpoint: dict | None,
+) -> dict:
+    """The epoch loop of a new or resumed run, its checkpoints, and the final files."""
+    spec = get_task(cfg.task)
+    epochs = cfg.epochs
     controller = None
     if cfg.mode == "heuristic":
         controller = HeuristicController(
@@ -181,36 +275,33 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             seed=cfg.seed,
         )
     started = time.perf_counter()
+    earlier = float(checkpoint["wall_seconds"]) if checkpoint else 0.0
+
+    def save() -> None:
+        wall = earlier + time.perf_counter() - started
+        write_run_checkpoint(run_dir, trainer, wall_seconds=wall)
+
     with TelemetryHub() as hub:
         hub.add_sink(JsonlSink(run_dir / "events.jsonl"))
         hub.add_sink(ConsoleSink(console))
-        trainer = Trainer(
-            model,
-            data,
-            optimizer=spec.optimizer,
-            lr=cfg.lr or spec.lr,
-            seed_lr=spec.seed_lr,
-            batch_size=cfg.batch_size or spec.batch_size,
-            controller=controller,
-            hub=hub,
-            seed=cfg.seed,
-            gradient_telemetry_stride=cfg.gradient_telemetry_stride,
-            total_epochs=epochs,
-            epoch_samples=spec.epoch_samples,
-        )
-        hub.emit(
-            TelemetryEvent(
-                TelemetryEventType.RUN_STARTED,
-                epoch=0,
-                data={
-                    "mode": cfg.mode,
-                    "task": cfg.task,
-                    "seed": cfg.seed,
-                    "epochs": epochs,
-                    "slots": list(slots),
-                },
+        trainer = Trainer(model, data, trainer_cfg, controller=controller, hub=hub)
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint["trainer"])
+        else:
+            hub.emit(
+                TelemetryEvent(
+                    TelemetryEventType.RUN_STARTED,
+                    epoch=0,
+                    data={
+                        "mode": cfg.mode,
+                        "task": cfg.task,
+                        "seed": cfg.seed,
+                        "epochs": epochs,
+                        "slots": list(cfg.slots),
+                    },
+                )
             )
-        )
+            save()  # a kill during the first epoch resumes from here
         progress = Progress(
             TextColumn(f"[bold]{cfg.mode}[/] {cfg.task} s{cfg.seed}"),
             BarColumn(),
@@ -221,38 +312,45 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             disable=not console.is_terminal,
         )
         with progress:
-            bar = progress.add_task("epochs", total=epochs)
-            for _ in range(epochs):
+            bar = progress.add_task("epochs", total=epochs, completed=trainer.epoch)
+            while trainer.epoch < epochs:
                 r = trainer.run_epoch()
-                seeds = " ".join(
-                    f"{n}:{v['stage'][:4]}({v['alpha']:.2f})" for n, v in r.seeds.items()
-                )
-                console.print(
-                    f"epoch {r.epoch:3d}  train {r.train_loss:.4f}  val {r.val_loss:.4f}  "
-                    f"acc {r.val_accuracy:6.2f}%  {seeds}"
-                    + ("  [red]rollback[/]" if r.rolled_back else ""),
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                _print_epoch(console, r)
+                if r.epoch % cfg.checkpoint_every == 0 or r.epoch == epochs:
+                    save()
                 progress.advance(bar)
-        wall = time.perf_counter() - started
+        wall = earlier + time.perf_counter() - started
         summary = _summary(cfg, epochs, trainer, wall)
         hub.emit(
             TelemetryEvent(
                 TelemetryEventType.RUN_COMPLETED,
                 epoch=epochs,
-                data={k: v for k, v in summary.items() if k != "seeds"},
+                # Wall-clock time stays out of the event log, so a resumed run's log equals
+                # an uninterrupted one's; summary.json has it.
+                data={k: v for k, v in summary.items() if k not in ("seeds", "wall_seconds")},
             )
         )
+        trainer.close()
     model.save_checkpoint(run_dir / "model.pt", extra={"summary_path": "summary.json"})
     _write_json(run_dir / "summary.json", summary)
     _print_final(console, summary, run_dir)
     return summary
 
 
+def _print_epoch(console: Console, r) -> None:
+    seeds = " ".join(f"{n}:{v['stage'][:4]}({v['alpha']:.2f})" for n, v in r.seeds.items())
+    console.print(
+        f"epoch {r.epoch:3d}  train {r.train_loss:.4f}  val {r.val_loss:.4f}  "
+        f"acc {r.val_accuracy:6.2f}%  {seeds}" + ("  [red]rollback[/]" if r.rolled_back else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def widen_task(spec, factor: float):
     """The task with its host widened by ``factor`` (for static comparisons at equal size)."""
-    return replace(spec, host_config=_widened(spec.host_config, spec.topology, factor))
+    widened = get_topology(spec.topology).widen(spec.host_config, factor)
+    return replace(spec, host_config=widened)
 
 
 def _summary(cfg: RunConfig, epochs: int, trainer: Trainer, wall: float) -> dict:
@@ -306,7 +404,9 @@ def _print_final(console: Console, summary: dict, run_dir: Path) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("mode", help=f"one of: {', '.join(MODES)}")
+    parser.add_argument(
+        "mode", nargs="?", default=None, help=f"one of: {', '.join(MODES)} (not with --resume)"
+    )
     parser.add_argument("--task", default="digits", help=f"one of: {', '.join(list_tasks())}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="default: the task's")
@@ -328,6 +428,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="widen the host (static comparisons at equal parameters)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"intra-op CPU threads (default {DEFAULT_THREADS}; the result depends on it)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULT_CHECKPOINT_EVERY,
+        help="write checkpoint.pt every N epochs (default 1)",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a killed run from its checkpoint, with its original configuration",
     )
 
 
@@ -354,7 +472,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         lr=args.lr,
         gradient_telemetry_stride=args.telemetry_stride,
         width_multiplier=args.width_multiplier,
+        threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
     )
+
+
+def _flags_given_with_resume(args: argparse.Namespace) -> list[str]:
+    """Options set on the command line besides --resume (a resumed run keeps its own config)."""
+    fresh = OneLineParser(prog="esper train")
+    add_train_arguments(fresh)
+    defaults = vars(fresh.parse_args([]))
+    return [
+        "mode" if key == "mode" else "--" + key.replace("_", "-")
+        for key, default in defaults.items()
+        if key != "resume" and getattr(args, key, default) != default
+    ]
 
 
 def print_error(exc: Exception) -> None:
@@ -366,9 +498,19 @@ def print_error(exc: Exception) -> None:
 def train_main(args: argparse.Namespace) -> int:
     """Run from parsed arguments; bad input is one line on stderr and exit code 2."""
     try:
-        cfg = config_from_args(args)
-        run_training(cfg)
-    except (UsageError, DataNotFoundError) as exc:
+        if args.resume is not None:
+            extra = _flags_given_with_resume(args)
+            if extra:
+                raise UsageError(
+                    f"--resume continues a run with its original configuration; drop "
+                    f"{', '.join(extra)}"
+                )
+            resume_training(args.resume)
+            return 0
+        if args.mode is None:
+            raise UsageError(f"a mode is required: one of {', '.join(MODES)} (or --resume RUN_DIR)")
+        run_training(config_from_args(args))
+    except (UsageError, ResumeError, DataNotFoundError) as exc:
         print_error(exc)
         return 2
     return 0

@@ -14,9 +14,13 @@ from esper.leyline import (
     DEFAULT_CULL_STALLED_AFTER_EPOCHS,
     DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION,
     DEFAULT_PLATEAU_EPOCHS,
+    Action,
+    Decision,
+    Outcome,
     SeedStage,
+    TrainingSignals,
+    get_topology,
 )
-from esper.tamiyo.decisions import Action, Decision, TrainingSignals
 
 # Blueprints tried first when nothing has been learned yet: cheap, proven residual modules.
 _PREFERENCE = {
@@ -81,9 +85,27 @@ class HeuristicController:
                 key=lambda b: (b not in preference, preference.index(b) if b in preference else 0),
             )
         )
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what earlier episodes taught (penalties, uses) and reseed the tie-breaker."""
         self.penalties = {b: 0.0 for b in self.blueprints}
         self.uses = {b: 0 for b in self.blueprints}
-        self._rng = random.Random(seed)
+        self._rng = random.Random(self.seed)
+
+    def state_dict(self) -> dict:
+        """Blueprint penalties and uses and the tie-breaker's RNG state (for resume)."""
+        return {
+            "penalties": dict(self.penalties),
+            "uses": dict(self.uses),
+            "rng": self._rng.getstate(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.penalties = {b: float(state["penalties"][b]) for b in self.blueprints}
+        self.uses = {b: int(state["uses"][b]) for b in self.blueprints}
+        self._rng.setstate(state["rng"])
 
     def decide(self, signals: TrainingSignals) -> Decision:
         for report in signals.slots:
@@ -132,7 +154,7 @@ class HeuristicController:
         dormant = [r.slot for r in signals.slots if r.stage == SeedStage.DORMANT]
         order = self.config.slot_order
         if order == "auto":
-            order = "deepest_first" if self.topology == "transformer" else "shallowest_first"
+            order = get_topology(self.topology).growth_order
         if order == "deepest_first":
             dormant.reverse()
         if not dormant:
@@ -154,8 +176,8 @@ class HeuristicController:
 
         return min(self.blueprints, key=key)
 
-    def on_outcome(self, decision: Decision, succeeded: bool) -> None:
-        if decision.action == Action.GERMINATE and succeeded and decision.blueprint:
+    def on_outcome(self, decision: Decision, outcome: Outcome) -> None:
+        if decision.action == Action.GERMINATE and outcome.applied and decision.blueprint:
             self.uses[decision.blueprint] += 1
 
     def on_cull(self, blueprint: str | None) -> None:

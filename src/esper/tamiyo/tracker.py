@@ -5,9 +5,20 @@ from __future__ import annotations
 from esper.leyline import (
     DEFAULT_PLATEAU_THRESHOLD,
     DEFAULT_STABILIZATION_THRESHOLD,
+    LifecycleEvent,
+    SeedStage,
     SeedStateReport,
+    StageChanged,
+    TrainingSignals,
 )
-from esper.tamiyo.decisions import TrainingSignals
+
+_STATE_FIELDS = (
+    "best_val_accuracy",
+    "prev_val_accuracy",
+    "prev_val_loss",
+    "plateau_epochs",
+    "host_stabilized",
+)
 
 
 class SignalTracker:
@@ -33,8 +44,20 @@ class SignalTracker:
         self.host_stabilized = False
 
     def reset_plateau(self) -> None:
-        """Called after a germination: the new seed gets a fresh plateau count."""
+        """A germination answers the plateau: the new seed gets a fresh plateau count."""
         self.plateau_epochs = 0
+
+    def on_lifecycle(self, event: LifecycleEvent) -> None:
+        """Listener for a model's lifecycle events: a germination resets the plateau count."""
+        if isinstance(event, StageChanged) and event.to_stage == SeedStage.GERMINATED:
+            self.reset_plateau()
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name) for name in _STATE_FIELDS}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in _STATE_FIELDS:
+            setattr(self, name, state[name])
 
     def update(
         self,
@@ -46,7 +69,13 @@ class SignalTracker:
         topology: str,
         slots: tuple[SeedStateReport, ...] = (),
         blueprints: tuple[str, ...] = (),
+        blend_algorithms: tuple[str, ...] = (),
+        params: dict[str, int] | None = None,
     ) -> TrainingSignals:
+        """Fold one epoch's numbers in and return the controller's signals.
+
+        ``params`` is ``MorphogeneticModel.count_parameters()`` (host, seeds, total).
+        """
         # Plateau: no new best by at least the threshold. Judged against the best so far, so a
         # noisy up-and-down validation curve does not look like progress.
         gain = val_accuracy - self.best_val_accuracy
@@ -74,4 +103,8 @@ class SignalTracker:
             topology=topology,
             slots=slots,
             blueprints=blueprints,
+            blend_algorithms=blend_algorithms,
+            host_params=(params or {}).get("host", 0),
+            seed_params=(params or {}).get("seeds", 0),
+            total_params=(params or {}).get("total", 0),
         )

@@ -1,1 +1,17 @@
-"""tolaria."""
+"""Tolaria: the training side: tasks and data, the epoch loop as steps, optimizers, the governor."""
+
+from esper.tolaria.config import TrainerConfig
+from esper.tolaria.governor import Governor
+from esper.tolaria.optim import GrowthOptimizers
+from esper.tolaria.records import LifecycleRecorder, SeedRecord
+from esper.tolaria.trainer import EpochResult, Trainer
+
+__all__ = [
+    "EpochResult",
+    "Governor",
+    "GrowthOptimizers",
+    "LifecycleRecorder",
+    "SeedRecord",
+    "Trainer",
+    "TrainerConfig",
+]

@@ -64,12 +64,12 @@ class Governor:
             },
         }
 
-    def rollback(self, model) -> list[str]:
+    def rollback(self, model, reason: str = "") -> list[str]:
         """Cull live seeds and restore the snapshot. Returns the culled slots' names."""
         culled = []
         for name, slot in model.seed_slots.items():
             if slot.seed is not None and slot.stage != SeedStage.FOSSILIZED:
-                slot.cull()
+                model.cull_seed(slot=name, reason=f"governor rollback: {reason}")
                 culled.append(name)
         if self.snapshot is not None:
             model.host.load_state_dict(self.snapshot["host"])
@@ -77,3 +77,16 @@ class Governor:
                 model.seed_slots[name].seed.load_state_dict(sd)
         self.rollbacks += 1
         return culled
+
+    def state_dict(self) -> dict:
+        """Loss history, the last healthy snapshot and the rollback count (for resume)."""
+        return {
+            "losses": list(self.losses),
+            "snapshot": self.snapshot,
+            "rollbacks": self.rollbacks,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = deque(state["losses"], maxlen=self.losses.maxlen)
+        self.snapshot = state["snapshot"]
+        self.rollbacks = int(state["rollbacks"])

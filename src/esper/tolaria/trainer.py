@@ -1,27 +1,48 @@
-"""The epoch loop: train host and seeds, capture telemetry, validate, measure counterfactuals,
-advance the lifecycle, ask the controller (SYSTEM.md §4)."""
+"""The epoch loop as steps (SYSTEM.md §4).
+
+One epoch is::
+
+    signals = trainer.observe()          # train, validate, counterfactuals, lifecycle step
+    decision = controller.decide(signals)
+    outcome = trainer.apply(decision)    # applied, or refused with a reason (never raises)
+    result = trainer.end_epoch(decision, outcome)
+
+``run_epoch()`` does all four with the trainer's own controller. A learned controller can drive
+the steps itself. The trainer is a PyTorch Stateful: ``state_dict()`` holds everything a killed
+run needs to continue bit for bit on the CPU.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import random
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from esper.kasmina import GateFailedError, MorphogeneticModel
+from esper.kasmina import MorphogeneticModel, list_blueprints
+from esper.kasmina.blending import BLEND_ALGORITHMS
 from esper.leyline import (
-    DEFAULT_GRADIENT_TELEMETRY_STRIDE,
+    Action,
+    Decision,
+    Outcome,
     SeedStage,
     TelemetryEvent,
     TelemetryEventType,
+    TrainingSignals,
+    controller_state,
+    is_valid_transition,
 )
-from esper.tamiyo import Action, Decision, SignalTracker
+from esper.tamiyo import SignalTracker
+from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import iterate_batches
 from esper.tolaria.governor import Governor
 from esper.tolaria.optim import GrowthOptimizers
+from esper.tolaria.records import LifecycleRecorder, SeedRecord
 
 E = TelemetryEventType
+STATE_FORMAT = 1
 
 
 @dataclass
@@ -33,32 +54,8 @@ class EpochResult:
     val_accuracy: float
     rolled_back: bool = False
     decision: dict | None = None
+    outcome: dict | None = None
     seeds: dict = field(default_factory=dict)
-
-
-@dataclass
-class SeedRecord:
-    """The life of one seed, for the run summary."""
-
-    seed_id: str
-    slot: str
-    blueprint: str
-    stages: list[str]
-    germinated_epoch: int
-
-    @property
-    def final_stage(self) -> str:
-        return self.stages[-1]
-
-    def to_dict(self) -> dict:
-        return {
-            "seed_id": self.seed_id,
-            "slot": self.slot,
-            "blueprint": self.blueprint,
-            "final_stage": self.final_stage,
-            "stages": list(self.stages),
-            "germinated_epoch": self.germinated_epoch,
-        }
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -70,103 +67,118 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == targets).sum()
 
 
+@dataclass
+class _EpochState:
+    """What ``observe`` measured, held until ``end_epoch`` closes the epoch."""
+
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    rollback_reason: str | None
+
+
 class Trainer:
     """Trains a :class:`MorphogeneticModel` under a controller (None for a static run).
 
     Args:
         model: the model (its device is used for the data).
         data: a task's tensors (``train_x``, ``train_y``, ``val_x``, ``val_y``).
-        optimizer: ``"sgd"`` or ``"adamw"``.
-        lr, seed_lr: learning rates for host and seeds.
-        batch_size: training batch size.
+        config: how to train (learning rates, schedule, batch sizes, governor thresholds...).
         controller: decides growth each epoch; ``None`` trains the host alone.
         hub: a telemetry hub (anything with ``emit(event)``), or None.
-        seed: RNG seed for batch order.
-        gradient_telemetry_stride: capture seed gradient telemetry every this many steps (0: off).
-        governor: rollback guard; a default one is made when None.
-        total_epochs: when given, learning rates follow a cosine decay over this many epochs
-            (to 5% of their base); otherwise they stay constant.
-        epoch_samples: training rows per epoch, a fresh random sample each epoch (None: all).
+        tracker: builds the controller's signals; a fresh :class:`SignalTracker` when None.
     """
 
     def __init__(
         self,
         model: MorphogeneticModel,
         data,
+        config: TrainerConfig | None = None,
         *,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        seed_lr: float = 0.05,
-        batch_size: int = 64,
         controller=None,
         hub=None,
-        seed: int = 0,
-        gradient_telemetry_stride: int = DEFAULT_GRADIENT_TELEMETRY_STRIDE,
-        governor: Governor | None = None,
-        total_epochs: int | None = None,
-        epoch_samples: int | None = None,
+        tracker: SignalTracker | None = None,
     ) -> None:
-        if gradient_telemetry_stride < 0:
-            raise ValueError("gradient_telemetry_stride must be >= 0")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.config = config = config or TrainerConfig()
         self.model = model
         self.device = next(model.parameters()).device
-        self.data = data
-        self.batch_size = batch_size
         self.controller = controller
         self.hub = hub
-        self.stride = gradient_telemetry_stride
-        self.governor = governor or Governor()
-        self.tracker = SignalTracker()
-        self.optimizers = GrowthOptimizers(optimizer, model.host_parameters(), lr, seed_lr)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.total_epochs = total_epochs
-        self.epoch_samples = epoch_samples
+        self.governor = Governor(
+            history=config.governor_history,
+            sensitivity=config.governor_sensitivity,
+            min_spike_factor=config.governor_min_spike_factor,
+            min_history=config.governor_min_history,
+        )
+        self.tracker = tracker or SignalTracker()
+        self.optimizers = GrowthOptimizers(
+            config.optimizer,
+            model.host_parameters(),
+            config.lr,
+            config.seed_lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.global_step = 0
-        self.records: dict[str, SeedRecord] = {}
-        self._seen: dict[str, int] = {}  # seed_id -> stages already recorded
-        self._seed_counter = 0
+        self.seed_counter = 0
         self.history: list[EpochResult] = []
         self.last_val_accuracy: float | None = None
-        self._to_device()
+        self._pending: _EpochState | None = None
+        self.recorder = LifecycleRecorder(
+            model,
+            self.optimizers,
+            self.emit,
+            epoch=lambda: self.epoch,
+            on_cull=getattr(controller, "on_cull", None),
+        )
+        model.subscribe(self.recorder)
+        model.subscribe(self.tracker.on_lifecycle)
+        self.train_x, self.train_y = data.train_x.to(self.device), data.train_y.to(self.device)
+        self.val_x, self.val_y = data.val_x.to(self.device), data.val_y.to(self.device)
 
-    def _to_device(self) -> None:
-        d = self.data
-        self.train_x, self.train_y = d.train_x.to(self.device), d.train_y.to(self.device)
-        self.val_x, self.val_y = d.val_x.to(self.device), d.val_y.to(self.device)
+    @property
+    def records(self) -> dict[str, SeedRecord]:
+        """Every seed this run germinated, by id."""
+        return self.recorder.records
+
+    def close(self) -> None:
+        """Stop listening to the model (a trainer that is done leaves no subscriber behind)."""
+        self.model.unsubscribe(self.recorder)
+        self.model.unsubscribe(self.tracker.on_lifecycle)
 
     def emit(self, event_type: TelemetryEventType, **kwargs) -> None:
         if self.hub is not None:
             self.hub.emit(TelemetryEvent(event_type, epoch=self.epoch, **kwargs))
 
-    # ------------------------------------------------------------------ one epoch
+    # ------------------------------------------------------------------ measuring
 
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the training data. Returns (mean loss, accuracy %).
 
         Loss and correct counts accumulate on the device; they are read once, at the end.
         """
-        model, opt = self.model, self.optimizers
+        model, opt, stride = self.model, self.optimizers, self.config.telemetry_stride
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n_batches, n_targets = 0, 0
-        capture = self.stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
+        capture = stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
         for xb, yb in iterate_batches(
             self.train_x,
             self.train_y,
-            self.batch_size,
+            self.config.batch_size,
             self.generator,
             shuffle=True,
-            limit=self.epoch_samples,
+            limit=self.config.epoch_samples,
         ):
             logits = model(xb)
             loss = task_loss(logits, yb)
             opt.zero_grad()
             loss.backward()
-            if capture and self.global_step % self.stride == 0:
+            if capture and self.global_step % stride == 0:
                 model.capture_gradient_telemetry()
             opt.step()
             loss_sum += loss.detach()
@@ -185,7 +197,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n = 0
-        for xb, yb in iterate_batches(self.val_x, self.val_y, 512, None, shuffle=False):
+        batches = iterate_batches(
+            self.val_x, self.val_y, self.config.eval_batch_size, None, shuffle=False
+        )
+        for xb, yb in batches:
             logits = model(xb)
             loss_sum += task_loss(logits, yb) * yb.numel()
             correct += _correct(logits, yb)
@@ -194,14 +209,15 @@ class Trainer:
         return (loss_sum / max(n, 1)).item(), 100.0 * correct.item() / max(n, 1)
 
     def counterfactuals(self, val_accuracy: float) -> None:
-        """For each seed that affects the output: accuracy with it minus with alpha forced to 0."""
+        """For each seed that affects the output: accuracy with it minus accuracy with its own
+        alpha forced to 0 (every other seed as it is)."""
         for name, slot in self.model.seed_slots.items():
             if slot.seed is None or slot.stage not in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
                 continue
             with self.model.force_alpha(0.0, slots=[name]):
                 _, without = self.evaluate()
             contribution = val_accuracy - without
-            slot.state.metrics.counterfactual_contribution = contribution
+            self.model.record_counterfactual(name, contribution)
             self.emit(
                 E.COUNTERFACTUAL_EVALUATED,
                 slot=name,
@@ -213,12 +229,15 @@ class Trainer:
                 },
             )
 
-    def run_epoch(self) -> EpochResult:
+    # ------------------------------------------------------------------ the steps
+
+    def observe(self) -> TrainingSignals:
+        """Train one epoch, validate, measure counterfactuals, advance the mechanical lifecycle,
+        and return the controller's signals for this epoch."""
+        if self._pending is not None:
+            raise RuntimeError("observe() called twice; call end_epoch() to close the epoch")
         self.epoch += 1
-        if self.total_epochs:
-            progress = min(1.0, (self.epoch - 1) / self.total_epochs)
-            self.optimizers.set_lr_factor(0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-        violations_before = self._violations()
+        self.optimizers.set_lr_factor(self.config.lr_factor(self.epoch))
         train_loss, train_acc = self.train_epoch()
         reason = self.governor.check(train_loss)
         if reason is not None:
@@ -228,52 +247,124 @@ class Trainer:
             reason = f"non-finite validation loss {val_loss}"
             self._rollback(reason, val_loss)
             val_loss, val_acc = self.evaluate()
-        self._report_violations(violations_before)
         self.last_val_accuracy = val_acc
         self.counterfactuals(val_acc)
-        for slot in self.model.seed_slots.values():
-            if slot.seed is not None:
-                slot.state.metrics.record_accuracy(val_acc)
-        cull_reasons = {}
-        for name, report in self.model.step_epoch().items():
-            if report.cull_reason:
-                cull_reasons[name] = report.cull_reason
-            for gate in report.gate_results:
-                self.emit(
-                    E.GATE_EVALUATED,
-                    slot=name,
-                    seed_id=report.seed_id,
-                    data={
-                        "gate": gate.gate.name,
-                        "passed": gate.passed,
-                        "checks_failed": list(gate.checks_failed),
-                    },
-                )
-        self._sync_records(reasons=cull_reasons)
+        self.model.record_validation(val_acc)
+        self.model.step_epoch()
+        self._pending = _EpochState(train_loss, train_acc, val_loss, val_acc, reason)
+        return self.tracker.update(
+            epoch=self.epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            topology=self.model.topology,
+            slots=tuple(self.model.slot_reports()),
+            blueprints=self.offered_blueprints(),
+            blend_algorithms=BLEND_ALGORITHMS,
+            params=self.model.count_parameters(),
+        )
 
-        decision = None
-        if self.controller is not None:
-            signals = self.tracker.update(
-                epoch=self.epoch,
-                train_loss=train_loss,
-                val_loss=val_loss,
-                val_accuracy=val_acc,
-                topology=self.model.topology,
-                slots=tuple(self.model.slot_reports()),
-                blueprints=getattr(self.controller, "blueprints", ()),
+    def offered_blueprints(self) -> tuple[str, ...]:
+        """Blueprints this run may grow: the controller's own list, else the registry's."""
+        own = getattr(self.controller, "blueprints", None)
+        return tuple(own) if own else tuple(list_blueprints(self.model.topology))
+
+    def apply(self, decision: Decision | None) -> Outcome:
+        """Carry out ``decision``. A decision that cannot be carried out (illegal transition,
+        unknown blueprint or slot, occupied slot, gate not passed) is refused: an event says
+        why, the model and optimizers stay exactly as they were, and the run goes on."""
+        if decision is None or decision.action == Action.WAIT:
+            return Outcome(applied=True)
+        self.emit(E.CONTROLLER_DECISION, slot=decision.slot, data=decision.to_dict())
+        refusal = self._refusal(decision)
+        if refusal is None:
+            outcome = self._carry_out(decision)
+        else:
+            outcome = Outcome(applied=False, reason=refusal)
+        if not outcome.applied:
+            self.emit(
+                E.DECISION_REFUSED,
+                slot=decision.slot,
+                data={**decision.to_dict(), "refused": outcome.reason},
             )
-            decision = self.controller.decide(signals)
-            self._apply(decision)
-        if reason is None:
+        if hasattr(self.controller, "on_outcome"):
+            self.controller.on_outcome(decision, outcome)
+        return outcome
+
+    def _refusal(self, decision: Decision) -> str | None:
+        """Why ``decision`` cannot be carried out, checked before anything changes; or None."""
+        slots = self.model.seed_slots
+        if decision.slot not in slots:
+            return f"unknown slot {decision.slot!r}; this model's slots: {', '.join(slots)}"
+        stage = slots[decision.slot].stage
+        action = decision.action
+        if action == Action.GERMINATE:
+            if stage != SeedStage.DORMANT:
+                return f"slot {decision.slot!r} is occupied ({stage.name}), not DORMANT"
+            valid = list_blueprints(self.model.topology)
+            if decision.blueprint not in valid:
+                return (
+                    f"unknown blueprint {decision.blueprint!r} for {self.model.topology}; "
+                    f"valid: {', '.join(valid)}"
+                )
+            blend = decision.blend_algorithm or "linear"
+            if blend not in BLEND_ALGORITHMS:
+                return f"unknown blend {blend!r}; valid: {', '.join(BLEND_ALGORITHMS)}"
+            return None
+        target = {Action.FOSSILIZE: SeedStage.FOSSILIZED, Action.CULL: SeedStage.CULLED}.get(action)
+        if target is None:
+            return f"unknown action {action!r}; valid: {', '.join(a.value for a in Action)}"
+        if not is_valid_transition(stage, target):
+            return f"slot {decision.slot!r} is {stage.name}: cannot {Action(action).value}"
+        return None
+
+    def _carry_out(self, decision: Decision) -> Outcome:
+        slot = decision.slot
+        if decision.action == Action.GERMINATE:
+            seed_id = f"seed-{self.seed_counter + 1}-{slot}-{decision.blueprint}"
+            try:
+                self.model.germinate_seed(
+                    decision.blueprint,
+                    seed_id,
+                    slot=slot,
+                    blend_algorithm_id=decision.blend_algorithm or "linear",
+                )
+            except ValueError as err:  # G0 refused the seed; the slot is unchanged
+                return Outcome(applied=False, reason=str(err))
+            self.seed_counter += 1
+            if self.last_val_accuracy is not None:
+                # G2's "improvement since TRAINING began" is measured from the accuracy at
+                # germination.
+                self.model.seed_slots[slot].record_validation(self.last_val_accuracy)
+            # GERMINATED -> TRAINING happens at once (G1), so the seed starts learning now.
+            self.model.advance_stage(SeedStage.TRAINING, slot=slot)
+            return Outcome(applied=True, seed_id=seed_id)
+        if decision.action == Action.FOSSILIZE:
+            result = self.model.advance_stage(SeedStage.FOSSILIZED, slot=slot)
+            if not result.passed:
+                return Outcome(applied=False, reason=result.message)
+            return Outcome(applied=True)
+        self.model.cull_seed(slot=slot, reason=decision.reason or "controller decision")
+        return Outcome(applied=True)
+
+    def end_epoch(
+        self, decision: Decision | None = None, outcome: Outcome | None = None
+    ) -> EpochResult:
+        """Close the epoch: snapshot a healthy state for the governor, record, emit."""
+        if self._pending is None:
+            raise RuntimeError("end_epoch() without observe()")
+        p, self._pending = self._pending, None
+        if p.rollback_reason is None:
             self.governor.take_snapshot(self.model)
         result = EpochResult(
             epoch=self.epoch,
-            train_loss=train_loss,
-            train_accuracy=train_acc,
-            val_loss=val_loss,
-            val_accuracy=val_acc,
-            rolled_back=reason is not None,
+            train_loss=p.train_loss,
+            train_accuracy=p.train_accuracy,
+            val_loss=p.val_loss,
+            val_accuracy=p.val_accuracy,
+            rolled_back=p.rollback_reason is not None,
             decision=decision.to_dict() if decision is not None else None,
+            outcome=outcome.to_dict() if outcome is not None else None,
             seeds=self._seed_view(),
         )
         self.history.append(result)
@@ -281,10 +372,10 @@ class Trainer:
         self.emit(
             E.EPOCH_COMPLETED,
             data={
-                "train_loss": train_loss,
-                "train_accuracy": train_acc,
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
+                "train_loss": p.train_loss,
+                "train_accuracy": p.train_accuracy,
+                "val_loss": p.val_loss,
+                "val_accuracy": p.val_accuracy,
                 "host_params": counts["host"],
                 "total_params": counts["total"],
                 "seeds": result.seeds,
@@ -293,118 +384,20 @@ class Trainer:
         )
         return result
 
-    # ------------------------------------------------------------------ growth
+    def run_epoch(self) -> EpochResult:
+        """One whole epoch with the trainer's controller (none: the host trains alone)."""
+        signals = self.observe()
+        decision = outcome = None
+        if self.controller is not None:
+            decision = self.controller.decide(signals)
+            outcome = self.apply(decision)
+        return self.end_epoch(decision, outcome)
 
-    def _apply(self, decision: Decision) -> None:
-        if decision.action == Action.WAIT:
-            return
-        self.emit(E.CONTROLLER_DECISION, slot=decision.slot, data=decision.to_dict())
-        ok = True
-        if decision.action == Action.GERMINATE:
-            self.germinate(
-                decision.blueprint, decision.slot, blend=decision.blend_algorithm or "linear"
-            )
-            self.tracker.reset_plateau()
-        elif decision.action == Action.FOSSILIZE:
-            ok = self.fossilize(decision.slot)
-        elif decision.action == Action.CULL:
-            self.cull(decision.slot, reason=decision.reason)
-        if hasattr(self.controller, "on_outcome"):
-            self.controller.on_outcome(decision, ok)
-
-    def germinate(self, blueprint: str, slot: str, *, blend: str = "linear") -> str:
-        self._seed_counter += 1
-        seed_id = f"seed-{self._seed_counter}-{slot}-{blueprint}"
-        self.model.germinate_seed(blueprint, seed_id, slot=slot, blend_algorithm_id=blend)
-        self.optimizers.add_seed(slot, self.model.seed_parameters(slot))
-        self.records[seed_id] = SeedRecord(seed_id, slot, blueprint, ["GERMINATED"], self.epoch)
-        self._seen[seed_id] = len(self.model.seed_slots[slot].state.stage_history)
-        self.emit(
-            E.SEED_GERMINATED,
-            slot=slot,
-            seed_id=seed_id,
-            data={"blueprint": blueprint, "blend": blend},
-        )
-        self.emit(
-            E.SEED_STAGE_CHANGED,
-            slot=slot,
-            seed_id=seed_id,
-            data={"from": "DORMANT", "to": "GERMINATED"},
-        )
-        if self.last_val_accuracy is not None:
-            # G2's "improvement since TRAINING began" is measured from the accuracy at germination.
-            self.model.seed_slots[slot].state.metrics.record_accuracy(self.last_val_accuracy)
-        # GERMINATED -> TRAINING happens at once (G1), so the seed starts learning this epoch.
-        self.model.advance_stage(SeedStage.TRAINING, slot=slot)
-        self._sync_records()
-        return seed_id
-
-    def fossilize(self, slot: str) -> bool:
-        s = self.model.seed_slots[slot]
-        try:
-            self.model.fossilize_seed(slot=slot)
-        except GateFailedError as err:
-            self.emit(
-                E.GATE_EVALUATED,
-                slot=slot,
-                seed_id=s.state.seed_id,
-                data={
-                    "gate": "G5",
-                    "passed": False,
-                    "checks_failed": list(err.result.checks_failed),
-                },
-            )
-            return False
-        self.optimizers.fossilize_seed(slot, s.seed.parameters())
-        self._sync_records()
-        return True
-
-    def cull(self, slot: str, *, reason: str) -> None:
-        self.model.cull_seed(slot=slot)
-        self._sync_records(reason=reason)
-
-    def _sync_records(self, reason: str = "lifecycle", reasons: dict | None = None) -> None:
-        """Turn new entries of every slot's stage history into events and seed records; keep the
-        optimizers in step with seeds the lifecycle culled on its own."""
-        for name, slot in self.model.seed_slots.items():
-            state = slot.state
-            record = self.records.get(state.seed_id or "")
-            if record is None:
-                continue
-            seen = self._seen[state.seed_id]
-            for prev, new in zip(
-                state.stage_history[seen - 1 :], state.stage_history[seen:], strict=False
-            ):
-                record.stages.append(new.name)
-                self.emit(
-                    E.SEED_STAGE_CHANGED,
-                    slot=name,
-                    seed_id=record.seed_id,
-                    data={"from": prev.name, "to": new.name},
-                )
-                if new == SeedStage.CULLED:
-                    self.optimizers.drop_seed(name)
-                    if hasattr(self.controller, "on_cull"):
-                        self.controller.on_cull(record.blueprint)
-                    self.emit(
-                        E.SEED_CULLED,
-                        slot=name,
-                        seed_id=record.seed_id,
-                        data={"reason": (reasons or {}).get(name, reason)},
-                    )
-                elif new == SeedStage.FOSSILIZED:
-                    self.emit(
-                        E.SEED_FOSSILIZED,
-                        slot=name,
-                        seed_id=record.seed_id,
-                        data={"contribution": state.metrics.counterfactual_contribution},
-                    )
-            self._seen[state.seed_id] = len(state.stage_history)
+    # ------------------------------------------------------------------ helpers
 
     def _rollback(self, reason: str, loss: float) -> None:
-        culled = self.governor.rollback(self.model)
+        culled = self.governor.rollback(self.model, reason)
         self.optimizers.reset_host_state()
-        self._sync_records(reason=f"governor rollback: {reason}")  # drops their optimizers
         self.emit(
             E.GOVERNOR_ROLLBACK,
             data={
@@ -413,20 +406,6 @@ class Trainer:
                 "culled": culled,
             },
         )
-
-    def _violations(self) -> dict[str, int]:
-        return {n: s.state.metrics.isolation_violations for n, s in self.model.seed_slots.items()}
-
-    def _report_violations(self, before: dict[str, int]) -> None:
-        for name, slot in self.model.seed_slots.items():
-            now = slot.state.metrics.isolation_violations
-            if now > before.get(name, 0):
-                self.emit(
-                    E.ISOLATION_VIOLATION,
-                    slot=name,
-                    seed_id=slot.state.seed_id,
-                    data={"violations": now, "new": now - before.get(name, 0)},
-                )
 
     def _seed_view(self) -> dict:
         view = {}
@@ -441,3 +420,69 @@ class Trainer:
                     else (1.0 if slot.stage == SeedStage.FOSSILIZED else 0.0),
                 }
         return view
+
+    # ------------------------------------------------------------------ Stateful
+
+    def state_dict(self) -> dict:
+        """Everything a killed run needs to continue exactly: the model with its seeds, every
+        optimizer (parameters by name), counters, every RNG the run draws from, governor,
+        tracker, controller, seed records, history and the telemetry sinks' positions.
+        Loadable with ``torch.load(weights_only=True)``. Call between epochs."""
+        if self._pending is not None:
+            raise RuntimeError("state_dict() mid-epoch; call it after end_epoch()")
+        hub_state = getattr(self.hub, "state_dict", None)
+        return {
+            "format": STATE_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizers": self.optimizers.state_dict(self.model),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "seed_counter": self.seed_counter,
+            "last_val_accuracy": self.last_val_accuracy,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                "python": random.getstate(),
+                "batches": self.generator.get_state(),
+            },
+            "governor": self.governor.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "controller": controller_state(self.controller),
+            "recorder": self.recorder.state_dict(),
+            "history": [asdict(h) for h in self.history],
+            "telemetry": hub_state() if callable(hub_state) else {},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output into this trainer (built over a model of the same
+        architecture).
+
+        Raises:
+            ValueError: a state of another format, or one that does not fit the model.
+        """
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"trainer state format {state.get('format')!r} is not {STATE_FORMAT}; "
+                "it was written by another version of esper"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizers.load_state_dict(state["optimizers"], self.model)
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.seed_counter = int(state["seed_counter"])
+        self.last_val_accuracy = state["last_val_accuracy"]
+        self.governor.load_state_dict(state["governor"])
+        self.tracker.load_state_dict(state["tracker"])
+        if state["controller"]:
+            self.controller.load_state_dict(state["controller"])
+        self.recorder.load_state_dict(state["recorder"])
+        self.history = [EpochResult(**h) for h in state["history"]]
+        hub_load = getattr(self.hub, "load_state_dict", None)
+        if callable(hub_load):
+            hub_load(state["telemetry"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["batches"])

@@ -1,0 +1,69 @@
+"""A run directory's full-state checkpoint (``checkpoint.pt``): written atomically every few
+epochs, read back to resume a killed run exactly where its last checkpoint left it."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from esper._atomic import atomic_path, stale_temporaries
+
+CHECKPOINT_NAME = "checkpoint.pt"
+RUN_CHECKPOINT_FORMAT = 1
+
+
+class ResumeError(ValueError):
+    """A run directory cannot be resumed; the message names the file and what is wrong."""
+
+
+def write_run_checkpoint(run_dir: Path, trainer, *, wall_seconds: float) -> Path:
+    """Write ``trainer``'s whole state to ``run_dir/checkpoint.pt`` (write, fsync, rename).
+
+    A kill at any moment leaves either the previous checkpoint or this one, never half a file.
+    """
+    payload = {
+        "format": RUN_CHECKPOINT_FORMAT,
+        "architecture": trainer.model.architecture(),
+        "epoch": trainer.epoch,
+        "wall_seconds": float(wall_seconds),
+        "trainer": trainer.state_dict(),
+    }
+    path = run_dir / CHECKPOINT_NAME
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def read_run_checkpoint(run_dir: Path) -> dict:
+    """Load ``run_dir/checkpoint.pt`` safely (``weights_only=True``).
+
+    Raises:
+        ResumeError: no checkpoint, or a truncated, corrupt or foreign one.
+    """
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ResumeError(f"{path}: no checkpoint to resume from (is this a run directory?)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise ResumeError(f"{path}: truncated or corrupt checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != RUN_CHECKPOINT_FORMAT:
+        raise ResumeError(
+            f"{path}: not a run checkpoint of format {RUN_CHECKPOINT_FORMAT} "
+            "(written by another version of esper?)"
+        )
+    missing = [k for k in ("architecture", "epoch", "trainer") if k not in payload]
+    if missing:
+        raise ResumeError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return payload
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete what a write killed mid-way left behind (the finished files are untouched)."""
+    for name in (CHECKPOINT_NAME, "model.pt", "summary.json"):
+        for tmp in stale_temporaries(run_dir / name):
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,64 @@
+"""One training step, as the benchmarks time it and the tests take it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the last dimension, for class or token logits.
+
+    Args:
+        logits: ``(B, C)`` class logits or ``(B, T, V)`` token logits.
+        targets: ``(B,)`` labels or ``(B, T)`` token ids.
+
+    Returns:
+        The mean loss, a scalar tensor.
+    """
+    if logits.dim() > 2:  # (B, T, V) -> (B * T, V); a (B, C) batch is left as it is
+        logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    return F.cross_entropy(logits, targets)
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    telemetry_stride: int = 0,
+) -> Callable[[], None]:
+    """A closure running one full step: zero_grad, forward, loss, backward, capture, update.
+
+    Args:
+        model: the network (a ``MorphogeneticModel`` or a compiled one when capturing).
+        optimizer: the optimizer over ``model``'s parameters.
+        x: the inputs, reused every step so only the step itself is measured.
+        y: the targets.
+        telemetry_stride: k > 0 calls ``model.capture_gradient_telemetry()`` after the
+            backward of every k-th step, the first one included; 0 never captures.
+
+    Returns:
+        A function of no arguments that takes one step.
+
+    Raises:
+        ValueError: ``telemetry_stride`` is negative.
+    """
+    if telemetry_stride < 0:
+        raise ValueError(f"telemetry_stride must be >= 0, got {telemetry_stride}")
+    steps_taken = 0
+
+    def step() -> None:
+        nonlocal steps_taken
+        optimizer.zero_grad(set_to_none=True)
+        cross_entropy(model(x), y).backward()
+        if telemetry_stride and steps_taken % telemetry_stride == 0:
+            model.capture_gradient_telemetry()
+        steps_taken += 1
+        optimizer.step()
+
+    return step
