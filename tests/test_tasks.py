@@ -295,3 +295,17 @@ def test_iterate_batches_limit_draws_a_fresh_sample_each_epoch():
     with pytest.raises(ValueError, match="limit"):
         next(iterate_batches(x, y, 8, gen, limit=0))
     assert get_task("pyref").epoch_samples == 2048
+
+
+def test_digits_read_without_sklearn_equal_sklearns_load_digits():
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from esper.tolaria import data
+
+    assert data._digits_csv() is not None, "the fast path should find sklearn's CSV"
+    images, labels = data._digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images.astype(np.float32))
+    assert np.array_equal(labels, bunch.target.astype(np.int64))
+    assert images.dtype == np.float32 and labels.dtype == np.int64
