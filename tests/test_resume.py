@@ -47,8 +47,6 @@ def _trainer(kind: str, controller) -> Trainer:
 class Grower:
     """Germinates early at epoch 2 and mid at epoch 4 (so optimizers exist at the checkpoint)."""
 
-    blueprints = ("norm",)
-
     def decide(self, signals):
         plan = {2: ("early", "conv_light"), 4: ("mid", "norm")}
         if signals.epoch in plan:

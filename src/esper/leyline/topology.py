@@ -41,10 +41,6 @@ class Topology:
         """A small feature shape with ``width`` features, for shape probes of new seeds."""
         return (2, width, 4, 4) if self.layout == "BCHW" else (2, 4, width)
 
-    def feature_dim(self) -> int:
-        """The dimension that holds features (1 for BCHW, -1 for BTC)."""
-        return 1 if self.layout == "BCHW" else -1
-
     def widen(self, host_config: dict, factor: float) -> dict:
         """A copy of ``host_config`` with its width scaled by ``factor`` (rounded; kept a
         multiple of ``width_multiple_of`` where the host needs it).

@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from esper.kasmina.hosts import build_host
-from esper.leyline import TOPOLOGIES
+from esper.leyline import TOPOLOGIES, get_topology
 from esper.tolaria.data import (
     TaskData,
     load_cifar10_data,
@@ -174,8 +174,9 @@ def build_task_host(spec: TaskSpec, data: TaskData) -> nn.Module:
             slot is not one of the host's injection points.
     """
     config = dict(spec.host_config)
-    if spec.topology == "transformer":
-        config["vocab_size"] = data.num_classes
+    topology = get_topology(spec.topology)
+    config[topology.output_key] = data.num_classes
+    if topology.layout == "BTC":
         seq_len = data.train_x.shape[1]
         if seq_len > config.get("block_size", seq_len):
             raise ValueError(
@@ -183,7 +184,6 @@ def build_task_host(spec: TaskSpec, data: TaskData) -> nn.Module:
                 f"block_size {config['block_size']}"
             )
     else:
-        config["num_classes"] = data.num_classes
         channels = data.train_x.shape[1]
         if channels != config.get("in_channels", channels):
             raise ValueError(

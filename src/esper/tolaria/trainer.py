@@ -259,15 +259,10 @@ class Trainer:
             val_accuracy=val_acc,
             topology=self.model.topology,
             slots=tuple(self.model.slot_reports()),
-            blueprints=self.offered_blueprints(),
+            blueprints=tuple(list_blueprints(self.model.topology)),
             blend_algorithms=BLEND_ALGORITHMS,
             params=self.model.count_parameters(),
         )
-
-    def offered_blueprints(self) -> tuple[str, ...]:
-        """Blueprints this run may grow: the controller's own list, else the registry's."""
-        own = getattr(self.controller, "blueprints", None)
-        return tuple(own) if own else tuple(list_blueprints(self.model.topology))
 
     def apply(self, decision: Decision | None) -> Outcome:
         """Carry out ``decision``. A decision that cannot be carried out (illegal transition,
