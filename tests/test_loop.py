@@ -298,3 +298,15 @@ def test_trainer_config_rejects_bad_values_with_one_line():
         TrainerConfig.from_dict({"learning_rate": 0.1})
     cfg = TrainerConfig(optimizer="adamw", lr=0.003, total_epochs=9)
     assert TrainerConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_tolaria_does_not_import_tamiyo():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, esper.tolaria, esper.tolaria.trainer; "
+        "print(sorted(m for m in sys.modules if m.startswith('esper.tamiyo')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

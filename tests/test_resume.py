@@ -248,7 +248,7 @@ def test_config_json_records_threads_and_the_trainer_config(short_run):
 
 
 def test_heuristic_and_tracker_state_round_trip():
-    from esper.tamiyo import SignalTracker
+    from esper.tolaria import SignalTracker
 
     a = HeuristicController("cnn", seed=3)
     a.on_cull("conv_light")

@@ -6,8 +6,9 @@ import pytest
 
 from esper.kasmina import list_blueprints
 from esper.leyline import SeedMetrics, SeedStage, SeedStateReport
-from esper.tamiyo import Action, Controller, HeuristicConfig, HeuristicController, SignalTracker
+from esper.tamiyo import Action, Controller, HeuristicConfig, HeuristicController
 from esper.tamiyo.decisions import TrainingSignals
+from esper.tolaria import SignalTracker
 
 SLOTS = ("early", "mid", "late")
 

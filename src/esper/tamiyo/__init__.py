@@ -1,8 +1,7 @@
-"""Tamiyo: the signal tracker and the heuristic controller."""
+"""Tamiyo: the heuristic controller (it reads the signals tolaria's tracker builds)."""
 
 from esper.tamiyo.decisions import Action, Controller, Decision, TrainingSignals
 from esper.tamiyo.heuristic import HeuristicConfig, HeuristicController
-from esper.tamiyo.tracker import SignalTracker
 
 __all__ = [
     "Action",
@@ -10,6 +9,5 @@ __all__ = [
     "Decision",
     "HeuristicConfig",
     "HeuristicController",
-    "SignalTracker",
     "TrainingSignals",
 ]

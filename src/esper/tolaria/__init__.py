@@ -4,6 +4,7 @@ from esper.tolaria.config import TrainerConfig
 from esper.tolaria.governor import Governor
 from esper.tolaria.optim import GrowthOptimizers
 from esper.tolaria.records import LifecycleRecorder, SeedRecord
+from esper.tolaria.signals import SignalTracker
 from esper.tolaria.trainer import EpochResult, Trainer
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "GrowthOptimizers",
     "LifecycleRecorder",
     "SeedRecord",
+    "SignalTracker",
     "Trainer",
     "TrainerConfig",
 ]

@@ -34,12 +34,12 @@ from esper.leyline import (
     controller_state,
     is_valid_transition,
 )
-from esper.tamiyo import SignalTracker
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import iterate_batches
 from esper.tolaria.governor import Governor
 from esper.tolaria.optim import GrowthOptimizers
 from esper.tolaria.records import LifecycleRecorder, SeedRecord
+from esper.tolaria.signals import SignalTracker
 
 E = TelemetryEventType
 STATE_FORMAT = 1

@@ -1,4 +1,11 @@
-"""Signal tracker: turns per-epoch metrics into the signals a controller reads."""
+"""The signal tracker: turns each epoch's numbers into the observation a controller reads.
+
+Building the observation is the loop's job (as an environment's step returns its observation),
+so the tracker lives in tolaria, beside the trainer, and controllers (tamiyo's heuristic,
+simic's policy) only read the :class:`~esper.leyline.TrainingSignals` it produces. It keeps its
+own state: it listens to the model's lifecycle events (a germination restarts the plateau
+count) and has ``state_dict()`` for checkpoints, so the loop never edits its fields.
+"""
 
 from __future__ import annotations
 
