@@ -2,10 +2,10 @@
 
 Tests and benchmarks need slots in a given stage; a real run would take many epochs to earn each
 gate. :func:`drive_to` goes through the public lifecycle verbs only (germinate, advance_stage,
-step_epoch, cull, fossilize) and earns each gate by writing the metrics a run would have
-measured. Those writes are the only places here that touch ``SeedState`` directly, one small
-function each (:func:`pass_g2_metrics`, :func:`set_contribution`, ``_record_validation``), so
-that they can switch to slot verbs in one place once kasmina has them.
+step_epoch, cull, fossilize) and earns each gate by recording what a run would have measured
+(``record_validation``, ``record_counterfactual``). Only :func:`pass_g2_metrics` still writes
+``SeedState`` directly: epochs in stage and the gradient ratio come from training itself, which
+no verb fakes.
 """
 
 from __future__ import annotations
@@ -65,19 +65,15 @@ def permissive_gates(*, full_alpha_ramp: bool = False) -> GateConfig:
 # --- the direct SeedState writes (stand-ins for slot verbs kasmina does not have yet) ----------
 
 
-def _record_validation(slot: SeedSlot, accuracy: float) -> None:
-    slot.state.metrics.record_accuracy(accuracy)
-
-
 def set_contribution(slot: SeedSlot, contribution: float) -> None:
     """Record a counterfactual contribution as if the training loop had measured it (G5 needs
-    one). A stand-in for a slot verb; the trainer is the real writer.
+    one), through the slot's own verb.
 
     Args:
         slot: the slot whose seed was "measured".
         contribution: accuracy with the seed minus accuracy with alpha forced to 0 (points).
     """
-    slot.state.metrics.counterfactual_contribution = float(contribution)
+    slot.record_counterfactual(contribution)
 
 
 def pass_g2_metrics(slot: SeedSlot) -> None:
@@ -88,9 +84,11 @@ def pass_g2_metrics(slot: SeedSlot) -> None:
         slot: a slot in TRAINING.
     """
     m = slot.state.metrics
-    _record_validation(slot, 50.0)
+    slot.record_validation(50.0)
     m.accuracy_at_stage_start = 50.0
-    _record_validation(slot, 52.0)
+    slot.record_validation(52.0)
+    # No verb writes these: they are what epochs of training and telemetry would have produced,
+    # forged here so a test can reach BLENDING without training.
     m.epochs_in_current_stage = max(m.epochs_in_current_stage, 3)
     m.gradient_ratio = 1.0
     m.isolation_violations = 0
