@@ -5,7 +5,6 @@ schedule, and the events the loop writes."""
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -14,28 +13,14 @@ from esper.kasmina import GateConfig
 from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import Action, Decision, Outcome, SeedStage, TelemetryEventType
 from esper.nissa import MemorySink, TelemetryHub
+from esper.testing import permissive_gates, toy_image_task
 from esper.tolaria.config import TrainerConfig
-from esper.tolaria.data import TaskData
 from esper.tolaria.trainer import Trainer
 
 E = TelemetryEventType
 # Gates that pass as soon as the mechanics allow, so a seed reaches probation in a few epochs.
-OPEN_GATES = GateConfig(
-    g2_min_improvement=-math.inf,
-    g2_min_training_epochs=0,
-    g2_min_gradient_ratio=0.0,
-    g3_min_blending_epochs=0,
-    g3_min_alpha=0.0,
-    g5_min_contribution=-math.inf,
-)
-
-
-def _data(n=96, seed=0) -> TaskData:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
-    cut = n * 3 // 4
-    return TaskData(x[:cut], y[:cut], x[cut:], y[cut:], num_classes=4)
+OPEN_GATES = permissive_gates()
+_data = toy_image_task
 
 
 def _model(slots=("early", "mid"), **kwargs) -> MorphogeneticModel:

@@ -21,6 +21,7 @@ from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import Action, Decision
 from esper.nissa import MemorySink, TelemetryHub
 from esper.tamiyo import HeuristicController
+from esper.testing import toy_image_task
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import TaskData
 from esper.tolaria.trainer import Trainer
@@ -28,12 +29,8 @@ from esper.tolaria.trainer import Trainer
 EPOCHS = 24  # digits: a seed germinates at epoch 9, blends at 12, is fossilized at 17
 
 
-def _data(n=128, seed=0) -> TaskData:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
-    cut = n * 3 // 4
-    return TaskData(x[:cut], y[:cut], x[cut:], y[cut:], num_classes=4)
+def _data() -> TaskData:
+    return toy_image_task(128)
 
 
 def _trainer(kind: str, controller) -> Trainer:

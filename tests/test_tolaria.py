@@ -10,8 +10,8 @@ import torch
 from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import Action, Decision, SeedStage, TelemetryEventType
 from esper.nissa import MemorySink, TelemetryHub
+from esper.testing import toy_image_task
 from esper.tolaria.config import TrainerConfig
-from esper.tolaria.data import TaskData
 from esper.tolaria.governor import Governor
 from esper.tolaria.optim import GrowthOptimizers
 from esper.tolaria.trainer import Trainer
@@ -19,17 +19,7 @@ from esper.tolaria.trainer import Trainer
 GROW_MID = Decision(Action.GERMINATE, slot="mid", blueprint="conv_light")
 
 
-def _data(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
-    return TaskData(
-        train_x=x[: n * 3 // 4],
-        train_y=y[: n * 3 // 4],
-        val_x=x[n * 3 // 4 :],
-        val_y=y[n * 3 // 4 :],
-        num_classes=4,
-    )
+_data = toy_image_task
 
 
 def _model(slots=("early", "mid")):

@@ -5,7 +5,7 @@ One module for what each of them used to define on its own; benchmarks import fr
 from one another. Depends on torch and esper only (no pytest), so scripts can use it too.
 """
 
-from esper.testing.batches import image_batch, random_ids, random_images
+from esper.testing.batches import image_batch, random_ids, random_images, toy_image_task
 from esper.testing.hosts import (
     CNN_HOSTS,
     CNN_INPUT_SHAPE,
@@ -48,4 +48,5 @@ __all__ = [
     "random_ids",
     "random_images",
     "set_contribution",
+    "toy_image_task",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from esper.tolaria.data import TaskData
+
 
 def random_images(
     batch: int,
@@ -81,3 +83,23 @@ def image_batch(
     x = random_images(batch, size, channels=channels, seed=seed, device=device)
     y = random_ids((batch,), num_classes, seed=seed + 1, device=device)
     return x, y
+
+
+def toy_image_task(n: int = 96, *, seed: int = 0, size: int = 8) -> TaskData:
+    """A learnable 4-class task on ``(n, 1, size, size)`` noise images, split 3:1 into train and
+    validation: the class says whether the image's mean and its first pixel are positive. Big
+    enough for a few real epochs of a tiny CNN, small enough for a unit test.
+
+    Args:
+        n: images in all.
+        seed: fixes the images.
+        size: image side.
+
+    Returns:
+        A :class:`~esper.tolaria.data.TaskData` with 4 classes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, size, size, generator=gen)  # (n, 1, size, size)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()  # (n,)
+    cut = n * 3 // 4
+    return TaskData(x[:cut], y[:cut], x[cut:], y[cut:], num_classes=4)
