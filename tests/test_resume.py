@@ -264,3 +264,19 @@ def test_heuristic_and_tracker_state_round_trip():
     u.load_state_dict(t.state_dict())
     kwargs = {"epoch": 4, "train_loss": 0.9, "val_loss": 0.95, "val_accuracy": 60.2}
     assert u.update(**kwargs, topology="cnn") == t.update(**kwargs, topology="cnn")
+
+
+def test_a_write_killed_midway_leaves_the_last_checkpoint_and_is_cleaned_up(tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    for run_dir in (straight, broken):
+        assert main(["train", "heuristic", "--epochs", "3", "--run-dir", str(run_dir)]) == 0
+    # What a SIGKILL inside the final writes leaves: a half-written temporary beside the last
+    # good checkpoint, and no summary or model yet.
+    (broken / "summary.json").unlink()
+    (broken / "model.pt").unlink()
+    (broken / ".checkpoint.pt.99999.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    with (broken / "events.jsonl").open("a") as log:
+        log.write('{"event_type": "epoch_completed", "trunc')  # a line cut off mid-write
+    assert main(["train", "--resume", str(broken)]) == 0
+    assert not list(broken.glob(".*.tmp"))
+    _assert_same_run(straight, broken)
