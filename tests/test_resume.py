@@ -280,3 +280,18 @@ def test_a_write_killed_midway_leaves_the_last_checkpoint_and_is_cleaned_up(tmp_
     assert main(["train", "--resume", str(broken)]) == 0
     assert not list(broken.glob(".*.tmp"))
     _assert_same_run(straight, broken)
+
+
+def test_a_checkpoint_from_another_run_is_refused(tmp_path, capsys):
+    one, other = tmp_path / "one", tmp_path / "other"
+    assert main(["train", "static", "--epochs", "1", "--run-dir", str(one)]) == 0
+    argv = ["train", "static", "--epochs", "1", "--slots", "early", "--run-dir", str(other)]
+    assert main(argv) == 0
+    (one / "summary.json").unlink()
+    (one / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
+    before = _snapshot(one)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(one)]) == 2
+    err = capsys.readouterr().err
+    assert "another run" in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(one) == before

@@ -29,6 +29,7 @@ from esper._atomic import atomic_path
 from esper.kasmina import MorphogeneticModel, list_blueprints
 from esper.kasmina.blending import BLEND_ALGORITHMS
 from esper.leyline import (
+    DEFAULT_BLEND_ALGORITHM,
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_GRADIENT_TELEMETRY_STRIDE,
     DEFAULT_THREADS,
@@ -74,7 +75,7 @@ class RunConfig:
     epochs: int | None = None
     slots: tuple[str, ...] | None = None
     blueprints: tuple[str, ...] | None = None
-    blend: str = "linear"
+    blend: str = DEFAULT_BLEND_ALGORITHM
     device: str = "cpu"
     data_dir: str | None = None
     run_dir: str | None = None
@@ -239,6 +240,14 @@ def resume_training(run_dir: str | Path, console: Console | None = None) -> dict
     except (ValueError, KeyError, TypeError) as exc:
         raise ResumeError(f"{config_path}: unreadable run configuration ({exc})") from None
     checkpoint = read_run_checkpoint(run_dir)
+    arch = checkpoint["architecture"]
+    if list(arch.get("slots", ())) != list(cfg.slots or ()) or arch.get("host_config") != raw.get(
+        "resolved", {}
+    ).get("host"):
+        raise ResumeError(
+            f"{run_dir / 'checkpoint.pt'}: its model (slots {arch.get('slots')}) is not the one "
+            f"{config_path.name} describes; it belongs to another run"
+        )
     offset = checkpoint["trainer"].get("telemetry", {}).get("sinks", {}).get("0", {}).get("offset")
     events = run_dir / "events.jsonl"
     if offset is not None and (not events.is_file() or events.stat().st_size < offset):
@@ -286,7 +295,14 @@ def _execute(
         hub.add_sink(ConsoleSink(console))
         trainer = Trainer(model, data, trainer_cfg, controller=controller, hub=hub)
         if checkpoint is not None:
-            trainer.load_state_dict(checkpoint["trainer"])
+            try:
+                trainer.load_state_dict(checkpoint["trainer"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                # The event log is only cut once everything before it has loaded.
+                reason = " ".join(str(exc).split())[:160]
+                raise ResumeError(
+                    f"{run_dir / 'checkpoint.pt'}: does not fit this run's model ({reason})"
+                ) from None
         else:
             hub.emit(
                 TelemetryEvent(
@@ -416,7 +432,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--blueprints", default=None, help="comma-separated blueprints the controller may grow"
     )
-    parser.add_argument("--blend", default="linear", help=f"one of: {', '.join(BLEND_ALGORITHMS)}")
+    parser.add_argument(
+        "--blend", default=DEFAULT_BLEND_ALGORITHM, help=f"one of: {', '.join(BLEND_ALGORITHMS)}"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", default=None, help="local data for cifar10 / tinystories")
     parser.add_argument("--run-dir", default=None, help="default: a new folder under runs/")

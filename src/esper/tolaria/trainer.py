@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from esper.kasmina import MorphogeneticModel, list_blueprints
 from esper.kasmina.blending import BLEND_ALGORITHMS
 from esper.leyline import (
+    DEFAULT_BLEND_ALGORITHM,
     Action,
     Decision,
     Outcome,
@@ -302,7 +303,7 @@ class Trainer:
                     f"unknown blueprint {decision.blueprint!r} for {self.model.topology}; "
                     f"valid: {', '.join(valid)}"
                 )
-            blend = decision.blend_algorithm or "linear"
+            blend = decision.blend_algorithm or DEFAULT_BLEND_ALGORITHM
             if blend not in BLEND_ALGORITHMS:
                 return f"unknown blend {blend!r}; valid: {', '.join(BLEND_ALGORITHMS)}"
             return None
@@ -322,7 +323,7 @@ class Trainer:
                     decision.blueprint,
                     seed_id,
                     slot=slot,
-                    blend_algorithm_id=decision.blend_algorithm or "linear",
+                    blend_algorithm_id=decision.blend_algorithm or DEFAULT_BLEND_ALGORITHM,
                 )
             except ValueError as err:  # G0 refused the seed; the slot is unchanged
                 return Outcome(applied=False, reason=str(err))
@@ -469,7 +470,13 @@ class Trainer:
         self.governor.load_state_dict(state["governor"])
         self.tracker.load_state_dict(state["tracker"])
         if state["controller"]:
-            self.controller.load_state_dict(state["controller"])
+            load = getattr(self.controller, "load_state_dict", None)
+            if not callable(load):
+                raise ValueError(
+                    "the state holds a controller's state, but this trainer's "
+                    "controller cannot load one"
+                )
+            load(state["controller"])
         self.recorder.load_state_dict(state["recorder"])
         self.history = [EpochResult(**h) for h in state["history"]]
         hub_load = getattr(self.hub, "load_state_dict", None)
