@@ -390,6 +390,11 @@ def _summary(cfg: RunConfig, epochs: int, trainer: Trainer, wall: float) -> dict
         "fossilized": sum(1 for s in seeds if s["final_stage"] == "FOSSILIZED"),
         "culled": sum(1 for s in seeds if "CULLED" in s["stages"]),
         "rollbacks": trainer.governor.rollbacks,
+        # Compute spent: matmul/conv/attention FLOPs (see esper.tolaria.flops), and the
+        # parameters trained summed over epochs.
+        "train_flops": round(trainer.train_flops.total),
+        "eval_flops": round(trainer.eval_flops.total),
+        "param_epochs": sum(h.params for h in hist),
         "wall_seconds": round(wall, 3),
         "seeds": seeds,
     }

@@ -37,6 +37,7 @@ from esper.leyline import (
 )
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import iterate_batches
+from esper.tolaria.flops import FlopMeter, model_structure
 from esper.tolaria.governor import Governor
 from esper.tolaria.optim import GrowthOptimizers
 from esper.tolaria.records import LifecycleRecorder, SeedRecord
@@ -57,6 +58,12 @@ class EpochResult:
     decision: dict | None = None
     outcome: dict | None = None
     seeds: dict = field(default_factory=dict)
+    #: FLOPs of this epoch's forward and backward passes on training batches (seeds included).
+    train_flops: float = 0.0
+    #: FLOPs of this epoch's validation and counterfactual passes.
+    eval_flops: float = 0.0
+    #: Parameters (host and seeds) trained during this epoch.
+    params: int = 0
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -77,6 +84,9 @@ class _EpochState:
     val_loss: float
     val_accuracy: float
     rollback_reason: str | None
+    train_flops: float
+    eval_flops: float
+    params: int
 
 
 class Trainer:
@@ -127,6 +137,8 @@ class Trainer:
         self.seed_counter = 0
         self.history: list[EpochResult] = []
         self.last_val_accuracy: float | None = None
+        self.train_flops = FlopMeter()
+        self.eval_flops = FlopMeter()
         self._pending: _EpochState | None = None
         self.recorder = LifecycleRecorder(
             model,
@@ -167,6 +179,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n_batches, n_targets = 0, 0
         capture = stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
+        structure = model_structure(model, training=True)
         for xb, yb in iterate_batches(
             self.train_x,
             self.train_y,
@@ -175,10 +188,11 @@ class Trainer:
             shuffle=True,
             limit=self.config.epoch_samples,
         ):
-            logits = model(xb)
-            loss = task_loss(logits, yb)
             opt.zero_grad()
-            loss.backward()
+            with self.train_flops.count(structure, xb.shape[0]):
+                logits = model(xb)
+                loss = task_loss(logits, yb)
+                loss.backward()
             if capture and self.global_step % stride == 0:
                 model.capture_gradient_telemetry()
             opt.step()
@@ -201,8 +215,10 @@ class Trainer:
         batches = iterate_batches(
             self.val_x, self.val_y, self.config.eval_batch_size, None, shuffle=False
         )
+        structure = model_structure(model, training=False)
         for xb, yb in batches:
-            logits = model(xb)
+            with self.eval_flops.count(structure, xb.shape[0]):
+                logits = model(xb)
             loss_sum += task_loss(logits, yb) * yb.numel()
             correct += _correct(logits, yb)
             n += yb.numel()
@@ -239,6 +255,8 @@ class Trainer:
             raise RuntimeError("observe() called twice; call end_epoch() to close the epoch")
         self.epoch += 1
         self.optimizers.set_lr_factor(self.config.lr_factor(self.epoch))
+        params = self.model.count_parameters()["total"]
+        train_before, eval_before = self.train_flops.total, self.eval_flops.total
         train_loss, train_acc = self.train_epoch()
         reason = self.governor.check(train_loss)
         if reason is not None:
@@ -252,7 +270,16 @@ class Trainer:
         self.counterfactuals(val_acc)
         self.model.record_validation(val_acc)
         self.model.step_epoch()
-        self._pending = _EpochState(train_loss, train_acc, val_loss, val_acc, reason)
+        self._pending = _EpochState(
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            reason,
+            train_flops=self.train_flops.total - train_before,
+            eval_flops=self.eval_flops.total - eval_before,
+            params=params,
+        )
         return self.tracker.update(
             epoch=self.epoch,
             train_loss=train_loss,
@@ -362,6 +389,9 @@ class Trainer:
             decision=decision.to_dict() if decision is not None else None,
             outcome=outcome.to_dict() if outcome is not None else None,
             seeds=self._seed_view(),
+            train_flops=p.train_flops,
+            eval_flops=p.eval_flops,
+            params=p.params,
         )
         self.history.append(result)
         counts = self.model.count_parameters()
@@ -376,6 +406,10 @@ class Trainer:
                 "total_params": counts["total"],
                 "seeds": result.seeds,
                 "rolled_back": result.rolled_back,
+                "train_flops": p.train_flops,
+                "eval_flops": p.eval_flops,
+                "total_train_flops": self.train_flops.total,
+                "total_eval_flops": self.eval_flops.total,
             },
         )
         return result
@@ -441,6 +475,7 @@ class Trainer:
                 "python": random.getstate(),
                 "batches": self.generator.get_state(),
             },
+            "flops": {"train": self.train_flops.state_dict(), "eval": self.eval_flops.state_dict()},
             "governor": self.governor.state_dict(),
             "tracker": self.tracker.state_dict(),
             "controller": controller_state(self.controller),
@@ -467,6 +502,8 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.seed_counter = int(state["seed_counter"])
         self.last_val_accuracy = state["last_val_accuracy"]
+        self.train_flops.load_state_dict(state["flops"]["train"])
+        self.eval_flops.load_state_dict(state["flops"]["eval"])
         self.governor.load_state_dict(state["governor"])
         self.tracker.load_state_dict(state["tracker"])
         if state["controller"]:

@@ -1,0 +1,77 @@
+"""Compute accounting: the floating-point operations a run spends, counted without slowing it.
+
+A model's FLOPs per row of a batch depend only on its structure (which slots hold seeds, in
+which stage, with which blueprint and blend, and whether each seed's input is detached): the
+hosts and seeds here are convolutions, linear layers and fixed-length attention, all linear in
+the batch size. So the first pass of each structure runs under ``torch.utils.flop_counter``'s
+``FlopCounterMode`` (which forwards every op unchanged, so results stay bit-identical) and every
+later pass of that structure adds ``flops_per_row * rows``: plain integer arithmetic on the
+host, no device sync and no per-step dispatch overhead.
+
+Counted are what ``FlopCounterMode`` counts: matrix products, convolutions and attention, forward
+and backward; element-wise work (norms, activations, optimizer updates) is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable, Iterator
+
+from torch.utils.flop_counter import FlopCounterMode
+
+
+class FlopMeter:
+    """Accumulates the FLOPs of passes over batches, measuring each model structure once.
+
+    Attributes:
+        total: FLOPs counted so far (float: a per-row rate times a row count).
+    """
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._per_row: dict[Hashable, float] = {}
+
+    @contextlib.contextmanager
+    def count(self, structure: Hashable, rows: int) -> Iterator[None]:
+        """Count the FLOPs of the pass run inside the block, over a batch of ``rows`` rows.
+
+        Args:
+            structure: a key that changes whenever the model's FLOPs per row could change.
+            rows: the batch's first dimension.
+        """
+        per_row = self._per_row.get(structure)
+        if per_row is not None:
+            self.total += per_row * rows
+            yield
+            return
+        with FlopCounterMode(display=False) as mode:
+            yield
+        flops = mode.get_total_flops()
+        self._per_row[structure] = flops / rows
+        self.total += flops
+
+    def state_dict(self) -> dict:
+        return {"total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total = float(state["total"])
+
+
+def model_structure(model, *, training: bool) -> tuple:
+    """What the FLOPs per row of ``model`` depend on: per slot its stage, blueprint, blend,
+    whether the seed's input is detached (no input gradient) and whether alpha is forced."""
+    return (
+        training,
+        tuple(
+            (
+                name,
+                int(slot.stage),
+                slot.state.blueprint_id if slot.seed is not None else None,
+                slot.state.blend_algorithm_id if slot.blend is not None else None,
+                bool(slot.isolate_gradients),
+                # A forced alpha (the counterfactual) skips the gated blend's gate.
+                bool(slot._alpha_forced),
+            )
+            for name, slot in model.seed_slots.items()
+        ),
+    )

@@ -1,0 +1,72 @@
+"""Compute accounting: FLOPs counted once per model structure agree with an independent count
+over every pass of a run, and with a count done by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from esper.kasmina.host import CNNHost, MorphogeneticModel
+from esper.leyline import Action, Decision, SeedStage
+from esper.testing import permissive_gates, toy_image_task
+from esper.tolaria.config import TrainerConfig
+from esper.tolaria.flops import FlopMeter
+from esper.tolaria.trainer import Trainer
+
+
+def test_a_linear_layer_costs_what_the_textbook_says():
+    layer = nn.Linear(6, 5)
+    meter = FlopMeter()
+    for rows in (4, 4, 3):  # the first pass is measured, the rest scaled by rows
+        x = torch.randn(rows, 6)
+        with meter.count("linear", rows):
+            layer(x).sum().backward()
+    # forward 2*B*in*out; backward only the weight gradient (x needs none): 2*B*in*out again.
+    assert meter.total == sum(2 * 2 * rows * 6 * 5 for rows in (4, 4, 3))
+
+
+def test_run_totals_agree_with_an_independent_count_over_every_pass():
+    torch.manual_seed(0)
+    host = CNNHost(num_classes=4, n_blocks=3, base_channels=4, pool_layers=2, in_channels=1)
+    model = MorphogeneticModel(
+        host, slots=["early", "mid"], gate_config=permissive_gates(), blending_steps=2
+    )
+    # 100 training rows in batches of 16: a short last batch checks the scaling by rows.
+    trainer = Trainer(model, toy_image_task(133), TrainerConfig(batch_size=16, lr=0.05))
+    independent = {"train": 0, "eval": 0}
+
+    def counted(kind, fn):
+        def wrapper(*args, **kwargs):
+            with FlopCounterMode(display=False) as mode:
+                out = fn(*args, **kwargs)
+            independent[kind] += mode.get_total_flops()
+            return out
+
+        return wrapper
+
+    trainer.train_epoch = counted("train", trainer.train_epoch)
+    trainer.evaluate = counted("eval", trainer.evaluate)
+    stages = set()
+    grow = {
+        1: Decision(Action.GERMINATE, slot="mid", blueprint="conv_light", blend_algorithm="gated"),
+        2: Decision(Action.GERMINATE, slot="early", blueprint="attention"),
+    }
+    for epoch in range(1, 9):
+        trainer.observe()
+        trainer.apply(grow.get(epoch))
+        mid = model.seed_slots["mid"]
+        if mid.stage == SeedStage.PROBATIONARY:
+            trainer.apply(Decision(Action.FOSSILIZE, slot="mid"))
+        stages |= {slot.stage for slot in model.seed_slots.values()}
+        trainer.end_epoch()
+    assert {SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.FOSSILIZED} <= stages
+    assert trainer.train_flops.total > 0 and trainer.eval_flops.total > 0
+    # The issue asks for 5%; the count is exact (one measured pass per structure, scaled by
+    # rows), so anything but rounding means a structure change was missed.
+    assert trainer.train_flops.total == pytest.approx(independent["train"], rel=1e-9)
+    assert trainer.eval_flops.total == pytest.approx(independent["eval"], rel=1e-9)
+    per_epoch = sum(h.train_flops for h in trainer.history)
+    assert per_epoch == trainer.train_flops.total
+    assert all(h.params > 0 for h in trainer.history)
