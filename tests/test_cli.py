@@ -14,7 +14,10 @@ from esper.cli import main
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["train", "heuristic", "--task", "mnist"], "valid: cifar10, digits, pyref, tinystories"),
+        (
+            ["train", "heuristic", "--task", "mnist"],
+            "valid: cifar10, digits, fashion, pyref, tinystories",
+        ),
         (["train", "heuristic", "--slots", "middle"], "valid: early"),
         (["train", "heuristic", "--blueprints", "lora"], "valid: noop, norm"),
         (["train", "growing"], "valid: heuristic, static"),

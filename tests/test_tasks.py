@@ -24,7 +24,7 @@ from esper.tolaria.tasks import (
     register_task,
 )
 
-BUILTIN = {"digits", "pyref", "cifar10", "tinystories"}
+BUILTIN = {"digits", "pyref", "cifar10", "tinystories", "fashion"}
 
 
 # --------------------------------------------------------------------------- registry
@@ -46,7 +46,11 @@ def test_unknown_task_error_lists_valid_names():
         assert name in str(err.value)
 
 
-def test_register_rejects_duplicates_unless_replace():
+def test_register_rejects_duplicates_unless_replace(monkeypatch):
+    from esper.tolaria import tasks
+
+    # A private copy of the registry, so the test task does not leak into later tests.
+    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
     spec = dataclasses.replace(get_task("digits"), name="digits-test-copy")
     register_task(spec)
     with pytest.raises(ValueError, match="already registered"):
@@ -206,16 +210,24 @@ def test_cifar10_loads_real_pickle_format_from_folder_or_parent(cifar_root):
     with pytest.warns(UserWarning):
         same = spec.load(cifar_root / "cifar-10-batches-py", seed=0)
     assert torch.equal(data.train_x, same.train_x)
-    assert data.train_x.shape == (12, 3, 32, 32) and data.val_x.shape == (4, 3, 32, 32)
+    # The 12 training images are split into train and validation; test_batch is the test split.
+    assert data.train_x.shape[0] + data.val_x.shape[0] == 12 and data.val_x.shape[0] >= 1
+    assert data.test_x.shape == (4, 3, 32, 32)
     assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
     # Normalised per channel with the train statistics.
     assert data.train_x.mean(dim=(0, 2, 3)).abs().max() < 1e-4
     assert (data.train_x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-4
-    # Batch order is kept: the first rows come from data_batch_1.
-    raw = pickle.loads((cifar_root / "cifar-10-batches-py" / "data_batch_1").read_bytes())
-    assert data.train_y[:6].tolist() == raw[b"labels"]
+    # The test split is the test batch, unshuffled.
+    raw = pickle.loads((cifar_root / "cifar-10-batches-py" / "test_batch").read_bytes())
+    assert data.test_y.tolist() == raw[b"labels"]
+    pool = sorted(data.train_y.tolist() + data.val_y.tolist())
+    train_labels = []
+    for name in ("data_batch_1", "data_batch_2"):
+        path = cifar_root / "cifar-10-batches-py" / name
+        train_labels += pickle.loads(path.read_bytes())[b"labels"]
+    assert pool == sorted(train_labels)
     host = build_task_host(spec, data)
-    assert host(data.val_x).shape == (4, 10)
+    assert host(data.test_x).shape == (4, 10)
 
 
 def test_cifar10_refuses_pickles_that_would_run_code(cifar_root):

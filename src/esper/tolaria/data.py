@@ -33,7 +33,7 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class TaskData:
-    """A task's train and validation tensors.
+    """A task's train, validation and (where it has one) test tensors.
 
     Image tasks: ``x`` is float32 ``(N, C, H, W)``, normalised with train statistics; ``y`` is
     int64 ``(N,)``. Language-model tasks: ``x`` is int64 ``(N, T)`` token windows and ``y`` is
@@ -44,6 +44,8 @@ class TaskData:
         num_classes: classes, or the vocabulary size for language-model tasks.
         vocab: for character-level tasks, the characters in token order (``vocab[i]`` is token
             ``i``), so samples can be decoded; ``None`` for image tasks.
+        test_x, test_y: the held-out test split, never seen by gates or controllers; ``None``
+            for a task without one.
     """
 
     train_x: torch.Tensor
@@ -52,9 +54,14 @@ class TaskData:
     val_y: torch.Tensor
     num_classes: int
     vocab: str | None = None
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "val"):
+        if (self.test_x is None) != (self.test_y is None):
+            raise ValueError("TaskData: give both test_x and test_y, or neither")
+        splits = ("train", "val") if self.test_x is None else ("train", "val", "test")
+        for split in splits:
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.shape[0] != y.shape[0]:
                 raise ValueError(
@@ -141,7 +148,7 @@ def load_digits_data(data_dir: Path | str | None, seed: int) -> TaskData:
     images, labels = _digits_arrays()
     x = torch.from_numpy(images / np.float32(16.0)).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
     y = torch.from_numpy(labels.copy())
-    train_idx, val_idx = _stratified_split(y, val_fraction=0.2, seed=seed)
+    train_idx, val_idx = stratified_split(y, val_fraction=0.2, seed=seed)
     train_x, val_x = x[train_idx], x[val_idx]
     mean, std = train_x.mean(), train_x.std()
     return TaskData(
@@ -179,10 +186,14 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, table[:, -1].astype(np.int64)
 
 
-def _stratified_split(
+def stratified_split(
     y: torch.Tensor, val_fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class random split so every class keeps its share in both splits (small data)."""
+    """Per-class random split so every class keeps its share in both splits.
+
+    Returns:
+        ``(train_idx, val_idx)``: the training rows in a random order, the validation rows sorted.
+    """
     gen = torch.Generator().manual_seed(seed)
     train_parts, val_parts = [], []
     for cls in torch.unique(y).tolist():
@@ -340,6 +351,8 @@ def load_tinystories_data(data_dir: Path | str | None, seed: int) -> TaskData:
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+#: Training images held out for validation.
+CIFAR10_VAL_IMAGES = 5000
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -384,11 +397,12 @@ def _find_cifar_folder(path: Path | None) -> Path:
 
 
 def load_cifar10_data(data_dir: Path | str | None, seed: int) -> TaskData:
-    """CIFAR-10 from the local python pickle batches; validation is ``test_batch``.
+    """CIFAR-10 from the local python pickle batches: 5,000 training images (stratified by class)
+    are the validation split, ``test_batch`` is the test split.
 
     Args:
         data_dir: the ``cifar-10-batches-py`` folder, or its parent.
-        seed: unused: the split is the official train/test split.
+        seed: fixes which training images are held out for validation.
 
     Returns:
         ``TaskData`` with float32 ``x`` ``(N, 3, 32, 32)`` scaled to [0, 1] and normalised per
@@ -397,7 +411,6 @@ def load_cifar10_data(data_dir: Path | str | None, seed: int) -> TaskData:
     Raises:
         DataNotFoundError: the folder is missing, naming it and where to get it.
     """
-    del seed  # the official split is fixed
     folder = _find_cifar_folder(_as_path(data_dir))
     batch_files = sorted(
         folder.glob("data_batch_*"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0)
@@ -409,19 +422,31 @@ def load_cifar10_data(data_dir: Path | str | None, seed: int) -> TaskData:
             stacklevel=2,
         )
     parts = [_read_cifar_batch(p) for p in batch_files]
-    train_x = _to_unit_float(np.concatenate([x for x, _ in parts]))
-    train_y = torch.from_numpy(np.concatenate([y for _, y in parts]))
-    val_np, val_labels = _read_cifar_batch(folder / "test_batch")
-    val_x = _to_unit_float(val_np)
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)  # (1, 3, 1, 1)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True)
-    for x in (train_x, val_x):
-        x.sub_(mean).div_(std)  # in place: the train tensor alone is ~600 MB
-    val_y = torch.from_numpy(val_labels)
-    for split, y in (("train", train_y), ("test", val_y)):
+    pool_x = _to_unit_float(np.concatenate([x for x, _ in parts]))
+    pool_y = torch.from_numpy(np.concatenate([y for _, y in parts]))
+    test_np, test_labels = _read_cifar_batch(folder / "test_batch")
+    test_x, test_y = _to_unit_float(test_np), torch.from_numpy(test_labels)
+    for split, y in (("train", pool_y), ("test", test_y)):
         if int(y.min()) < 0 or int(y.max()) > 9:
             raise ValueError(f"cifar10: {split} labels must be in 0..9 ({folder})")
-    return TaskData(train_x, train_y, val_x, val_y, num_classes=10)
+    # Gates and controllers see validation only, never the test batch.
+    val_fraction = min(0.5, CIFAR10_VAL_IMAGES / len(pool_y))
+    train_idx, val_idx = stratified_split(pool_y, val_fraction=val_fraction, seed=seed)
+    train_x, val_x = pool_x[train_idx], pool_x[val_idx]
+    del pool_x  # the training pool alone is ~600 MB
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)  # (1, 3, 1, 1)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True)
+    for x in (train_x, val_x, test_x):
+        x.sub_(mean).div_(std)  # in place, to keep one copy of each split
+    return TaskData(
+        train_x,
+        pool_y[train_idx],
+        val_x,
+        pool_y[val_idx],
+        num_classes=10,
+        test_x=test_x,
+        test_y=test_y,
+    )
 
 
 def _to_unit_float(images: np.ndarray) -> torch.Tensor:
@@ -438,4 +463,5 @@ __all__ = [
     "load_digits_data",
     "load_pyref_data",
     "load_tinystories_data",
+    "stratified_split",
 ]

@@ -26,6 +26,7 @@ from esper.tolaria.data import (
     load_pyref_data,
     load_tinystories_data,
 )
+from esper.tolaria.fashion import load_fashion_data
 from esper.tolaria.optim import OPTIMIZERS
 
 DEFAULT_TASK = "digits"
@@ -238,6 +239,26 @@ register_task(
         needs_data_dir=False,
         loader=load_pyref_data,
         epoch_samples=2048,
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="fashion",
+        description="Fashion-MNIST from Debian's dataset-fashion-mnist package (28x28), CNN",
+        topology="cnn",
+        # Measured on the 2-core machine, 1 thread: the static host reaches 87.0% test accuracy
+        # in 30 epochs of 8,192 sampled images, about 40 s of training.
+        host_config={"n_blocks": 3, "base_channels": 8, "pool_layers": 2, "in_channels": 1},
+        epochs=30,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.05,
+        seed_lr=0.05,
+        slots=_SLOTS,
+        needs_data_dir=False,
+        loader=load_fashion_data,
+        epoch_samples=8192,
     )
 )
 

@@ -151,6 +151,10 @@ class Trainer:
         model.subscribe(self.tracker.on_lifecycle)
         self.train_x, self.train_y = data.train_x.to(self.device), data.train_y.to(self.device)
         self.val_x, self.val_y = data.val_x.to(self.device), data.val_y.to(self.device)
+        # The test split is for reports only: nothing in the loop, gates or controller reads it.
+        self.test_x = self.test_y = None
+        if data.test_x is not None:
+            self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
 
     @property
     def records(self) -> dict[str, SeedRecord]:
@@ -204,17 +208,24 @@ class Trainer:
         return (loss_sum / max(n_batches, 1)).item(), 100.0 * correct.item() / max(n_targets, 1)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Validation (mean loss, accuracy %) in eval mode."""
+    def evaluate(self, split: str = "val") -> tuple[float, float]:
+        """Mean loss and accuracy (%) on ``split`` (``"val"`` or ``"test"``), in eval mode.
+
+        Raises:
+            ValueError: an unknown split, or ``"test"`` for a task without a test split.
+        """
+        if split not in ("val", "test"):
+            raise ValueError(f"unknown split {split!r}; valid: val, test")
+        x, y = (self.val_x, self.val_y) if split == "val" else (self.test_x, self.test_y)
+        if x is None:
+            raise ValueError("this task has no test split")
         model = self.model
         was_training = model.training
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n = 0
-        batches = iterate_batches(
-            self.val_x, self.val_y, self.config.eval_batch_size, None, shuffle=False
-        )
+        batches = iterate_batches(x, y, self.config.eval_batch_size, None, shuffle=False)
         structure = model_structure(model, training=False)
         for xb, yb in batches:
             with self.eval_flops.count(structure, xb.shape[0]):
