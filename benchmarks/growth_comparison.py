@@ -1,7 +1,8 @@
 """Static host vs grown model vs a static host widened to (at least) the grown parameter count.
 
 Runs the project's own commands (``esper train static|heuristic``) for several seeds, then
-prints a markdown table of final/best validation accuracy, loss and parameters. Usage::
+prints a markdown table of final/best validation accuracy, loss and parameters (and the final
+model's test accuracy for tasks with a test split). Usage::
 
     python benchmarks/growth_comparison.py --task digits --seeds 0 1 2 --out runs/compare
 
@@ -57,6 +58,16 @@ def _widening_for(task: str, target: float) -> float:
     return factor
 
 
+def _has_test(runs: list[dict]) -> bool:
+    return all("test_accuracy" in r for r in runs)
+
+
+def _header(with_test: bool) -> str:
+    test = " test acc (%) |" if with_test else ""
+    head = f"| model |{test} final val acc (%) | best val acc (%) | final val loss | params |"
+    return head + " fossilized |\n" + "| --- " * (6 + with_test) + "|"
+
+
 def _row(label: str, runs: list[dict], key_params: str = "total_params") -> str:
     def mean(key: str) -> str:
         values = [r[key] for r in runs]
@@ -64,8 +75,9 @@ def _row(label: str, runs: list[dict], key_params: str = "total_params") -> str:
 
     params = statistics.fmean(r[key_params] for r in runs)
     fossil = sum(r["fossilized"] for r in runs)
+    test = f" {mean('test_accuracy')} |" if _has_test(runs) else ""
     return (
-        f"| {label} | {mean('final_val_accuracy')} | {mean('best_val_accuracy')} | "
+        f"| {label} |{test} {mean('final_val_accuracy')} | {mean('best_val_accuracy')} | "
         f"{statistics.fmean(r['final_val_loss'] for r in runs):.4f} | {params:,.0f} | "
         f"{fossil} |"
     )
@@ -100,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in args.seeds
     ]
     print(f"\n{args.task}, seeds {args.seeds}; widened host: --width-multiplier {factor}\n")
-    print("| model | final val acc (%) | best val acc (%) | final val loss | params | fossilized |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(_header(_has_test(static)))
     print(_row("static host", static))
     print(_row("grown (heuristic)", grown))
     print(_row(f"static host widened x{factor}", wide))
