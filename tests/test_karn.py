@@ -279,3 +279,49 @@ def test_summary_with_wrong_types(tmp_path):
     (run_dir / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ReportError, match="'final_val_accuracy' must be a number, got 'high'"):
         load_run(run_dir)
+
+
+def _crowded_run(tmp_path: Path) -> Path:
+    """A run with a growth event at almost every epoch, several kinds at one epoch."""
+    run_dir = write_run(tmp_path / "crowded")
+    extra = []
+    for epoch in range(1, 7):
+        for kind in (T.SEED_GERMINATED, T.SEED_CULLED):
+            seed = f"seed-{epoch}-{'early' if kind is T.SEED_GERMINATED else 'late'}-conv_light"
+            extra.append(TelemetryEvent(kind, epoch=epoch, slot="early", seed_id=seed))
+    with (run_dir / "events.jsonl").open("a") as out:
+        out.writelines(json.dumps(e.to_dict()) + "\n" for e in extra)
+    return run_dir
+
+
+def test_accuracy_axis_stops_at_100_and_event_labels_never_overlap(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from esper.karn.plots import accuracy_figure
+
+    run = load_run(_crowded_run(tmp_path))
+    fig = accuracy_figure(run)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    ax, strip = fig.axes  # the plot, then the strip of labels above it
+    assert ax.get_ylim()[1] <= 101.0  # not the 120% the labels used to need
+    labels = [t for t in strip.texts if t.get_text()]
+    assert len(labels) == len({(m.epoch, m.kind) for m in run.marks})
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        assert not a.overlaps(ax.get_window_extent(renderer)), labels[i].get_text()
+        for j in range(i):
+            assert not a.overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
+    assert len({round(b.y0) for b in boxes}) > 1  # the crowded labels were stacked in rows
+
+
+def test_fit_widths_wraps_headers_first_then_words_never():
+    from esper.karn.tables import fit_widths
+
+    cells = [["a long header", "x"], ["value", "wordy cell text"]]
+    assert fit_widths(cells, 200) == [13, 15]  # natural widths
+    # Two columns cost 7 characters of rules and padding; "header" is 6, "wordy" 5.
+    assert fit_widths(cells, 7 + 6 + 15) == [6, 15]  # the header wraps first
+    assert fit_widths(cells, 7 + 6 + 12) == [6, 12]  # then values, down to their words
+    assert fit_widths(cells, 7 + 6 + 5) == [6, 5]
+    assert fit_widths(cells, 7 + 10) is None
+    assert fit_widths(cells, 3 * 2 + 1 + 20, whole=(1,)) is None

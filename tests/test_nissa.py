@@ -223,3 +223,40 @@ def test_console_sink_is_registered_with_a_console():
         warnings.simplefilter("error")
         sink.emit(_event())
     assert "germinated" in console.export_text()
+
+
+def test_format_event_is_the_console_line_and_none_for_other_events():
+    from esper.nissa import format_event
+
+    assert format_event(_event(T.EPOCH_COMPLETED)) is None
+    assert format_event(_event(T.GATE_EVALUATED)) is None
+    line = format_event(_event(T.SEED_CULLED, data={"reason": "[red]x"}))
+    assert line is not None and "\\[red]x" in line  # data is escaped, never markup
+
+
+def test_logger_registry_names_the_valid_loggers_and_refuses_duplicates(monkeypatch):
+    from esper.nissa import check_logger, register_logger, sinks
+
+    with pytest.raises(ValueError, match=r"unknown --log 'nope'; valid: .*tensorboard"):
+        check_logger("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_logger("tensorboard")(lambda context: MemorySink())
+    monkeypatch.setattr(sinks, "_LOGGERS", {})
+    with pytest.raises(ValueError, match="valid: none registered"):
+        check_logger("tensorboard")
+
+
+def test_logger_unavailable_error_says_how_to_install():
+    from esper.nissa import LoggerUnavailableError
+
+    exc = LoggerUnavailableError("wandb", "wandb", "wandb")
+    assert str(exc) == '--log wandb needs the wandb package: pip install "esper[wandb]"'
+
+
+def test_parse_event_line_round_trips_and_explains_failures():
+    from esper.nissa import parse_event_line
+
+    event = _event()
+    assert parse_event_line(json.dumps(event.to_dict())).to_dict() == event.to_dict()
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_event_line("{")

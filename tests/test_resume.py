@@ -203,6 +203,8 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(short_run, capsys):
     before = _snapshot(short_run)
     assert main(["train", "--resume", str(short_run)]) == 0
     assert "already finished" in capsys.readouterr().out
+    # The live view is display only, so it may be switched on a resume; nothing else may.
+    assert main(["train", "--resume", str(short_run), "--no-live"]) == 0
     assert _snapshot(short_run) == before
 
 

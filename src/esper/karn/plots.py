@@ -13,6 +13,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import offset_copy
 
 from esper._atomic import atomic_path
@@ -32,6 +33,8 @@ STAGE_COLORS = {
     "RESETTING": "#999999",
 }
 UNKNOWN_STAGE_COLOR = "#555555"
+MARK_ROW_INCHES = 0.17  # height of one row of growth-event labels above accuracy.png
+PLOT_BOX = (0.8, 0.6, 6.9, 3.4)  # accuracy.png's plot: left, bottom, width, height in inches
 MARK_STYLE = {  # (color, linestyle) for the vertical lines on accuracy.png
     "germinated": ("#3bb273", "--"),
     "fossilized": ("#1f5fa8", "-"),
@@ -52,7 +55,7 @@ def write_plots(run: RunData) -> list[Path]:
     Returns:
         The paths written, ``accuracy.png`` first.
     """
-    written = [_save(_accuracy_figure(run), run.run_dir / "accuracy.png")]
+    written = [_save(accuracy_figure(run), run.run_dir / "accuracy.png")]
     if run.has_seeds:
         written.append(_save(_lifecycle_figure(run), run.run_dir / "lifecycle.png"))
         written.append(_save(_alpha_figure(run), run.run_dir / "alpha.png"))
@@ -71,9 +74,26 @@ def _title(run: RunData, what: str) -> str:
     return f"{what} — {run.mode}, {run.task}, seed {run.seed}"
 
 
-def _accuracy_figure(run: RunData) -> Figure:
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
+def accuracy_figure(run: RunData) -> Figure:
+    """Validation (and train) accuracy per epoch, with growth events marked.
+
+    Every germinate / fossilize / cull / rollback is a vertical line across the plot; its label
+    (the seed it concerns) sits in a strip above the axes, in as many rows as it takes for no
+    two labels to overlap, so labels never cover the curve or each other. The y axis stops just
+    above 100%.
+
+    Args:
+        run: A loaded run.
+
+    Returns:
+        The figure (on no pyplot state).
+    """
+    marks = _mark_labels(run.marks)
+    # Axes are placed in inches, not in fractions of the figure: the strip of labels gets
+    # exactly one row height per row, and the plot keeps its size however many rows there are.
+    fig = Figure(figsize=(PLOT_BOX[0] + PLOT_BOX[2] + 0.3, PLOT_BOX[1] + PLOT_BOX[3] + 0.5))
+    ax = fig.add_axes(_inches_to_rect(fig, PLOT_BOX))
+    strip = fig.add_axes(_inches_to_rect(fig, PLOT_BOX), sharex=ax) if marks else None
     xs = [r.epoch for r in run.epochs]
     ax.plot(xs, [r.val_accuracy for r in run.epochs], marker="o", ms=3, label="validation")
     train = [(r.epoch, r.train_accuracy) for r in run.epochs if r.train_accuracy is not None]
@@ -82,43 +102,89 @@ def _accuracy_figure(run: RunData) -> Figure:
         ax.plot(tx, ty, color="gray", alpha=0.6, lw=1, ls="--", label="train")
     if not run.epochs:
         ax.text(0.5, 0.5, "no epochs recorded", ha="center", transform=ax.transAxes)
-    _draw_marks(ax, run.marks)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(_title(run, "Accuracy"))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    return fig
-
-
-def _draw_marks(ax, marks: list[LifecycleMark]) -> None:
-    """One vertical line per (epoch, kind), labelled with every seed it concerns."""
-    grouped: dict[tuple[int, str], list[str]] = defaultdict(list)
-    for m in marks:
-        who = "/".join(p for p in (m.slot, m.seed_id) if p) or m.kind
-        grouped[(m.epoch, m.kind)].append(who)
-    if grouped:
-        # Headroom above the curve for the rotated labels, which hang from the top edge.
-        bottom, top = ax.get_ylim()
-        ax.set_ylim(bottom, top + 0.3 * (top - bottom))
+    bottom, top = ax.get_ylim()
+    # Accuracy cannot pass 100%: a margin of one point keeps a marker at 100 whole.
+    ax.set_ylim(max(bottom, -1.0), min(top, 101.0))
     labelled: set[str] = set()
-    kinds_at_epoch: dict[int, int] = defaultdict(int)
-    for (epoch, kind), names in sorted(grouped.items()):
+    for epoch, kind, _ in marks:
         color, ls = MARK_STYLE[kind]
         ax.axvline(
             epoch, color=color, ls=ls, lw=1, label=None if kind in labelled else kind, zorder=0
         )
         labelled.add(kind)
-        # x in data units, y in axes units: the label sits at the top whatever the accuracy
-        # range; several kinds at one epoch step left by a few points instead of overprinting.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if strip is not None:
+        _draw_mark_strip(strip, ax, marks)
+    (strip or ax).set_title(_title(run, "Accuracy"))
+    return fig
+
+
+def _inches_to_rect(fig: Figure, box: tuple[float, float, float, float]) -> list[float]:
+    """``(left, bottom, width, height)`` in inches as a figure-fraction rectangle."""
+    fig_w, fig_h = fig.get_size_inches()
+    left, bottom, width, height = box
+    return [left / fig_w, bottom / fig_h, width / fig_w, height / fig_h]
+
+
+def _mark_labels(marks: list[LifecycleMark]) -> list[tuple[int, str, str]]:
+    """``(epoch, kind, label)`` per (epoch, kind), naming every seed it concerns, by epoch."""
+    grouped: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for m in marks:
+        # A seed id already names its slot ("seed-1-early-conv_light"); a rollback has none.
+        grouped[(m.epoch, m.kind)].append(m.seed_id or m.slot or m.kind)
+    return [(epoch, kind, ", ".join(names)) for (epoch, kind), names in sorted(grouped.items())]
+
+
+def _draw_mark_strip(strip, ax, marks: list[tuple[int, str, str]]) -> None:
+    """Labels in the strip above the plot, each in the first row where it overlaps nothing."""
+    fig = strip.figure
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    x_low, x_high = strip.get_xlim()
+    middle = (x_low + x_high) / 2
+    rows: list[list] = []  # per row, the pixel extents of the labels placed in it
+    placed = []
+    for epoch, kind, label in marks:
+        color, ls = MARK_STYLE[kind]
+        strip.axvline(epoch, color=color, ls=ls, lw=1)
+        # Right of the line in the left half, left of it in the right half: labels stay inside.
+        rightwards = epoch <= middle
         shift = offset_copy(
-            ax.get_xaxis_transform(), fig=ax.figure, x=-8 * kinds_at_epoch[epoch], units="points"
+            strip.get_xaxis_transform(), fig=fig, x=2 if rightwards else -2, units="points"
         )
-        kinds_at_epoch[epoch] += 1
-        ax.text(
-            epoch, 0.98, ", ".join(names), transform=shift, rotation=90,
-            va="top", ha="right", fontsize=6, color=color,
+        text = strip.text(
+            epoch, 0.5, label, transform=shift, ha="left" if rightwards else "right", va="center",
+            fontsize=7, color=color, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},
         )  # fmt: skip
+        box = text.get_window_extent(renderer)
+        row = next(
+            (i for i, boxes in enumerate(rows) if all(_apart(box, b) for b in boxes)), len(rows)
+        )
+        if row == len(rows):
+            rows.append([])
+        rows[row].append(box)
+        placed.append((text, row))
+    for text, row in placed:
+        text.set_y(1 - (row + 0.5) / len(rows))
+    # Now the height: the plot keeps its box, the strip sits on it with one row per row.
+    rows_inches = MARK_ROW_INCHES * len(rows)
+    left, bottom, width, height = PLOT_BOX
+    fig.set_size_inches(left + width + 0.3, bottom + height + rows_inches + 0.5)
+    ax.set_position(_inches_to_rect(fig, PLOT_BOX))
+    strip.set_position(_inches_to_rect(fig, (left, bottom + height, width, rows_inches)))
+    strip.set_ylim(0, 1)
+    strip.set_yticks([])
+    strip.tick_params(axis="x", labelbottom=False, length=0)
+    for spine in strip.spines.values():
+        spine.set_visible(False)
+
+
+def _apart(a, b, gap: float = 4.0) -> bool:
+    """True when two pixel boxes are at least ``gap`` pixels apart horizontally."""
+    return a.x0 >= b.x1 + gap or b.x0 >= a.x1 + gap
 
 
 def _lifecycle_figure(run: RunData) -> Figure:

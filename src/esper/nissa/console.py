@@ -3,7 +3,8 @@
 Per-epoch metrics (``epoch_completed``) and gradient telemetry are shown by the trainer itself,
 so this sink prints only the moments a reader wants to notice: a seed appearing, changing stage,
 being kept or cut, a governor rollback, an isolation violation. Each printable event type has a
-formatter in ``_FORMATTERS``; every other type is ignored.
+formatter in ``_FORMATTERS``; every other type is ignored. :func:`format_event` is shared with the
+live view's "last events" panel, so both say the same thing about an event.
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ _FORMATTERS: dict[TelemetryEventType, Callable[[TelemetryEvent], str]] = {
 }
 
 
+def format_event(event: TelemetryEvent) -> str | None:
+    """The Rich-markup line for a lifecycle event.
+
+    Args:
+        event: Any event.
+
+    Returns:
+        One line of Rich markup (values from the event are escaped), or None for an event type
+        that is not a lifecycle moment (epochs, gate evaluations, decisions, ...).
+    """
+    formatter = _FORMATTERS.get(event.event_type)
+    return None if formatter is None else formatter(event)
+
+
 @register_sink("console")
 class ConsoleSink:
     """Prints lifecycle events to a Rich console.
@@ -86,9 +101,9 @@ class ConsoleSink:
         self.console = console if console is not None else Console()
 
     def emit(self, event: TelemetryEvent) -> None:
-        formatter = _FORMATTERS.get(event.event_type)
-        if formatter is not None:
-            self.console.print(formatter(event), highlight=False)
+        line = format_event(event)
+        if line is not None:
+            self.console.print(line, highlight=False)
 
     def close(self) -> None:
         """Nothing to release: the console belongs to the caller."""

@@ -99,7 +99,7 @@ def read_events(path: str | os.PathLike[str]) -> list[TelemetryEvent]:
         if not line.strip():
             continue
         try:
-            events.append(_parse_line(line))
+            events.append(parse_event_line(line))
         except ValueError as exc:
             truncated_tail = lineno == len(lines) and not text.endswith("\n")
             if truncated_tail:
@@ -113,8 +113,19 @@ def read_events(path: str | os.PathLike[str]) -> list[TelemetryEvent]:
     return events
 
 
-def _parse_line(line: str) -> TelemetryEvent:
-    """One line to one event; every failure becomes a ValueError with a short reason."""
+def parse_event_line(line: str) -> TelemetryEvent:
+    """One line of a JSONL telemetry file to one event.
+
+    Args:
+        line: The line, without its newline.
+
+    Returns:
+        The event.
+
+    Raises:
+        ValueError: With a short reason, for anything that is not a valid event of a schema this
+            esper reads.
+    """
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:

@@ -37,7 +37,18 @@ from esper.leyline import (
     TelemetryEventType,
     get_topology,
 )
-from esper.nissa import ConsoleSink, JsonlSink, TelemetryHub
+from esper.nissa import (
+    ConsoleSink,
+    JsonlSink,
+    LiveSink,
+    LoggerContext,
+    LoggerUnavailableError,
+    TelemetryHub,
+    available_loggers,
+    check_logger,
+    create_logger,
+    resumed_state,
+)
 from esper.scripts.checkpoints import (
     ResumeError,
     read_run_checkpoint,
@@ -88,6 +99,11 @@ class RunConfig:
     threads: int = DEFAULT_THREADS
     #: Write ``checkpoint.pt`` every this many epochs (and after the last).
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    #: The live view: True/False as asked with --live/--no-live; None: on when stdout is a
+    #: terminal. Display only; it never changes what the run computes.
+    live: bool | None = None
+    #: Loggers that also receive the run's events (``--log tensorboard``), by registry name.
+    log: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -110,6 +126,12 @@ class RunConfig:
             raise UsageError(f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"device {self.device!r} requested but CUDA is not available")
+        for name in self.log:
+            # Before the run directory exists: a missing package must not leave a folder behind.
+            try:
+                check_logger(name)
+            except (ValueError, LoggerUnavailableError) as exc:
+                raise UsageError(str(exc)) from None
         spec = get_task(self.task)
         if self.blueprints:
             valid = list_blueprints(spec.topology)
@@ -125,7 +147,7 @@ class RunConfig:
         """The run's configuration from its ``config.json`` (extra keys are ignored)."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
-        for key in ("slots", "blueprints"):
+        for key in ("slots", "blueprints", "log"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -207,8 +229,13 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
     return _execute(cfg, trainer_cfg, data, model, run_dir, console, checkpoint=None)
 
 
-def resume_training(run_dir: str | Path, console: Console | None = None) -> dict | None:
+def resume_training(
+    run_dir: str | Path, console: Console | None = None, *, live: bool | None = None
+) -> dict | None:
     """Continue a killed run from its last checkpoint, with its original configuration.
+
+    ``live`` overrides the run's ``--live`` setting: the view is display only and never
+    changes what the run computes.
 
     The event log is cut back to the checkpoint's position, so no event is written twice, and
     the run ends exactly as an uninterrupted one would (bit for bit on the CPU).
@@ -234,6 +261,8 @@ def resume_training(run_dir: str | Path, console: Console | None = None) -> dict
     try:
         raw = json.loads(config_path.read_text())
         cfg = RunConfig.from_dict(raw)
+        if live is not None:
+            cfg = replace(cfg, live=live)
         trainer_cfg = TrainerConfig.from_dict(raw["trainer"])
     except FileNotFoundError:
         raise ResumeError(f"{config_path}: missing; is this a run directory?") from None
@@ -291,8 +320,22 @@ def _execute(
         write_run_checkpoint(run_dir, trainer, wall_seconds=wall)
 
     with TelemetryHub() as hub:
-        hub.add_sink(JsonlSink(run_dir / "events.jsonl"))
-        hub.add_sink(ConsoleSink(console))
+        hub.add_sink(JsonlSink(run_dir / "events.jsonl"))  # sink 0: checkpoints hold its offset
+        live = console.is_terminal if cfg.live is None else cfg.live
+        if live and console.is_terminal:
+            # A resumed run's view starts with the events before its checkpoint.
+            prior = (
+                resumed_state(run_dir / "events.jsonl", checkpoint["epoch"]) if checkpoint else None
+            )
+            hub.add_sink(LiveSink(console, state=prior))
+        else:
+            if live:
+                console.print("--live needs a terminal (stdout is not one): plain lines follow")
+            live = False
+            hub.add_sink(ConsoleSink(console))
+        start_epoch = int(checkpoint["epoch"]) if checkpoint else 0
+        for name in cfg.log:
+            hub.add_sink(create_logger(name, LoggerContext(run_dir, start_epoch=start_epoch)))
         trainer = Trainer(model, data, trainer_cfg, controller=controller, hub=hub)
         if checkpoint is not None:
             try:
@@ -325,13 +368,14 @@ def _execute(
             TimeElapsedColumn(),
             console=console,
             transient=True,
-            disable=not console.is_terminal,
+            disable=live or not console.is_terminal,  # the live view has its own progress bar
         )
         with progress:
             bar = progress.add_task("epochs", total=epochs, completed=trainer.epoch)
             while trainer.epoch < epochs:
                 r = trainer.run_epoch()
-                _print_epoch(console, r)
+                if not live:
+                    _print_epoch(console, r)
                 if r.epoch % cfg.checkpoint_every == 0 or r.epoch == epochs:
                     save()
                 progress.advance(bar)
@@ -374,6 +418,10 @@ def _summary(cfg: RunConfig, epochs: int, trainer: Trainer, wall: float) -> dict
     last = hist[-1]
     counts = trainer.model.count_parameters()
     seeds = [r.to_dict() for r in trainer.records.values()]
+    test = {}
+    if trainer.test_x is not None:  # measured once, on the final model
+        test_loss, test_accuracy = trainer.evaluate("test")
+        test = {"test_accuracy": test_accuracy, "test_loss": test_loss}
     return {
         "mode": cfg.mode,
         "task": cfg.task,
@@ -385,6 +433,7 @@ def _summary(cfg: RunConfig, epochs: int, trainer: Trainer, wall: float) -> dict
         "final_train_loss": last.train_loss,
         "best_val_accuracy": max(h.val_accuracy for h in hist),
         "best_val_loss": min(h.val_loss for h in hist),
+        **test,
         "host_params": counts["host"],
         "total_params": counts["total"],
         "fossilized": sum(1 for s in seeds if s["final_stage"] == "FOSSILIZED"),
@@ -408,12 +457,16 @@ def _print_final(console: Console, summary: dict, run_dir: Path) -> None:
         "final_val_accuracy",
         "best_val_accuracy",
         "final_val_loss",
+        "test_accuracy",
+        "test_loss",
         "host_params",
         "total_params",
         "fossilized",
         "culled",
         "wall_seconds",
     ):
+        if key not in summary:  # a task without a test split
+            continue
         value = summary[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
@@ -470,6 +523,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue a killed run from its checkpoint, with its original configuration",
     )
+    parser.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a live view of slots, stages and numbers (default: on when stdout is a terminal)",
+    )
+    parser.add_argument(
+        "--log",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"also log the run to: {', '.join(available_loggers())} (repeat or comma-separate)",
+    )
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -497,18 +563,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         width_multiplier=args.width_multiplier,
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
+        live=args.live,
+        # --log a --log b,c -> ("a", "b", "c"), each once, in the order given.
+        log=tuple(dict.fromkeys(n for v in args.log or () for n in _split(v) or ())),
     )
 
 
 def _flags_given_with_resume(args: argparse.Namespace) -> list[str]:
-    """Options set on the command line besides --resume (a resumed run keeps its own config)."""
+    """Options set on the command line besides --resume and --live/--no-live (a resumed run
+    keeps its own config; the live view is display only)."""
     fresh = OneLineParser(prog="esper train")
     add_train_arguments(fresh)
     defaults = vars(fresh.parse_args([]))
     return [
         "mode" if key == "mode" else "--" + key.replace("_", "-")
         for key, default in defaults.items()
-        if key != "resume" and getattr(args, key, default) != default
+        if key not in ("resume", "live") and getattr(args, key, default) != default
     ]
 
 
@@ -528,7 +598,7 @@ def train_main(args: argparse.Namespace) -> int:
                     f"--resume continues a run with its original configuration; drop "
                     f"{', '.join(extra)}"
                 )
-            resume_training(args.resume)
+            resume_training(args.resume, live=args.live)
             return 0
         if args.mode is None:
             raise UsageError(f"a mode is required: one of {', '.join(MODES)} (or --resume RUN_DIR)")

@@ -456,6 +456,7 @@ class Trainer:
                     "seed_id": slot.state.seed_id,
                     "blueprint": slot.state.blueprint_id,
                     "stage": slot.stage.name,
+                    "params": sum(p.numel() for p in slot.seed_parameters()),
                     "alpha": slot.state.metrics.current_alpha
                     if slot.stage in (SeedStage.BLENDING, SeedStage.PROBATIONARY)
                     else (1.0 if slot.stage == SeedStage.FOSSILIZED else 0.0),
