@@ -52,7 +52,12 @@ def _lifecycle_events() -> list[TelemetryEvent]:
 
 
 def write_run(
-    run_dir: Path, *, mode: str = "heuristic", seed: int = 0, acc_offset: float = 0.0
+    run_dir: Path,
+    *,
+    mode: str = "heuristic",
+    seed: int = 0,
+    acc_offset: float = 0.0,
+    flops: bool = False,
 ) -> Path:
     """Write config.json, events.jsonl and summary.json following the trainer's schema."""
     grown = mode == "heuristic"
@@ -77,6 +82,8 @@ def write_run(
                 for slot, (s, b, st, a) in seeds.items()
             },
         }
+        if flops:
+            data["total_train_flops"] = 1e6 * epoch * (1.5 if grown and epoch > 3 else 1.0)
         events.append(TelemetryEvent(T.EPOCH_COMPLETED, epoch=epoch, data=data))
         events.append(
             TelemetryEvent(T.COUNTERFACTUAL_EVALUATED, epoch=epoch, data={"contribution": 0.1})
@@ -158,6 +165,22 @@ def test_write_plots_for_grown_run(tmp_path):
         assert p.parent == run.run_dir
         assert p.read_bytes().startswith(PNG_MAGIC) and p.stat().st_size > 5000
     assert not list(run.run_dir.glob("*.tmp"))
+
+
+def test_compute_plot_draws_accuracy_against_training_flops(tmp_path):
+    from esper.karn.overlay import compute_figure
+
+    run = load_run(write_run(tmp_path / "grown", flops=True))
+    assert [r.train_flops for r in run.epochs][:4] == [1e6, 2e6, 3e6, 6e6]
+    paths = write_plots(run)
+    assert [p.name for p in paths][-1] == "compute.png"
+    assert paths[-1].read_bytes().startswith(PNG_MAGIC)
+    line = compute_figure([run]).axes[0].lines[0]
+    assert list(line.get_xdata()) == [r.train_flops for r in run.epochs]
+    assert list(line.get_ydata()) == [r.val_accuracy for r in run.epochs]
+    # A log without FLOP counts (older runs) gets no compute plot.
+    old = load_run(write_run(tmp_path / "old"))
+    assert "compute.png" not in [p.name for p in write_plots(old)]
 
 
 def test_write_plots_for_static_run_skips_seed_plots(tmp_path):

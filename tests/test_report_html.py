@@ -45,7 +45,7 @@ def reported(runs) -> list[Path]:
 
 
 def _plots(run_dirs: list[Path]) -> int:
-    names = ("accuracy.png", "lifecycle.png", "alpha.png")
+    names = ("accuracy.png", "lifecycle.png", "alpha.png", "compute.png")
     return sum((d / name).is_file() for d in run_dirs for name in names)
 
 
@@ -65,14 +65,14 @@ def test_every_run_gets_a_self_contained_report_page(reported):
     grown, static, _ = reported
     page = (grown / "report.html").read_text()
     images = _assert_self_contained(page)
-    assert len(images) == 3  # accuracy, lifecycle, alpha
+    assert len(images) == 4  # accuracy, lifecycle, alpha, compute
     assert images[0] == (grown / "accuracy.png").read_bytes()
     summary = json.loads((grown / "summary.json").read_text())
     assert f"{summary['final_val_accuracy']:.2f}" in page
     for seed in summary["seeds"]:
         assert seed["seed_id"] in page and seed["final_stage"] in page
     static_page = (static / "report.html").read_text()
-    assert len(_assert_self_contained(static_page)) == 1  # a static run has no seed plots
+    assert len(_assert_self_contained(static_page)) == 2  # no seed plots: accuracy, compute
     assert "<h2>Seeds</h2>" not in static_page
 
 
@@ -81,8 +81,9 @@ def test_several_runs_get_a_side_by_side_page_next_to_them(reported):
     assert default_page_path(reported) == page_path
     page = page_path.read_text()
     images = _assert_self_contained(page)
-    # The curves of all runs, then every plot of every run (static runs have no seed plots).
-    assert len(images) == 1 + _plots(reported) and _plots(reported) >= 3 + 1 + 1
+    # The curves of all runs, quality against compute, then every plot of every run (static
+    # runs have no seed plots).
+    assert len(images) == 2 + _plots(reported) and _plots(reported) >= 4 + 2 + 2
     for run_dir in reported:
         summary = json.loads((run_dir / "summary.json").read_text())
         assert f"{summary['final_val_accuracy']:.2f}" in page
@@ -185,10 +186,10 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
 @pytest.mark.parametrize("page_name", ["report.html", "comparison.html"])
 def test_headless_chromium_renders_every_image_and_table(reported, tmp_path, page_name):
-    if page_name == "report.html":  # the grown run's page: summary and seed tables, 3 plots
-        page, images, tables = reported[0] / page_name, 3, 2
-    else:  # comparison table; the curves and every run's plots
-        page, images, tables = reported[0].parent / page_name, 1 + _plots(reported), 1
+    if page_name == "report.html":  # the grown run's page: summary and seed tables, 4 plots
+        page, images, tables = reported[0] / page_name, 4, 2
+    else:  # comparison table; the curves, quality against compute and every run's plots
+        page, images, tables = reported[0].parent / page_name, 2 + _plots(reported), 1
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text().replace("</body>", COUNT_IMAGES))
     dom = _chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri()).stdout

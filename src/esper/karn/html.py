@@ -20,7 +20,13 @@ from matplotlib.figure import Figure
 
 from esper._atomic import atomic_path
 from esper.karn.compare import KEY_HEADERS, comparison_rows, comparison_title, metrics_for
-from esper.karn.overlay import overlay_figure, run_label, run_labels
+from esper.karn.overlay import (
+    compute_figure,
+    has_compute,
+    overlay_figure,
+    run_label,
+    run_labels,
+)
 from esper.karn.run_data import RunData
 
 #: A run's own page, in its run directory.
@@ -32,6 +38,7 @@ PLOTS = (
     ("accuracy.png", "Accuracy per epoch; growth events marked above the plot"),
     ("lifecycle.png", "Seed lifecycle per slot (x: culled)"),
     ("alpha.png", "Blend alpha of every seed"),
+    ("compute.png", "Validation accuracy against the training FLOPs spent; growth marked"),
 )
 # (summary key, label, format) for a run page's summary table; missing keys are left out.
 SUMMARY_ROWS = (
@@ -120,6 +127,10 @@ def write_comparison_page(runs: Sequence[RunData], path: str | os.PathLike[str])
         "<h2>Validation curves</h2>",
         _figure(_png(overlay_figure(runs)), "Every run's validation accuracy and loss", "curves"),
     ]
+    if any(has_compute(run) for run in runs):
+        caption = "Every run's validation accuracy against the training FLOPs it spent"
+        figure = _figure(_png(compute_figure(runs)), caption, "compute")
+        body += ["<h2>Quality against compute</h2>", figure]
     for name, caption in PLOTS:
         cells = [
             _figure((run.run_dir / name).read_bytes(), label, f"{name} of {label}")

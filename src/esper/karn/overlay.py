@@ -73,3 +73,45 @@ def overlay_figure(runs: Sequence[RunData]) -> Figure:
     loss_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
+
+
+def has_compute(run: RunData) -> bool:
+    """Whether every epoch of ``run`` records the training FLOPs spent so far."""
+    return bool(run.epochs) and all(r.train_flops is not None for r in run.epochs)
+
+
+def compute_figure(runs: Sequence[RunData]) -> Figure:
+    """Validation accuracy against the training FLOPs spent so far, for each run that counted
+    them: the axis on which growth must beat a static host (same quality for less compute, or
+    more quality for the same). Growth events are marked as on :func:`overlay_figure`.
+
+    Args:
+        runs: The runs to draw (runs without FLOP counts are left out).
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for i, (run, label) in enumerate(zip(runs, run_labels(runs), strict=True)):
+        if not has_compute(run):
+            continue
+        color = f"C{i % 10}"
+        flops = {r.epoch: r.train_flops for r in run.epochs}
+        accuracy = {r.epoch: r.val_accuracy for r in run.epochs}
+        ax.plot(list(flops.values()), list(accuracy.values()), color=color, lw=1.2, label=label)
+        for kind, marker in EVENT_MARKERS.items():
+            at = sorted({m.epoch for m in run.marks if m.kind == kind and m.epoch in flops})
+            ax.plot(
+                [flops[e] for e in at], [accuracy[e] for e in at], marker, color=color, ms=6,
+                ls="none", markeredgecolor="black", markeredgewidth=0.5,
+            )  # fmt: skip
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(max(bottom, -1.0), min(top, 101.0))
+    ax.set_xlabel("training FLOPs spent (forward and backward, seeds included)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Quality against compute (▲ germinated, ● fossilized)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

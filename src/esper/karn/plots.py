@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import offset_copy
 
 from esper._atomic import atomic_path
+from esper.karn.overlay import compute_figure, has_compute
 from esper.karn.run_data import LifecycleMark, RunData
 from esper.leyline import SeedStage
 
@@ -47,7 +48,8 @@ def write_plots(run: RunData) -> list[Path]:
     """Write the run's PNGs into its directory.
 
     ``accuracy.png`` is always written. ``lifecycle.png`` and ``alpha.png`` only when some epoch
-    recorded a seed; a static run has nothing to draw there.
+    recorded a seed; a static run has nothing to draw there. ``compute.png`` (accuracy against
+    training FLOPs) when the log counts FLOPs.
 
     Args:
         run: A run from :func:`esper.karn.report.load_run`.
@@ -59,6 +61,8 @@ def write_plots(run: RunData) -> list[Path]:
     if run.has_seeds:
         written.append(_save(_lifecycle_figure(run), run.run_dir / "lifecycle.png"))
         written.append(_save(_alpha_figure(run), run.run_dir / "alpha.png"))
+    if has_compute(run):
+        written.append(_save(compute_figure([run]), run.run_dir / "compute.png"))
     return written
 
 

@@ -61,6 +61,8 @@ class EpochRecord:
     val_loss: float | None = None
     train_accuracy: float | None = None
     seeds: dict[str, SeedSnapshot] = field(default_factory=dict)
+    #: Training FLOPs spent up to the end of this epoch (None in logs that predate counting).
+    train_flops: float | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,7 @@ def _epoch_records(path: Path, events: list[TelemetryEvent]) -> list[EpochRecord
             val_loss=_optional_number(data.get("val_loss")),
             train_accuracy=_optional_number(data.get("train_accuracy")),
             seeds=seeds,
+            train_flops=_optional_number(data.get("total_train_flops")),
         )
     return [by_epoch[e] for e in sorted(by_epoch)]
 
