@@ -16,7 +16,7 @@ from esper.cli import main
     [
         (
             ["train", "heuristic", "--task", "mnist"],
-            "valid: cifar10, digits, fashion, pyref, tinystories",
+            "valid: cifar10, digits, fashion, pyref, pystd, tinystories",
         ),
         (["train", "heuristic", "--slots", "middle"], "valid: early"),
         (["train", "heuristic", "--blueprints", "lora"], "valid: noop, norm"),

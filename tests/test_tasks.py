@@ -24,7 +24,7 @@ from esper.tolaria.tasks import (
     register_task,
 )
 
-BUILTIN = {"digits", "pyref", "cifar10", "tinystories", "fashion"}
+BUILTIN = {"digits", "pyref", "cifar10", "tinystories", "fashion", "pystd"}
 
 
 # --------------------------------------------------------------------------- registry

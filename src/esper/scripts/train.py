@@ -225,6 +225,8 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
         "trainer": trainer_cfg.to_dict(),
         "resolved": {"host": host.config, "topology": spec.topology},
     }
+    if data.provenance is not None:
+        config_payload["data"] = data.provenance
     _write_json(run_dir / "config.json", config_payload)
     return _execute(cfg, trainer_cfg, data, model, run_dir, console, checkpoint=None)
 

@@ -46,6 +46,9 @@ class TaskData:
             ``i``), so samples can be decoded; ``None`` for image tasks.
         test_x, test_y: the held-out test split, never seen by gates or controllers; ``None``
             for a task without one.
+        provenance: where the data came from, as JSON-able data (for example a file list and
+            its hash), written to the run's ``config.json``; ``None`` when there is nothing to
+            record beyond the task's name.
     """
 
     train_x: torch.Tensor
@@ -56,6 +59,7 @@ class TaskData:
     vocab: str | None = None
     test_x: torch.Tensor | None = None
     test_y: torch.Tensor | None = None
+    provenance: dict | None = None
 
     def __post_init__(self) -> None:
         if (self.test_x is None) != (self.test_y is None):
@@ -272,23 +276,40 @@ def char_lm_data(
         )
 
     gen = torch.Generator().manual_seed(seed)
-    offsets = torch.randint(0, len(train_tokens) - need + 1, (n_train_windows,), generator=gen)
-    train_chunks = train_tokens[offsets[:, None] + torch.arange(need)]  # (N, T+1)
+    train_x, train_y = random_windows(train_tokens, block_size, n_train_windows, gen)
+    val_x, val_y = spread_windows(val_tokens, block_size, max_val_windows)
+    return TaskData(train_x, train_y, val_x, val_y, num_classes=len(vocab), vocab=vocab)
 
-    n_val = (len(val_tokens) - 1) // block_size  # non-overlapping windows that have a target
-    starts = torch.arange(n_val) * block_size
-    if n_val > max_val_windows:
-        starts = starts[torch.linspace(0, n_val - 1, max_val_windows).round().long()]
-    val_chunks = val_tokens[starts[:, None] + torch.arange(need)]  # (N, T+1)
 
-    return TaskData(
-        train_x=train_chunks[:, :-1].contiguous(),
-        train_y=train_chunks[:, 1:].contiguous(),
-        val_x=val_chunks[:, :-1].contiguous(),
-        val_y=val_chunks[:, 1:].contiguous(),
-        num_classes=len(vocab),
-        vocab=vocab,
-    )
+def random_windows(
+    tokens: torch.Tensor, block_size: int, count: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` windows at random offsets of ``tokens``, as next-token ``(x, y)`` pairs.
+
+    Returns:
+        int64 ``x`` and ``y`` of shape ``(count, block_size)``, ``y`` shifted one token on.
+    """
+    need = block_size + 1  # a window plus its next-token target
+    offsets = torch.randint(0, len(tokens) - need + 1, (count,), generator=generator)
+    chunks = tokens[offsets[:, None] + torch.arange(need)]  # (N, T+1)
+    return chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous()
+
+
+def spread_windows(
+    tokens: torch.Tensor, block_size: int, cap: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping windows of ``tokens`` (stride ``block_size``); when there are more than
+    ``cap``, an evenly spread subset of ``cap``. Deterministic: evaluation splits use them.
+
+    Returns:
+        int64 ``x`` and ``y`` of shape ``(N, block_size)``, ``y`` shifted one token on.
+    """
+    n = (len(tokens) - 1) // block_size  # non-overlapping windows that have a target
+    starts = torch.arange(n) * block_size
+    if n > cap:
+        starts = starts[torch.linspace(0, n - 1, cap).round().long()]
+    chunks = tokens[starts[:, None] + torch.arange(block_size + 1)]  # (N, T+1)
+    return chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous()
 
 
 @lru_cache(maxsize=1)
@@ -463,5 +484,7 @@ __all__ = [
     "load_digits_data",
     "load_pyref_data",
     "load_tinystories_data",
+    "random_windows",
+    "spread_windows",
     "stratified_split",
 ]

@@ -28,6 +28,7 @@ from esper.tolaria.data import (
 )
 from esper.tolaria.fashion import load_fashion_data
 from esper.tolaria.optim import OPTIMIZERS
+from esper.tolaria.pystd import load_pystd_data
 
 DEFAULT_TASK = "digits"
 
@@ -259,6 +260,26 @@ register_task(
         needs_data_dir=False,
         loader=load_fashion_data,
         epoch_samples=8192,
+    )
+)
+
+register_task(
+    TaskSpec(
+        name="pystd",
+        description="byte-level LM on the running Python's standard library source, transformer",
+        topology="transformer",
+        # About 2 s per epoch of 2,048 windows on one CPU thread: a run takes a minute or two.
+        host_config={"n_embd": 64, "n_head": 4, "n_layer": 2, "block_size": 64, "dropout": 0.0},
+        epochs=40,
+        batch_size=64,
+        optimizer="adamw",
+        lr=3e-3,
+        seed_lr=3e-3,
+        # After the blocks only, as for pyref: seeds right after the embedding bought nothing.
+        slots=("mid", "late"),
+        needs_data_dir=False,
+        loader=load_pystd_data,
+        epoch_samples=2048,
     )
 )
 
