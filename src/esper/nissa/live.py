@@ -23,7 +23,7 @@ from rich.text import Text
 
 from esper.leyline import TelemetryEvent
 from esper.nissa.console import format_event
-from esper.nissa.run_state import BLENDED_STAGES, RunState, SlotState
+from esper.nissa.run_state import RunState, SlotState, holds_seed
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 24  # epochs shown in a sparkline
@@ -198,7 +198,7 @@ def _slots(state: RunState, wide: bool) -> Table:
 
 
 def _slot_cells(slot: SlotState, epoch: int, alpha_width: int) -> list[RenderableType]:
-    shows_alpha = slot.seed_id is not None and slot.stage in BLENDED_STAGES
+    shows_alpha = slot.seed_id is not None and holds_seed(slot.stage)
     violations = Text(str(slot.violations), style="bold red" if slot.violations else "")
     return [
         Text(slot.name, style="bold"),

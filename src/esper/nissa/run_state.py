@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.leyline import SeedStage, TelemetryEvent, TelemetryEventType, is_active_stage
 from esper.nissa.jsonl import read_events
 
 T = TelemetryEventType
@@ -35,11 +35,12 @@ LIFECYCLE_EVENTS = frozenset(
         T.ISOLATION_VIOLATION,
     }
 )
-#: Stages in which a seed's output reaches the model, so its alpha means something.
-BLENDED_STAGES = frozenset({"GERMINATED", "TRAINING", "BLENDING", "PROBATIONARY", "FOSSILIZED"})
-# Seed parameters are counted by the trainer as total - host; a fossilized seed's parameters
-# move into the host count, so only seeds in these stages are in that difference.
-_UNFOSSILIZED = BLENDED_STAGES - {"FOSSILIZED"}
+
+
+def holds_seed(stage: str | None) -> bool:
+    """Whether a slot in the stage named ``stage`` holds a seed module (leyline's active stages),
+    so that its alpha and size mean something."""
+    return stage in SeedStage.__members__ and is_active_stage(SeedStage[stage])
 
 
 @dataclass
@@ -201,7 +202,12 @@ class RunState:
         host, total = data.get("host_params"), data.get("total_params")
         if not (_is_number(host) and _is_number(total)):
             return
-        live = [s for s in self.slots.values() if s.seed_id and s.stage in _UNFOSSILIZED]
+        # A fossilized seed's parameters count as host, so only live seeds are in total - host.
+        live = [
+            s
+            for s in self.slots.values()
+            if s.seed_id and holds_seed(s.stage) and s.stage != SeedStage.FOSSILIZED.name
+        ]
         unknown = [s for s in live if s.params is None]
         if len(unknown) == 1:
             rest = int(total) - int(host) - sum(s.params or 0 for s in live)
