@@ -142,6 +142,7 @@ def test_recorded_events_render_slots_alpha_params_contribution_and_violations()
     assert re.search(r"\b30\b", row_a) and "1 ep" in row_a and row_a.rstrip(" │").endswith("2")
     row_b = next(line for line in text.splitlines() if " b " in line and "seed-2" in line)
     assert "CULLED" in row_b and "—" in row_b  # a culled seed's alpha is not shown
+    assert "0.00" not in row_b and "·" not in row_b  # no alpha bar either
     assert "heuristic · toy · seed 3 · running" in text and "epoch 4/10" in text
     assert "test" in text and "66.50%" in text  # test numbers only because an event has them
     assert "culled: no gain" in text and "germinated norm" in text
