@@ -10,18 +10,23 @@ For each seed stage we build two networks with identical weights:
   ==========  ============================================================================
   stage       static equivalent at each injection point (``h`` = host features)
   ==========  ============================================================================
-  TRAINING    ``s = seed(h.detach()); h = h + (s - s.detach())`` (straight-through: the
-              output is ``h``, the seed gets the same gradient as ``h``)
+  TRAINING    ``h`` unchanged; beside it a *shadow pass* per seed: the rest of the network
+              run from ``seed(h.detach())`` with every other parameter detached
+              (``torch.func.functional_call``) and batch-norm buffers on copies; the step
+              adds each shadow's cross-entropy to the loss (the seed learns from it alone)
   BLENDING    ``h = torch.lerp(h, seed(h.detach()), 0.5)`` (CNN seeds keep isolation)
   FOSSILIZED  ``h = seed(h)``
   ==========  ============================================================================
 
-Outputs are asserted equal (and gradients close) before timing. Full training steps (zero_grad,
-forward, cross-entropy, backward, optional telemetry capture, SGD step) are then timed interleaved
-in one process (A B, B A, A B, ...), after warm-up, with the garbage collector paused, and the
-ratio of the medians is reported. The telemetry rows compare the *same* morphogenetic model
-stepping with and without ``capture_gradient_telemetry()`` (every step, or every 10th step: those
-are timed in blocks of 10 steps so the capture step is inside every sample).
+Outputs are asserted equal (and gradients close) before timing. The ``cost_*`` rows state what
+each stage costs over the bare host (the same host, no slots): for TRAINING that is the shadow
+pass, the incubator's price; for BLENDING and FOSSILIZED the seeds' own compute. Full training
+steps (zero_grad, forward, cross-entropy, backward, optional telemetry capture, SGD step) are then
+timed interleaved in one process (A B, B A, A B, ...), after warm-up, with the garbage collector
+paused, and the ratio of the medians is reported. The telemetry rows compare the *same*
+morphogenetic model stepping with and without ``capture_gradient_telemetry()`` (every step, or
+every 10th step: those are timed in blocks of 10 steps so the capture step is inside every
+sample).
 
 Run ``python benchmarks/step_overhead.py --help`` for the options; ``--json`` makes the last line
 of stdout one JSON object. See ``docs/performance.md`` for the method and the numbers.
@@ -46,6 +51,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from esper.kasmina import CNNHost, MorphogeneticModel
 from esper.leyline import SeedStage
@@ -53,7 +59,16 @@ from esper.testing import image_batch, make_train_step, model_at_stage
 
 SLOTS = ("early", "mid", "late")
 #: The rows of the result, in the order they are measured.
-ROWS = ("training", "blending", "fossilized", "telemetry_stride1", "telemetry_stride10")
+ROWS = (
+    "training",
+    "blending",
+    "fossilized",
+    "telemetry_stride1",
+    "telemetry_stride10",
+    "cost_training",
+    "cost_blending",
+    "cost_fossilized",
+)
 
 
 @dataclass(frozen=True)
@@ -109,22 +124,63 @@ class StaticEquivalent(nn.Module):
 
     def _apply_seed(self, seed: nn.Module, h: torch.Tensor) -> torch.Tensor:
         if self.mode == "training":
-            s = seed(h.detach())
-            return h + (s - s.detach())  # value: h; gradient: to h and to the seed alike
+            return h  # the seed learns in the shadow pass only
         if self.mode == "blending":
             return torch.lerp(h, seed(h.detach()), self.alpha)
         return seed(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run_from(self.host.stem(x), 0)  # (B, classes)
+
+    def run_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        """From just before seed ``start`` (in forward order) to the head."""
         host = self.host
-        h = host.stem(x)  # (B, 3, H, W)
-        done = 0
-        for name, position in self.plan:
+        done = self.plan[start - 1][1] if start > 0 else 0
+        for name, position in self.plan[start:]:
             h = host.run_blocks(h, done, position)
             done = position
             h = self._apply_seed(self.seeds[name], h)
-        h = host.run_blocks(h, done, host.n_blocks)
-        return host.head(h)  # (B, classes)
+        return host.head(host.run_blocks(h, done, host.n_blocks))
+
+    def forward_with_shadows(self, x: torch.Tensor):
+        """``(output, {seed: shadow output})``; shadows only in ``"training"`` mode."""
+        host = self.host
+        h = host.stem(x)
+        done, taps = 0, []
+        for index, (name, position) in enumerate(self.plan):
+            h = host.run_blocks(h, done, position)
+            done = position
+            taps.append((index, name, h))
+            h = self._apply_seed(self.seeds[name], h)
+        out = host.head(host.run_blocks(h, done, host.n_blocks))
+        if self.mode != "training":
+            return out, {}
+        frozen = {n: p.detach() for n, p in self.named_parameters()}
+        frozen.update({n: b.clone() for n, b in self.named_buffers()})
+        shadows = {
+            name: _shadow_run(self, frozen, self.seeds[name](at.detach()), index + 1)
+            for index, name, at in taps
+        }
+        return out, shadows
+
+    def incubation_loss(self, loss_fn, output: torch.Tensor, shadows: dict) -> torch.Tensor:
+        return sum((loss_fn(s) for s in shadows.values()), torch.zeros(()))
+
+
+class _RunFrom(nn.Module):
+    """``StaticEquivalent.run_from`` as a module, for ``functional_call``."""
+
+    def __init__(self, net: StaticEquivalent) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        return self.net.run_from(h, start)
+
+
+def _shadow_run(net: StaticEquivalent, frozen: dict, h: torch.Tensor, start: int) -> torch.Tensor:
+    params = {f"net.{n}": t for n, t in frozen.items()}
+    return functional_call(_RunFrom(net), params, (h, start), strict=False)
 
 
 def build_morphogenetic(
@@ -165,7 +221,14 @@ def check_equivalent(static: nn.Module, morph: nn.Module, x: torch.Tensor, y: to
     """
     static.eval()
     morph.eval()
-    out_s, out_m = static(x), morph(x)
+    (out_s, shadows_s), (out_m, shadows_m) = (
+        static.forward_with_shadows(x),
+        morph.forward_with_shadows(x),
+    )
+    if list(shadows_s) != list(shadows_m) or not all(
+        torch.equal(shadows_s[k], shadows_m[k]) for k in shadows_s
+    ):
+        raise AssertionError("static and morphogenetic shadow outputs differ")
     same = (
         torch.equal(out_s, out_m)
         if x.device.type == "cpu"
@@ -174,8 +237,14 @@ def check_equivalent(static: nn.Module, morph: nn.Module, x: torch.Tensor, y: to
     if not same:
         diff = (out_s - out_m).abs().max().item()
         raise AssertionError(f"static and morphogenetic outputs differ (max |diff| {diff:.3g})")
-    F.cross_entropy(out_s, y).backward()
-    F.cross_entropy(out_m, y).backward()
+    (
+        F.cross_entropy(out_s, y)
+        + static.incubation_loss(lambda o: F.cross_entropy(o, y), out_s, shadows_s)
+    ).backward()
+    (
+        F.cross_entropy(out_m, y)
+        + morph.incubation_loss(lambda o: F.cross_entropy(o, y), out_m, shadows_m)
+    ).backward()
     grads_s = [p.grad for p in static.parameters()]
     grads_m = [p.grad for p in morph.parameters()]
     if len(grads_s) != len(grads_m):
@@ -259,6 +328,24 @@ def compare_stage(cfg: BenchConfig, stage: SeedStage, mode: str) -> dict:
         device=device,
     )
     return _summary("static", times_s, "morph", times_m, block=1)
+
+
+def compare_cost(cfg: BenchConfig, stage: SeedStage) -> dict:
+    """The bare host (A: same weights, no slots) against the model in ``stage`` (B): what the
+    stage costs per step, seeds and (in TRAINING) the shadow pass included."""
+    device = torch.device(cfg.device)
+    morph = build_morphogenetic(cfg, stage)
+    bare = copy.deepcopy(morph.host)
+    x, y = _data(cfg, device)
+    times_h, times_m = time_interleaved(
+        make_train_step(bare, _sgd(bare, cfg.lr), x, y),
+        make_train_step(morph, _sgd(morph, cfg.lr), x, y),
+        reps=cfg.reps,
+        warmup=cfg.warmup,
+        block=1,
+        device=device,
+    )
+    return _summary("host", times_h, "morph", times_m, block=1)
 
 
 def compare_telemetry(cfg: BenchConfig, stride: int) -> dict:
@@ -347,6 +434,9 @@ def run(
         "fossilized": lambda: compare_stage(cfg, SeedStage.FOSSILIZED, "fossilized"),
         "telemetry_stride1": lambda: compare_telemetry(cfg, 1),
         "telemetry_stride10": lambda: compare_telemetry(cfg, 10),
+        "cost_training": lambda: compare_cost(cfg, SeedStage.TRAINING),
+        "cost_blending": lambda: compare_cost(cfg, SeedStage.BLENDING),
+        "cost_fossilized": lambda: compare_cost(cfg, SeedStage.FOSSILIZED),
     }
     for name in (row for row in ROWS if row in rows):
         results[name] = plan[name]()

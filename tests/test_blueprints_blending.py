@@ -147,9 +147,8 @@ def test_lifecycle_ramp_goes_from_exactly_zero_to_exactly_one(tiny, algorithm):
     model = tiny.model(slots=["mid"])
     slot = drive_to(model, "mid", S.TRAINING, blend=algorithm)
     assert slot.alpha == 0.0 and float(slot.alpha_tensor) == 0.0
-    slot.state.metrics.record_accuracy(40.0)
     slot.state.metrics.gradient_ratio = 1.0
-    slot.state.metrics.record_accuracy(45.0)
+    slot.record_incubation_gain(0.1)
     while slot.stage == S.TRAINING:
         model.step_epoch()
     alphas = [slot.alpha]

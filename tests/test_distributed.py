@@ -27,8 +27,7 @@ WORLD = 2
 
 def _g2_metrics(slot, passing: bool) -> None:
     m = slot.state.metrics
-    m.accuracy_at_stage_start = 50.0
-    m.record_accuracy(52.0 if passing else 50.1)  # rank-local validation disagrees
+    m.incubation_gain = 0.05 if passing else -0.01  # rank-local shadow losses disagree
     m.epochs_in_current_stage = 5
     m.gradient_ratio = 1.0
 
@@ -150,7 +149,7 @@ def test_g2_refused_everywhere_when_one_rank_fails_step_epoch(ranks):
     assert r0["stage"] == r1["stage"] == "TRAINING"
     assert r0["passed"] == r1["passed"] == [False]
     assert any("another rank" in c for c in r0["failed"][0])  # rank 0 passed locally
-    assert any(c.startswith("improvement") for c in r1["failed"][0])
+    assert any(c.startswith("incubation_gain") for c in r1["failed"][0])
     assert r0["isolate"] and r1["isolate"] and r0["alpha"] == r1["alpha"] == 0.0
 
 

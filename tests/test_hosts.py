@@ -84,10 +84,12 @@ def test_seeds_at_every_point_run_forward_and_backward(tiny):
     for i, name in enumerate(names):
         drive_to(model, name, stages[i % len(stages)])
     x, y = tiny.inputs(), tiny.targets()
-    out = model(x)
+    out, shadows = model.forward_with_shadows(x)
     assert out.shape == tiny.output_shape
     assert torch.isfinite(out).all()
-    tiny.loss(out, y).backward()
+    assert set(shadows) == {n for n in names if model.seed_slots[n].stage == SeedStage.TRAINING}
+    loss = tiny.loss(out, y) + model.incubation_loss(lambda o: tiny.loss(o, y), out, shadows)
+    loss.backward()
     for p in model.parameters():
         assert p.grad is None or torch.isfinite(p.grad).all()
     # The deepest seed always learns. (Upstream ones may see no gradient at all: an isolated CNN

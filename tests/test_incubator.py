@@ -52,24 +52,102 @@ def _incubating_model(case):
     return model, reference
 
 
+def _train_step(model, x, y):
+    out, shadows = model.forward_with_shadows(x)
+    loss = _loss(out, y) + model.incubation_loss(lambda o: _loss(o, y), out, shadows)
+    loss.backward()
+    return out, shadows
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_training_seeds_leave_output_and_host_gradients_unchanged(case):
+def test_training_seeds_leave_output_gradients_and_buffers_unchanged_over_steps(case):
+    """Four SGD steps with three incubating seeds learning in the shadow pass: the host's output,
+    gradients, weights and buffers stay bit-identical to the host trained alone."""
     model, reference = _incubating_model(case)
     x, y = _data(model.topology)
-    out = model(x)
-    ref_out = reference(x)
-    assert torch.equal(out, ref_out)  # bit for bit: a tolerance would let a 1e-6 leak through
-    _loss(out, y).backward()
-    _loss(ref_out, y).backward()
-    for (name, p), (_, q) in zip(
-        model.host.named_parameters(), reference.named_parameters(), strict=True
-    ):
-        assert p.grad is not None, name
-        assert torch.equal(p.grad, q.grad), name
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.05)
+    seeds_before = [p.detach().clone() for p in model.seed_parameters()]
+    for _ in range(4):
+        opt.zero_grad(set_to_none=True)
+        ref_opt.zero_grad(set_to_none=True)
+        out, shadows = _train_step(model, x, y)
+        ref_out = reference(x)
+        _loss(ref_out, y).backward()
+        assert set(shadows) == {"early", "mid", "late"}
+        assert torch.equal(out, ref_out)  # bit for bit: a tolerance would let a leak through
+        for (name, p), (_, q) in zip(
+            model.host.named_parameters(), reference.named_parameters(), strict=True
+        ):
+            assert torch.equal(p.grad, q.grad), name
+        opt.step()
+        ref_opt.step()
+    for a, b in zip(model.host.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    moved = [
+        not torch.equal(a, b) for a, b in zip(seeds_before, model.seed_parameters(), strict=True)
+    ]
+    assert any(moved), "no seed learned from its shadow loss"
     for name, slot in model.seed_slots.items():
         grads = [p.grad for p in slot.seed.parameters()]
-        assert all(g is not None for g in grads), name
-        assert sum(float(g.abs().sum()) for g in grads) > 0, f"seed at {name} did not learn"
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), name
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_shadow_output_is_the_output_with_the_seed_blended_at_alpha_one(case):
+    """What the seed learns from is what blending will do: its shadow output equals the model's
+    output once that seed is BLENDING at alpha 1 (the other seeds still incubating)."""
+    model, _ = _incubating_model(case)
+    model.eval()  # running statistics: the comparison does not depend on batch composition
+    x, _ = _data(model.topology)
+    _, shadows = model.forward_with_shadows(x)
+    for name in ("early", "mid", "late"):
+        blended = copy.deepcopy(model)
+        slot = blended.seed_slots[name]
+        slot.state.metrics.gradient_ratio = 1.0
+        slot.state.metrics.epochs_in_current_stage = 3
+        slot.record_incubation_gain(0.1)
+        assert slot.advance_stage(SeedStage.BLENDING).passed
+        slot.set_alpha(1.0)
+        assert torch.allclose(shadows[name], blended(x), rtol=1e-5, atol=1e-6), name
+
+
+def test_plain_forward_gives_an_incubating_seed_no_gradient():
+    """``model(x)`` never runs a TRAINING seed: without the incubation loss it does not learn
+    (and G2 then refuses it for lack of a measured gain and of gradient)."""
+    model, _ = _incubating_model("cnn3")
+    x, y = _data("cnn")
+    _loss(model(x), y).backward()
+    assert all(p.grad is None for p in model.seed_parameters())
+    out, shadows = model.forward_with_shadows(x)
+    with torch.no_grad():
+        assert model.forward_with_shadows(x)[1] == {}  # nothing can learn without gradients
+    assert set(shadows) == {"early", "mid", "late"}
+
+
+def test_incubation_gain_is_the_epochs_mean_and_freezes_when_blending_starts():
+    model, _ = _incubating_model("cnn3")
+    x, y = _data("cnn")
+    slot = model.seed_slots["mid"]
+    expected = []
+    for _ in range(3):
+        out, shadows = model.forward_with_shadows(x)
+        base = _loss(out, y).item()
+        expected.append(base - _loss(shadows["mid"], y).item())
+        model.incubation_loss(lambda o: _loss(o, y), out, shadows)
+    assert slot.state.metrics.incubation_gain is None  # nothing read back per step
+    slot.step_epoch()
+    assert slot.state.metrics.incubation_gain == pytest.approx(sum(expected) / 3, rel=1e-5)
+    assert slot.stage == SeedStage.TRAINING  # G2 also wants epochs and a learning seed
+    slot.state.metrics.epochs_in_current_stage = 3
+    slot.state.metrics.gradient_ratio = 1.0
+    slot.record_incubation_gain(0.25)
+    slot.state.metrics.record_accuracy(71.5)
+    assert slot.advance_stage(SeedStage.BLENDING).passed
+    assert slot.state.metrics.accuracy_before_blending == 71.5
+    with pytest.raises(ValueError, match="measured in TRAINING"):
+        slot.record_incubation_gain(0.5)
+    assert slot.state.metrics.incubation_gain == 0.25
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -80,10 +158,9 @@ def test_nan_seed_never_reaches_the_host_output(case):
         for p in slot.seed.parameters():
             p.fill_(float("nan"))
     x, y = _data(model.topology)
-    out = model(x)
+    out, _ = _train_step(model, x, y)
     assert torch.isfinite(out).all()
     assert torch.equal(out, reference(x))
-    _loss(out, y).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.host.parameters())
     model.capture_gradient_telemetry()
     assert slot.state.metrics.healthy is False
@@ -93,10 +170,10 @@ def test_nan_seed_never_reaches_the_host_output(case):
 
 def test_incubating_seed_does_not_touch_host_batchnorm_statistics():
     model, reference = _incubating_model("cnn3")
-    x, _ = _data("cnn")
+    x, y = _data("cnn")
     model.train()
     reference.train()
-    model(x)
+    _train_step(model, x, y)
     reference(x)
     for a, b in zip(model.host.buffers(), reference.buffers(), strict=True):
         assert torch.equal(a, b)
@@ -122,7 +199,8 @@ for blueprint in list_blueprints("cnn"):
                 s.set_alpha(0.5 if stage == "BLENDING" else 1.0)
         model = model.to(memory_format=torch.channels_last)
         x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
-        model(x).sum().backward()
+        out, shadows = model.forward_with_shadows(x)
+        (out.sum() + sum(s.sum() for s in shadows.values())).backward()
 print("ok")
 """
 

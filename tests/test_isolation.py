@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from esper.kasmina.host import CNNHost, MorphogeneticModel, TransformerHost
 from esper.leyline import SeedStage
+from esper.testing import training_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,9 +81,7 @@ def _train(model, steps=6, capture_every=1):
     x, y = _batch(model)
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss.backward()
+        training_loss(model, x, y).backward()  # the shadow pass included: seeds in TRAINING learn
         if step % capture_every == 0:
             model.capture_gradient_telemetry()
         opt.step()
@@ -96,8 +94,7 @@ def _to_stage(model, stage, slot="mid"):
     if stage == SeedStage.BLENDING:
         s.state.metrics.gradient_ratio = 1.0
         s.state.metrics.epochs_in_current_stage = 3
-        s.state.metrics.accuracy_at_stage_start = 0.0
-        s.state.metrics.current_val_accuracy = 10.0
+        s.record_incubation_gain(0.1)
         assert s.advance_stage(SeedStage.BLENDING).passed
         s.set_alpha(0.5)
     return s
@@ -239,7 +236,7 @@ def test_model_level_capture_matches_per_slot_capture():
     twin = copy.deepcopy(model)
     x, y = _batch(model)
     for m in (model, twin):
-        F.cross_entropy(m(x), y).backward()
+        training_loss(m, x, y).backward()
     model.capture_gradient_telemetry()
     for slot in twin.seed_slots.values():
         slot.capture_gradient_telemetry()

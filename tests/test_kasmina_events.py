@@ -28,6 +28,7 @@ from esper.leyline import (
     StageChanged,
     is_valid_transition,
 )
+from esper.testing import training_loss
 
 S = SeedStage
 
@@ -81,7 +82,7 @@ def _train_steps(model, tiny, opt, steps: int = 2) -> None:
     x, y = tiny.inputs(), tiny.targets()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        tiny.loss(model(x), y).backward()
+        training_loss(model, x, y).backward()
         model.capture_gradient_telemetry()
         opt.step()
 
@@ -257,7 +258,7 @@ def test_isolation_violation_is_announced_at_capture():
     x, y = tiny.inputs(), tiny.targets()
     for _ in range(2):
         model.zero_grad(set_to_none=True)
-        tiny.loss(model(x), y).backward()
+        training_loss(model, x, y).backward()
         model.capture_gradient_telemetry()
     violations = recorder.of(IsolationViolated)
     assert violations == [

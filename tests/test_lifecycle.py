@@ -31,6 +31,7 @@ from esper.leyline import (
     SeedStage,
     is_valid_transition,
 )
+from esper.testing import training_loss
 
 S = SeedStage
 ALL_STAGES = [s for s in SeedStage if s != S.UNKNOWN]
@@ -179,7 +180,7 @@ def test_full_lifecycle_via_step_epoch_with_real_telemetry(tiny):
     while slot.stage == S.TRAINING:
         for _ in range(2):
             opt.zero_grad()
-            tiny.loss(model(x), y).backward()
+            training_loss(model, x, y).backward()
             opt.step()
             slot.capture_gradient_telemetry()
         slot.state.metrics.record_accuracy(accuracy)
@@ -293,7 +294,8 @@ def test_advance_stage_does_what_step_epoch_does(name, blend):
 @pytest.mark.parametrize(
     "broken, check",
     [
-        (lambda m: setattr(m, "current_val_accuracy", m.accuracy_at_stage_start), "improvement"),
+        (lambda m: setattr(m, "incubation_gain", 0.0), "incubation_gain"),
+        (lambda m: setattr(m, "incubation_gain", None), "incubation_gain"),
         (lambda m: setattr(m, "epochs_in_current_stage", 0), "training_epochs"),
         (lambda m: setattr(m, "gradient_ratio", 0.01), "gradient_ratio"),
         (lambda m: setattr(m, "isolation_violations", 1), "isolation"),

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from esper.leyline import (
     DEFAULT_G2_MIN_GRADIENT_RATIO,
-    DEFAULT_G2_MIN_IMPROVEMENT,
     DEFAULT_G2_MIN_TRAINING_EPOCHS,
     DEFAULT_G3_MIN_ALPHA,
     DEFAULT_G3_MIN_BLENDING_EPOCHS,
+    DEFAULT_G5_MAX_ACCURACY_DROP,
     DEFAULT_G5_MIN_CONTRIBUTION,
     DEFAULT_MAX_ISOLATION_VIOLATIONS,
+    DEFAULT_MIN_INCUBATION_GAIN,
     GateLevel,
     GateResult,
     SeedStage,
@@ -22,18 +24,24 @@ from esper.leyline import (
 class GateConfig:
     """Gate thresholds; defaults come from leyline.
 
+    ``min_incubation_gain`` is read by G2 and again by G5: the seed's measured incubation gain
+    (:attr:`~esper.leyline.SeedMetrics.incubation_gain`, in the task loss's units) must exceed
+    it. It is the one measure of what a seed adds that the host's later co-adaptation cannot
+    fake, so a seed pushed into BLENDING by hand without one still cannot fossilize.
+
     ``g3_require_ramp_complete``: G3 also waits until the alpha ramp has taken all its steps, so
     a schedule that passes ``g3_min_alpha`` early (``sigmoid``: 0.959 at step 4 of 5) still
     blends through its last step. Turn it off only to drive stages by hand (benchmarks).
     """
 
-    g2_min_improvement: float = DEFAULT_G2_MIN_IMPROVEMENT
+    min_incubation_gain: float = DEFAULT_MIN_INCUBATION_GAIN
     g2_min_training_epochs: int = DEFAULT_G2_MIN_TRAINING_EPOCHS
     g2_min_gradient_ratio: float = DEFAULT_G2_MIN_GRADIENT_RATIO
     max_isolation_violations: int = DEFAULT_MAX_ISOLATION_VIOLATIONS
     g3_min_blending_epochs: int = DEFAULT_G3_MIN_BLENDING_EPOCHS
     g3_min_alpha: float = DEFAULT_G3_MIN_ALPHA
     g5_min_contribution: float = DEFAULT_G5_MIN_CONTRIBUTION
+    g5_max_accuracy_drop: float = DEFAULT_G5_MAX_ACCURACY_DROP
     g3_require_ramp_complete: bool = True
 
     def __post_init__(self) -> None:
@@ -57,7 +65,7 @@ def _score(level: GateLevel, state) -> float:
     """The number a gate is mostly about, for telemetry."""
     m = state.metrics
     if level == GateLevel.G2:
-        return float(m.improvement_since_stage_start)
+        return float(m.incubation_gain or 0.0)
     if level == GateLevel.G3:
         return float(state.alpha)
     if level == GateLevel.G5:
@@ -135,15 +143,18 @@ class QualityGates:
             )
         ]
 
+    def _incubation_check(self, state):
+        gain, floor = state.metrics.incubation_gain, self.config.min_incubation_gain
+        if gain is None and floor == -math.inf:
+            return ("incubation_gain", True, "")  # a floor of -inf asks for nothing
+        if gain is None:
+            return ("incubation_gain", False, "not measured (no epoch of shadow incubation)")
+        return ("incubation_gain", gain > floor, f"{gain:.4f} <= {floor}")
+
     def _checks_g2(self, state):
         cfg, m = self.config, state.metrics
-        gain = m.improvement_since_stage_start
         return [
-            (
-                "improvement",
-                gain >= cfg.g2_min_improvement,
-                f"{gain:.2f} < {cfg.g2_min_improvement} points",
-            ),
+            self._incubation_check(state),
             (
                 "training_epochs",
                 m.epochs_in_current_stage >= cfg.g2_min_training_epochs,
@@ -186,11 +197,22 @@ class QualityGates:
         cfg, m = self.config, state.metrics
         c = m.counterfactual_contribution
         known = c is not None
+        before, now = m.accuracy_before_blending, m.current_val_accuracy
+        drop = None if before is None or now is None else before - now
         return [
+            self._incubation_check(state),
             (
                 "contribution",
                 known and c >= cfg.g5_min_contribution,
                 f"{c:.2f} < {cfg.g5_min_contribution} points" if known else "not measured yet",
+            ),
+            (
+                "accuracy_held",
+                drop is None or drop <= cfg.g5_max_accuracy_drop,
+                f"validation accuracy fell {drop:.2f} points since blending began "
+                f"(> {cfg.g5_max_accuracy_drop})"
+                if drop is not None
+                else "",
             ),
             (
                 "probationary",

@@ -87,8 +87,8 @@ class SlotLifecycle:
     Relies on the slot for: ``name``, ``width``, ``topology``, ``gates``, ``blending_steps``,
     ``probation_epochs``, ``embargo_epochs``, ``seed``, ``blend``, ``state``,
     ``isolate_gradients``, ``_keeps_isolation_while_blending``, ``_probe_shape_dims``,
-    ``_alpha_forced``, ``_leak_sq``, ``_listeners``, ``_recorder``, ``_owner``,
-    ``set_alpha``, ``_device``, ``_tensors_shared_with_host``.
+    ``_alpha_forced``, ``_leak_sq``, ``_gain_sum``, ``_gain_batches``, ``_listeners``,
+    ``_recorder``, ``_owner``, ``set_alpha``, ``_device``, ``_tensors_shared_with_host``.
     """
 
     name: str
@@ -238,6 +238,7 @@ class SlotLifecycle:
         self.isolate_gradients = True
         self._alpha_forced = False
         self._leak_sq.zero_()
+        self._reset_incubation_gain()
         self.set_alpha(0.0)
         seed.train(self.training)
         blend.train(self.training)
@@ -322,6 +323,8 @@ class SlotLifecycle:
         if target == SeedStage.TRAINING:
             self.isolate_gradients = True
         elif target == SeedStage.BLENDING:
+            m.accuracy_before_blending = m.current_val_accuracy
+            self._reset_incubation_gain()  # what was measured is frozen in the metrics
             self.isolate_gradients = self._keeps_isolation_while_blending
             state.blend_step = 1
             self.set_alpha(self.blend.schedule(1, state.blending_steps) if self.blend else 1.0)
@@ -372,6 +375,7 @@ class SlotLifecycle:
         self.isolate_gradients = True
         self._alpha_forced = False
         self._leak_sq.zero_()
+        self._reset_incubation_gain()
         self.set_alpha(0.0)
         self._enter(SeedStage.CULLED, reason=reason)
 
@@ -419,6 +423,14 @@ class SlotLifecycle:
     def _step_epoch(self) -> None:
         state, m = self.state, self.state.metrics
         start = state.stage
+        if start == SeedStage.TRAINING and self._gain_batches:
+            # The epoch's one read of the shadow pass's gains, before G2 looks at them.
+            gain = float(self._gain_sum) / self._gain_batches
+            self._reset_incubation_gain()
+            if math.isfinite(gain):
+                m.incubation_gain = gain
+            else:
+                m.healthy = False
         if is_active_stage(start):
             m.epochs_total += 1
             m.epochs_in_current_stage += 1
@@ -482,6 +494,35 @@ class SlotLifecycle:
             return False
         self.state.metrics.record_accuracy(accuracy)
         return True
+
+    def _reset_incubation_gain(self) -> None:
+        self._gain_sum.zero_()
+        self._gain_batches = 0
+
+    def record_incubation_gain(self, gain: float) -> None:
+        """Record the seed's incubation gain: the host's loss minus the loss with the seed blended
+        at alpha 1, measured while the seed is in TRAINING. G2 and G5 read it.
+
+        ``step_epoch`` records it on its own from the gains ``MorphogeneticModel.incubation_loss``
+        accumulated over the epoch; call this only for a gain measured another way.
+
+        Args:
+            gain: the difference, in the task loss's units (positive: the seed helps).
+
+        Raises:
+            ValueError: the seed is not in TRAINING (the measure is only free of the host's
+                adaptation there), or ``gain`` is not finite.
+            TypeError: ``gain`` is not a number.
+        """
+        gain = _finite_number(self.name, "incubation gain", gain)
+        self._announce_forced()
+        if self.seed is None or self.state.stage != SeedStage.TRAINING:
+            raise ValueError(
+                f"slot {self.name!r} is {self.state.stage.name}; an incubation gain is measured "
+                "in TRAINING, before the host can adapt to the seed"
+            )
+        self._reset_incubation_gain()
+        self.state.metrics.incubation_gain = gain
 
     def record_counterfactual(self, contribution: float) -> None:
         """Record the seed's measured contribution: accuracy with it minus accuracy with alpha

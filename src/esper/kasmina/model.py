@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from esper._atomic import atomic_path
 from esper.kasmina.events import Listeners
@@ -30,6 +31,19 @@ from esper.leyline import (
 )
 
 CHECKPOINT_FORMAT = 1
+
+
+class _Downstream(nn.Module):
+    """The model from a given slot on, as a module of its own so ``functional_call`` can run it
+    on detached parameters. Built per shadow pass, never stored: holding the model as a child
+    of something the model holds would be a cycle."""
+
+    def __init__(self, model: MorphogeneticModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        return self.model._run_from(h, start)
 
 
 class MorphogeneticModel(nn.Module):
@@ -108,15 +122,111 @@ class MorphogeneticModel(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The host with its seeds as their stages say; a seed in TRAINING does not run (see
+        :meth:`forward_with_shadows` for the pass that trains it)."""
+        return self._run_from(self.host.stem(x), 0)
+
+    def _run_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        """The network from just before slot ``start`` of the plan to the head's output (``h``
+        is the features the blocks before that slot take; 0 starts after the stem)."""
         host = self.host
-        h = host.stem(x)
-        done = 0
-        for name, position in self._plan:
+        done = self._plan[start - 1][1] if start > 0 else 0
+        for name, position in self._plan[start:]:
             h = host.run_blocks(h, done, position)
             done = position
             h = self.seed_slots[name](h)
-        h = host.run_blocks(h, done, host.n_blocks)
-        return host.head(h)
+        return host.head(host.run_blocks(h, done, host.n_blocks))
+
+    def forward_with_shadows(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The output of ``model(x)``, and for every seed in TRAINING its *shadow output*.
+
+        A seed's shadow output is the network's output with that seed blended in at alpha 1 at
+        its slot and every other seed as it is, computed with the host's (and every other
+        seed's) parameters detached and batch-norm statistics on copies: a loss on it trains
+        that seed alone, towards what the model will be once it is blended in, and leaves the
+        host's output, gradients and buffers exactly as without the seed. Train on
+        ``loss(output) + model.incubation_loss(loss_fn, output, shadows)``.
+
+        Args:
+            x: a batch of inputs.
+
+        Returns:
+            ``(output, shadows)``: ``shadows`` maps slot names to shadow outputs; it is empty
+            when no seed is in TRAINING or gradients are disabled (nothing would learn).
+        """
+        host = self.host
+        h = host.stem(x)
+        done = 0
+        incubating: list[tuple[int, SeedSlot, torch.Tensor]] = []
+        for index, (name, position) in enumerate(self._plan):
+            h = host.run_blocks(h, done, position)
+            done = position
+            slot = self.seed_slots[name]
+            if slot.incubating:
+                incubating.append((index, slot, h))
+            h = slot(h)
+        output = host.head(host.run_blocks(h, done, host.n_blocks))
+        if not incubating or not torch.is_grad_enabled():
+            return output, {}
+        frozen = self._frozen_tensors()
+        downstream = _Downstream(self)
+        shadows = {
+            slot.name: functional_call(
+                downstream, frozen, (slot.shadow_features(at), index + 1), strict=False
+            )
+            for index, slot, at in incubating
+        }
+        return output, shadows
+
+    def _frozen_tensors(self) -> dict[str, torch.Tensor]:
+        """Every parameter detached and every buffer copied, by every name it has, for a shadow
+        pass. Tied weights (a transformer's head and embedding) appear under each name with one
+        detached tensor, so none of them stays live in the pass."""
+        detached: dict[int, torch.Tensor] = {}
+        frozen = {}
+        for name, p in self.named_parameters(remove_duplicate=False):
+            frozen[f"model.{name}"] = detached.setdefault(id(p), p.detach())
+        for name, b in self.named_buffers(remove_duplicate=False):
+            frozen[f"model.{name}"] = detached.setdefault(id(b), b.clone())
+        return frozen
+
+    def incubation_loss(
+        self,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        output: torch.Tensor,
+        shadows: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """The loss that trains the seeds in TRAINING: ``loss_fn`` summed over their shadow
+        outputs (0 when there are none).
+
+        It also records, per seed and on the device (no synchronisation), the batch's
+        *incubation gain* ``loss_fn(output) - loss_fn(shadow)``; ``step_epoch`` averages an
+        epoch of them into the seed's ``incubation_gain``, which G2 and G5 read.
+
+        Args:
+            loss_fn: maps a network output to a scalar loss (e.g. ``lambda out: F.cross_entropy(
+                out, y)``); called once on ``output`` (without gradient) and once per shadow.
+            output: the first result of :meth:`forward_with_shadows` for the same batch.
+            shadows: its second result.
+
+        Raises:
+            ValueError: a shadow names a slot that is not incubating.
+        """
+        total = torch.zeros((), device=output.device, dtype=torch.float32)
+        if not shadows:
+            return total
+        with torch.no_grad():
+            baseline = loss_fn(output.detach()).float()
+        for name, shadow in shadows.items():
+            slot = self._slot(name)
+            if not slot.incubating:
+                raise ValueError(
+                    f"slot {name!r} is {slot.stage.name}; only a seed in TRAINING has a shadow"
+                )
+            loss = loss_fn(shadow)
+            slot._add_incubation_gain(baseline - loss.detach().float())
+            total = total + loss
+        return total
 
     # ------------------------------------------------------------------ events
 

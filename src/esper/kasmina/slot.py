@@ -3,8 +3,10 @@
 The forward is a wrapper with plain branches:
 
 * no seed, or a seed not yet (or no longer) live: the host features pass through untouched;
-* TRAINING (the incubator): the host's output is exactly its input; the seed runs beside it and
-  learns from the task loss through a straight-through path;
+* TRAINING (the incubator): the host's output is exactly its input and the seed does not run;
+  it learns in the model's shadow pass (``MorphogeneticModel.forward_with_shadows``): the rest
+  of the network run at the features it would produce blended at alpha 1, with every other
+  parameter detached;
 * BLENDING / PROBATIONARY: ``lerp(host, seed(host), alpha)`` with the alpha actually used;
 * FOSSILIZED: the seed's output, directly.
 
@@ -14,11 +16,12 @@ always; BLENDING/PROBATIONARY where the topology keeps it) but ``isolate_gradien
 the seed's input is a fresh alias of the host features carrying a gradient hook: whatever
 gradient reaches it is, by construction, exactly the gradient flowing from the seed path into
 the host. The hook adds its squared norm to a device buffer; nothing is read back until
-``capture_gradient_telemetry``.
+``capture_gradient_telemetry``. The shadow pass feeds the seed through the same input, so a leak
+there is counted the same way.
 
 The rest of the slot lives beside it: the lifecycle and its events in ``lifecycle.py``, the
 telemetry capture in ``telemetry.py``, the state in ``state.py``, the incubator's autograd
-function in ``incubator.py``.
+function in ``incubator.py`` (kept for reference; the shadow pass replaced it).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from esper.kasmina.blending import BlendAlgorithm, GatedBlend, build_blend
 from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import QualityGates
-from esper.kasmina.incubator import _detached, _Incubate
+from esper.kasmina.incubator import _detached
 from esper.kasmina.lifecycle import SlotLifecycle, SlotStepReport
 from esper.kasmina.state import SeedState
 from esper.kasmina.telemetry import SlotTelemetry, capture_telemetry
@@ -57,7 +60,6 @@ __all__ = ["SeedSlot", "SeedState", "SlotStepReport", "all_finite", "capture_tel
 # guards an enum's membership in a tuple but not in a frozenset, so a compiled forward would
 # silently keep a stale stage's graph.
 _RUNS_SEED = (
-    SeedStage.TRAINING,
     SeedStage.BLENDING,
     SeedStage.PROBATIONARY,
     SeedStage.FOSSILIZED,
@@ -131,6 +133,10 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         self.register_buffer("_leak_sq", torch.zeros(()), persistent=False)
         # Mean alpha actually used by the last gated forward.
         self.register_buffer("_alpha_used", torch.zeros(()), persistent=False)
+        # Sum of per-batch incubation gains since step_epoch last read them (TRAINING only),
+        # and how many batches that is: kept on the device so a step never syncs.
+        self.register_buffer("_gain_sum", torch.zeros(()), persistent=False)
+        self._gain_batches = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -153,6 +159,11 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             return self._keeps_isolation_while_blending
         return False
 
+    @property
+    def incubating(self) -> bool:
+        """Whether the slot holds a seed in TRAINING (one that learns in the shadow pass)."""
+        return self.seed is not None and self.state.stage == SeedStage.TRAINING
+
     def attach(self, owner: nn.Module | None) -> None:
         """Tell the slot which model owns it (for host-gradient telemetry, sharing checks and
         the delivery of lifecycle events to the model's listeners)."""
@@ -173,9 +184,6 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             return seed(seed_in)
 
         seed_out = seed(seed_in)
-        if stage == SeedStage.TRAINING:
-            return _Incubate.apply(x, seed_out)
-
         # BLENDING / PROBATIONARY
         alpha = self.alpha_tensor.to(x.dtype)
         if self.blend is not None and not self._alpha_forced:
@@ -183,6 +191,16 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             if isinstance(self.blend, GatedBlend):
                 self._alpha_used.copy_(alpha.detach().mean())
         return torch.lerp(x, seed_out, alpha)
+
+    def shadow_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features this slot would output with its TRAINING seed fully blended in
+        (``lerp(x, seed(x), 1)``, which is ``seed(x)``), for the shadow pass. The seed's input is
+        the same as in any other stage: detached under isolation, else watched for leaks."""
+        return self.seed(self._seed_input(x))
+
+    def _add_incubation_gain(self, gain: torch.Tensor) -> None:
+        self._gain_sum.add_(gain.detach().float())
+        self._gain_batches += 1
 
     def _seed_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.isolate_gradients:

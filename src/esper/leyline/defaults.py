@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 # --- Gates -----------------------------------------------------------------------------------
-#: G2: validation accuracy gain (points) since the seed entered TRAINING.
-DEFAULT_G2_MIN_IMPROVEMENT = 0.5
+#: G2 and G5: the seed's incubation gain (the host's training loss minus the loss with the seed
+#: blended at alpha 1, mean over its last TRAINING epoch, in the loss's units) must exceed this.
+#: Measured while the host cannot adapt to the seed, so dependency cannot inflate it.
+DEFAULT_MIN_INCUBATION_GAIN = 0.0
 #: G2: epochs a seed must incubate before it may blend.
 DEFAULT_G2_MIN_TRAINING_EPOCHS = 3
 #: G2: parameter-normalized seed/host gradient ratio below which the seed is not learning.
@@ -17,6 +19,9 @@ DEFAULT_G3_MIN_BLENDING_EPOCHS = 3
 DEFAULT_G3_MIN_ALPHA = 0.95
 #: G5: counterfactual contribution (accuracy points) required to fossilize.
 DEFAULT_G5_MIN_CONTRIBUTION = 1.0
+#: G5: validation accuracy may fall at most this many points below its value when the seed
+#: entered BLENDING (the last epoch the host ran without it).
+DEFAULT_G5_MAX_ACCURACY_DROP = 0.5
 
 # --- Lifecycle -------------------------------------------------------------------------------
 #: Epochs the alpha ramp takes from 0 to exactly 1 (one ramp step per ``step_epoch``).

@@ -22,7 +22,15 @@ class SeedMetrics:
     best_val_accuracy: float | None = None
     accuracy_at_stage_start: float | None = None
     #: Accuracy with the seed minus accuracy with alpha forced to 0 (points); None until measured.
+    #: Once the host has adapted to the seed this also counts the host's dependency on it.
     counterfactual_contribution: float | None = None
+    #: The host's training loss minus the loss with the seed blended at alpha 1 (the shadow
+    #: pass), mean over the seed's last TRAINING epoch, each batch measured before the update it
+    #: drives. The host never sees a seed in TRAINING, so its adaptation cannot inflate this.
+    #: None until an epoch of incubation was measured; frozen once TRAINING ends.
+    incubation_gain: float | None = None
+    #: Validation accuracy (points) of the last epoch before the seed entered BLENDING.
+    accuracy_before_blending: float | None = None
     seed_gradient_norm: float = 0.0
     host_gradient_norm: float = 0.0
     #: EMA of (seed_norm / host_norm) * sqrt(host_params / seed_params).

@@ -250,10 +250,17 @@ class RunState:
 
     def _run_completed(self, event: TelemetryEvent) -> None:
         self.finished = True
-        # A task with a test split measures it once, on the final model: the run's last event.
-        for key in ("test_loss", "test_accuracy"):
-            if _is_number(event.data.get(key)):
-                self.metrics[key] = float(event.data[key])
+        # Measured once, on the final model: the run's last event. The final validation numbers
+        # can differ from the last epoch's when that epoch's lifecycle step culled or started
+        # blending a seed after its validation.
+        for key, source in (
+            ("test_loss", "test_loss"),
+            ("test_accuracy", "test_accuracy"),
+            ("val_loss", "final_val_loss"),
+            ("val_accuracy", "final_val_accuracy"),
+        ):
+            if _is_number(event.data.get(source)):
+                self.metrics[key] = float(event.data[source])
 
 
 def _is_number(value: Any) -> bool:

@@ -420,6 +420,10 @@ def _summary(cfg: RunConfig, epochs: int, trainer: Trainer, wall: float) -> dict
     last = hist[-1]
     counts = trainer.model.count_parameters()
     seeds = [r.to_dict() for r in trainer.records.values()]
+    # The final model, not the last epoch's measurement: the lifecycle step after that
+    # measurement may have culled or started blending a seed, and the summary describes the
+    # model that is saved.
+    final_val_loss, final_val_accuracy = trainer.evaluate()
     test = {}
     if trainer.test_x is not None:  # measured once, on the final model
         test_loss, test_accuracy = trainer.evaluate("test")
@@ -430,8 +434,8 @@ def _summary(cfg: RunConfig, epochs: int, trainer: Trainer, wall: float) -> dict
         "seed": cfg.seed,
         "epochs": epochs,
         "width_multiplier": cfg.width_multiplier,
-        "final_val_accuracy": last.val_accuracy,
-        "final_val_loss": last.val_loss,
+        "final_val_accuracy": final_val_accuracy,
+        "final_val_loss": final_val_loss,
         "final_train_loss": last.train_loss,
         "best_val_accuracy": max(h.val_accuracy for h in hist),
         "best_val_loss": min(h.val_loss for h in hist),

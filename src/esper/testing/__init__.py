@@ -25,7 +25,7 @@ from esper.testing.lifecycle import (
     perturb_seed,
     set_contribution,
 )
-from esper.testing.steps import cross_entropy, make_train_step
+from esper.testing.steps import cross_entropy, make_train_step, training_loss
 
 __all__ = [
     "CNN_HOSTS",
@@ -41,6 +41,7 @@ __all__ = [
     "drive_to",
     "image_batch",
     "make_train_step",
+    "training_loss",
     "model_at_stage",
     "pass_g2_metrics",
     "permissive_gates",

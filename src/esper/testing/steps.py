@@ -24,6 +24,29 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss a training step backpropagates: cross-entropy on the output, plus the incubation
+    loss of the seeds in TRAINING for a model with a shadow pass (``forward_with_shadows``, as a
+    ``MorphogeneticModel`` has); plain cross-entropy for any other module.
+
+    Args:
+        model: the network (a compiled module passes through to its original's methods).
+        x: the inputs.
+        y: the targets.
+
+    Returns:
+        A scalar loss tensor.
+    """
+    shadow_pass = getattr(model, "forward_with_shadows", None)
+    if shadow_pass is None:
+        return cross_entropy(model(x), y)
+    out, shadows = shadow_pass(x)
+    loss = cross_entropy(out, y)
+    if not shadows:
+        return loss
+    return loss + model.incubation_loss(lambda o: cross_entropy(o, y), out, shadows)
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -32,7 +55,8 @@ def make_train_step(
     *,
     telemetry_stride: int = 0,
 ) -> Callable[[], None]:
-    """A closure running one full step: zero_grad, forward, loss, backward, capture, update.
+    """A closure running one full step: zero_grad, forward, loss (:func:`training_loss`),
+    backward, capture, update.
 
     Args:
         model: the network (a ``MorphogeneticModel`` or a compiled one when capturing).
@@ -55,7 +79,7 @@ def make_train_step(
     def step() -> None:
         nonlocal steps_taken
         optimizer.zero_grad(set_to_none=True)
-        cross_entropy(model(x), y).backward()
+        training_loss(model, x, y).backward()
         if telemetry_stride and steps_taken % telemetry_stride == 0:
             model.capture_gradient_telemetry()
         steps_taken += 1

@@ -194,9 +194,15 @@ class Trainer:
         ):
             opt.zero_grad()
             with self.train_flops.count(structure, xb.shape[0]):
-                logits = model(xb)
+                logits, shadows = model.forward_with_shadows(xb)
                 loss = task_loss(logits, yb)
-                loss.backward()
+                if shadows:
+                    incubation = model.incubation_loss(
+                        lambda out, yb=yb: task_loss(out, yb), logits, shadows
+                    )
+                    (loss + incubation).backward()
+                else:
+                    loss.backward()
             if capture and self.global_step % stride == 0:
                 model.capture_gradient_telemetry()
             opt.step()
