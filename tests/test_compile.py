@@ -83,6 +83,35 @@ def test_compiled_gated_blending_aot_eager(name):
     _check_matches_eager(name, "blending", "aot_eager", blend="gated")
 
 
+@pytest.mark.parametrize("name", ["cnn3", "tf2"])
+def test_compiled_shadow_pass_matches_eager(name):
+    """``forward_with_shadows`` compiles (the host's part whole; dynamo breaks the graph at the
+    shadow pass's ``functional_call``) and gives the eager outputs, shadows and gradients, with a
+    seed incubating behind a blending one."""
+    tiny = TINY_HOSTS[name]
+    model = tiny.model(slots=["early", "mid"])
+    drive_to(model, "early", S.BLENDING).set_alpha(0.5)
+    perturb_seed(drive_to(model, "mid", S.TRAINING))
+    twin = copy.deepcopy(model)
+    x, y = tiny.inputs(), tiny.targets()
+    compiled = torch.compile(model.forward_with_shadows, backend="aot_eager")
+    results = []
+    for net, call in ((model, compiled), (twin, twin.forward_with_shadows)):
+        out, shadows = call(x)
+        assert list(shadows) == ["mid"]
+        loss = tiny.loss(out, y) + net.incubation_loss(lambda o: tiny.loss(o, y), out, shadows)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        results.append((out.detach(), shadows["mid"].detach(), grads))
+    (out_c, shadow_c, grads_c), (out_e, shadow_e, grads_e) = results
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shadow_c, shadow_e, rtol=1e-5, atol=1e-5)
+    assert grads_c.keys() == grads_e.keys()
+    assert any(k.startswith("seed_slots.mid.seed") for k in grads_e)
+    for key, grad in grads_e.items():
+        torch.testing.assert_close(grads_c[key], grad, rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_compiled_isolated_cnn_blending_inductor():
     _check_matches_eager("cnn3", "blending", "inductor")
 

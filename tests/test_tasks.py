@@ -73,13 +73,16 @@ def test_taskspec_validates_on_construction(field, value):
 
 def test_digits_shapes_dtypes_and_standardisation():
     data = get_task("digits").load(None, seed=0)
-    assert data.train_x.shape == (1438, 1, 8, 8) and data.val_x.shape == (359, 1, 8, 8)
+    assert data.train_x.shape == (1151, 1, 8, 8) and data.val_x.shape == (287, 1, 8, 8)
+    assert data.test_x.shape == (359, 1, 8, 8) and data.test_y.shape == (359,)
     assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
     assert data.num_classes == 10 and data.vocab is None
     assert abs(data.train_x.mean().item()) < 1e-5
     assert abs(data.train_x.std().item() - 1.0) < 1e-5
-    # Stratified: every class has its share (~36) of the 359 validation images.
-    assert torch.bincount(data.val_y, minlength=10).min() >= 35
+    # Stratified: every class has its share (~29) of the 287 validation images, and (~36) of
+    # the 359 test images.
+    assert torch.bincount(data.val_y, minlength=10).min() >= 28
+    assert torch.bincount(data.test_y, minlength=10).min() >= 35
 
 
 def test_digits_split_is_deterministic_per_seed():
@@ -88,6 +91,10 @@ def test_digits_split_is_deterministic_per_seed():
         assert torch.equal(getattr(a, field), getattr(b, field))
     assert not torch.equal(a.val_x, c.val_x)
     assert not torch.equal(a.train_y, c.train_y)
+    # The test split is the same images for every seed, and none of them is trained on.
+    assert torch.equal(a.test_y, c.test_y)
+    train_rows = {tuple(r.tolist()) for r in a.train_x.flatten(1)}
+    assert not any(tuple(r.tolist()) in train_rows for r in a.test_x.flatten(1))
 
 
 def test_digits_host_is_small_and_fits_data():
@@ -111,12 +118,17 @@ def test_pyref_vocab_windows_and_shift():
     assert data.vocab == "".join(sorted(set(text)))
     assert data.num_classes == len(data.vocab)
     assert data.train_x.shape == (32768, 64) and data.train_x.dtype == torch.int64
-    assert data.val_x.shape == (512, 64)
+    assert data.val_x.shape == (512, 64) and data.test_x.shape == (512, 64)
     assert torch.equal(data.train_x[:, 1:], data.train_y[:, :-1])
     assert torch.equal(data.val_x[:, 1:], data.val_y[:, :-1])
-    # Validation windows are real text from the last 10%.
-    window = "".join(data.vocab[i] for i in data.val_x[0].tolist())
-    assert window in text[int(len(text) * 0.9) :]
+    assert torch.equal(data.test_x[:, 1:], data.test_y[:, :-1])
+    # Validation windows are real text from 80-90% of it, test windows from the last 10%.
+    n = len(text)
+    for split, (lo, hi) in (("val_x", (0.8, 0.9)), ("test_x", (0.9, 1.0))):
+        rows = getattr(data, split)
+        for row in (rows[0], rows[-1]):
+            window = "".join(data.vocab[i] for i in row.tolist())
+            assert window in text[int(n * lo) - 1 : int(n * hi) + 1], split
 
 
 def test_char_lm_is_deterministic_and_decodes_to_the_text():

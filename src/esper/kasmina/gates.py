@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 from esper.leyline import (
     DEFAULT_G2_MIN_GRADIENT_RATIO,
+    DEFAULT_G2_MIN_INCUBATION_GAIN,
     DEFAULT_G2_MIN_TRAINING_EPOCHS,
     DEFAULT_G3_MIN_ALPHA,
     DEFAULT_G3_MIN_BLENDING_EPOCHS,
     DEFAULT_G5_MAX_ACCURACY_DROP,
     DEFAULT_G5_MIN_CONTRIBUTION,
+    DEFAULT_G5_MIN_INCUBATION_GAIN,
     DEFAULT_MAX_ISOLATION_VIOLATIONS,
-    DEFAULT_MIN_INCUBATION_GAIN,
     GateLevel,
     GateResult,
     SeedStage,
@@ -24,23 +25,26 @@ from esper.leyline import (
 class GateConfig:
     """Gate thresholds; defaults come from leyline.
 
-    ``min_incubation_gain`` is read by G2 and again by G5: the seed's measured incubation gain
-    (:attr:`~esper.leyline.SeedMetrics.incubation_gain`, in the task loss's units) must exceed
-    it. It is the one measure of what a seed adds that the host's later co-adaptation cannot
-    fake, so a seed pushed into BLENDING by hand without one still cannot fossilize.
+    ``g2_min_incubation_gain`` and ``g5_min_incubation_gain``: the seed's measured incubation
+    gain (:attr:`~esper.leyline.SeedMetrics.incubation_gain`, in the task loss's units) must
+    exceed them to blend and to fossilize. It is the one measure of what a seed adds that the
+    host's later co-adaptation cannot fake, so G5 reads it again: a seed pushed into BLENDING by
+    hand or by a lenient G2 still cannot fossilize on dependency alone. A floor of ``-inf`` asks
+    for nothing, not even a measurement.
 
     ``g3_require_ramp_complete``: G3 also waits until the alpha ramp has taken all its steps, so
     a schedule that passes ``g3_min_alpha`` early (``sigmoid``: 0.959 at step 4 of 5) still
     blends through its last step. Turn it off only to drive stages by hand (benchmarks).
     """
 
-    min_incubation_gain: float = DEFAULT_MIN_INCUBATION_GAIN
+    g2_min_incubation_gain: float = DEFAULT_G2_MIN_INCUBATION_GAIN
     g2_min_training_epochs: int = DEFAULT_G2_MIN_TRAINING_EPOCHS
     g2_min_gradient_ratio: float = DEFAULT_G2_MIN_GRADIENT_RATIO
     max_isolation_violations: int = DEFAULT_MAX_ISOLATION_VIOLATIONS
     g3_min_blending_epochs: int = DEFAULT_G3_MIN_BLENDING_EPOCHS
     g3_min_alpha: float = DEFAULT_G3_MIN_ALPHA
     g5_min_contribution: float = DEFAULT_G5_MIN_CONTRIBUTION
+    g5_min_incubation_gain: float = DEFAULT_G5_MIN_INCUBATION_GAIN
     g5_max_accuracy_drop: float = DEFAULT_G5_MAX_ACCURACY_DROP
     g3_require_ramp_complete: bool = True
 
@@ -143,8 +147,9 @@ class QualityGates:
             )
         ]
 
-    def _incubation_check(self, state):
-        gain, floor = state.metrics.incubation_gain, self.config.min_incubation_gain
+    @staticmethod
+    def _incubation_check(state, floor: float):
+        gain = state.metrics.incubation_gain
         if gain is None and floor == -math.inf:
             return ("incubation_gain", True, "")  # a floor of -inf asks for nothing
         if gain is None:
@@ -154,7 +159,7 @@ class QualityGates:
     def _checks_g2(self, state):
         cfg, m = self.config, state.metrics
         return [
-            self._incubation_check(state),
+            self._incubation_check(state, cfg.g2_min_incubation_gain),
             (
                 "training_epochs",
                 m.epochs_in_current_stage >= cfg.g2_min_training_epochs,
@@ -200,7 +205,7 @@ class QualityGates:
         before, now = m.accuracy_before_blending, m.current_val_accuracy
         drop = None if before is None or now is None else before - now
         return [
-            self._incubation_check(state),
+            self._incubation_check(state, cfg.g5_min_incubation_gain),
             (
                 "contribution",
                 known and c >= cfg.g5_min_contribution,

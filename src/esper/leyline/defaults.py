@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 # --- Gates -----------------------------------------------------------------------------------
-#: G2 and G5: the seed's incubation gain (the host's training loss minus the loss with the seed
-#: blended at alpha 1, mean over its last TRAINING epoch, in the loss's units) must exceed this.
-#: Measured while the host cannot adapt to the seed, so dependency cannot inflate it.
-DEFAULT_MIN_INCUBATION_GAIN = 0.0
+#: G2: the seed's incubation gain (the host's training loss minus the loss with the seed blended
+#: at alpha 1, mean over its last TRAINING epoch, in the loss's units) must exceed this. Measured
+#: while the host cannot adapt to the seed, so dependency cannot inflate it.
+DEFAULT_G2_MIN_INCUBATION_GAIN = 0.0
+#: G5: the same frozen measurement must exceed this to fossilize (a seed pushed past G2 by hand
+#: or by a lenient G2 still has to have added something before the host adapted).
+DEFAULT_G5_MIN_INCUBATION_GAIN = 0.0
 #: G2: epochs a seed must incubate before it may blend.
 DEFAULT_G2_MIN_TRAINING_EPOCHS = 3
 #: G2: parameter-normalized seed/host gradient ratio below which the seed is not learning.

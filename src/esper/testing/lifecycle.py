@@ -24,7 +24,7 @@ from esper.leyline import SeedStage, is_failure_stage
 DEFAULT_BLUEPRINT = {"cnn": "conv_light", "transformer": "mlp"}
 
 _OPEN_GATES = GateConfig(
-    min_incubation_gain=-math.inf,
+    g2_min_incubation_gain=-math.inf,
     g2_min_training_epochs=0,
     g2_min_gradient_ratio=0.0,
     max_isolation_violations=1_000_000,
@@ -32,6 +32,7 @@ _OPEN_GATES = GateConfig(
     g3_min_alpha=0.0,
     g3_require_ramp_complete=False,
     g5_min_contribution=-math.inf,
+    g5_min_incubation_gain=-math.inf,
     g5_max_accuracy_drop=math.inf,
 )
 

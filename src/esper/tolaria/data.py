@@ -139,29 +139,40 @@ def _as_path(data_dir: Path | str | None) -> Path | None:
 
 
 def load_digits_data(data_dir: Path | str | None, seed: int) -> TaskData:
-    """The 8x8 handwritten digits bundled with scikit-learn, split 80/20 stratified by class.
+    """The 8x8 handwritten digits bundled with scikit-learn, stratified by class: a fixed 20%
+    test split (the same for every seed, so test numbers compare across seeds), then 80/20
+    train/validation of the rest.
 
     Args:
         data_dir: ignored (the data ships with scikit-learn).
-        seed: fixes the split and the order of the training rows.
+        seed: fixes the train/validation split and the order of the training rows.
 
     Returns:
         ``TaskData`` with ``x`` float32 ``(N, 1, 8, 8)`` standardised with the train mean and
-        std (one channel, so one scalar each), ``y`` int64 labels 0..9.
+        std (one channel, so one scalar each), ``y`` int64 labels 0..9; 1,150 / 287 / 360
+        train / validation / test rows.
     """
     images, labels = _digits_arrays()
     x = torch.from_numpy(images / np.float32(16.0)).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
     y = torch.from_numpy(labels.copy())
-    train_idx, val_idx = stratified_split(y, val_fraction=0.2, seed=seed)
-    train_x, val_x = x[train_idx], x[val_idx]
+    pool_idx, test_idx = stratified_split(y, val_fraction=0.2, seed=DIGITS_TEST_SPLIT_SEED)
+    train_idx, val_idx = stratified_split(y[pool_idx], val_fraction=0.2, seed=seed)
+    train_idx, val_idx = pool_idx[train_idx], pool_idx[val_idx]
+    train_x = x[train_idx]
     mean, std = train_x.mean(), train_x.std()
     return TaskData(
         train_x=(train_x - mean) / std,
         train_y=y[train_idx],
-        val_x=(val_x - mean) / std,
+        val_x=(x[val_idx] - mean) / std,
         val_y=y[val_idx],
         num_classes=10,
+        test_x=(x[test_idx] - mean) / std,
+        test_y=y[test_idx],
     )
+
+
+#: The digits test split is drawn once, with this seed, whatever the run's seed.
+DIGITS_TEST_SPLIT_SEED = 12345
 
 
 def _digits_csv() -> Path | None:
@@ -223,13 +234,14 @@ def char_lm_data(
     n_train_windows: int = 4096,
     max_val_windows: int = 512,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
 ) -> TaskData:
     """Turn a text into a character-level next-token task.
 
     The vocabulary is every distinct character of ``text``, sorted. The first
-    ``1 - val_fraction`` of the text is for training, the rest for validation (contiguous, so no
-    validation window overlaps a training window). Training windows start at random offsets
-    drawn from ``seed``; validation windows do not overlap (stride ``block_size``) and, when
+    ``1 - val_fraction - test_fraction`` of the text is for training, then validation, then
+    test (contiguous, so no evaluation window overlaps a training window). Training windows
+    start at random offsets drawn from ``seed``; validation windows do not overlap (stride ``block_size``) and, when
     there are more than ``max_val_windows``, an evenly spread subset is kept. Validation does not
     depend on ``seed``, so losses are comparable across seeds.
 
@@ -239,7 +251,9 @@ def char_lm_data(
         seed: fixes the training window offsets.
         n_train_windows: training windows to draw.
         max_val_windows: cap on validation windows.
-        val_fraction: share of the text (at its end) used for validation.
+        val_fraction: share of the text, after the training part, used for validation.
+        test_fraction: share at the very end held out as a test split (0: none); its windows
+            are laid out like validation's.
 
     Returns:
         ``TaskData`` with int64 ``x`` and ``y`` of shape ``(N, T)`` where ``y`` is the same
@@ -254,8 +268,11 @@ def char_lm_data(
             "char_lm_data: block_size, n_train_windows and max_val_windows must be >= 1, got "
             f"{block_size}, {n_train_windows}, {max_val_windows}"
         )
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"char_lm_data: val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0.0 < val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 - val_fraction:
+        raise ValueError(
+            "char_lm_data: need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
+            f"got {val_fraction} and {test_fraction}"
+        )
     vocab = "".join(sorted(set(text)))
     lookup = {ch: i for i, ch in enumerate(vocab)}
     # np.frombuffer over UTF-32 code points, then a table lookup: far faster than a Python loop
@@ -266,10 +283,17 @@ def char_lm_data(
         table[ord(ch)] = i
     tokens = torch.from_numpy(table[codes])  # (len(text),)
 
-    n_train = int(len(tokens) * (1.0 - val_fraction))
-    train_tokens, val_tokens = tokens[:n_train], tokens[n_train:]
+    n_train = int(len(tokens) * (1.0 - val_fraction - test_fraction))
+    n_test = int(len(tokens) * test_fraction)
+    train_tokens = tokens[:n_train]
+    val_tokens = tokens[n_train : len(tokens) - n_test]
+    test_tokens = tokens[len(tokens) - n_test :]
     need = block_size + 1  # a window plus its next-token target
-    if len(train_tokens) < need or len(val_tokens) < need:
+    if (
+        len(train_tokens) < need
+        or len(val_tokens) < need
+        or (test_fraction and len(test_tokens) < need)
+    ):
         raise ValueError(
             f"char_lm_data: text of {len(text)} characters is too short for block_size "
             f"{block_size}: each split needs at least {need} characters"
@@ -278,7 +302,19 @@ def char_lm_data(
     gen = torch.Generator().manual_seed(seed)
     train_x, train_y = random_windows(train_tokens, block_size, n_train_windows, gen)
     val_x, val_y = spread_windows(val_tokens, block_size, max_val_windows)
-    return TaskData(train_x, train_y, val_x, val_y, num_classes=len(vocab), vocab=vocab)
+    test_x = test_y = None
+    if test_fraction:
+        test_x, test_y = spread_windows(test_tokens, block_size, max_val_windows)
+    return TaskData(
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        num_classes=len(vocab),
+        vocab=vocab,
+        test_x=test_x,
+        test_y=test_y,
+    )
 
 
 def random_windows(
@@ -330,7 +366,9 @@ def load_pyref_data(data_dir: Path | str | None, seed: int) -> TaskData:
         ``TaskData`` of 64-character windows: 32768 training windows, at most 512 validation.
     """
     # A large pool of random windows (about 5x the training text); each epoch samples from it.
-    return char_lm_data(_pydoc_text(), block_size=64, seed=seed, n_train_windows=32768)
+    return char_lm_data(
+        _pydoc_text(), block_size=64, seed=seed, n_train_windows=32768, test_fraction=0.1
+    )
 
 
 TINYSTORIES_FILES = ("TinyStories-train.txt", "TinyStories-valid.txt")
