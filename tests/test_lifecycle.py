@@ -623,7 +623,7 @@ def test_unknown_blueprint_error_lists_valid_ones_for_the_topology(tiny):
 
 @pytest.mark.parametrize(
     "stage",
-    [S.GERMINATED, S.TRAINING, S.BLENDING, S.PROBATIONARY, S.FOSSILIZED, S.CULLED, S.EMBARGOED],
+    [S.GERMINATED, S.TRAINING, S.BLENDING, S.PROBATIONARY, S.CULLED, S.EMBARGOED],
 )
 @pytest.mark.parametrize("name", ["cnn2", "tf2"])
 def test_germinate_into_occupied_slot_raises_and_changes_nothing(name, stage):

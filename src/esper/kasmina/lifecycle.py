@@ -195,16 +195,18 @@ class SlotLifecycle:
             The passing G0 result.
 
         Raises:
-            SlotOccupiedError: the slot is not DORMANT.
+            SlotOccupiedError: the slot is neither DORMANT nor FOSSILIZED.
             ValueError: unknown blueprint or blend algorithm, empty id, a seed that changes the
                 feature shape or produces non-finite values (G0 fails), or one that shares a
                 parameter or buffer with the host.
         """
         self._announce_forced()
-        if self.state.stage != SeedStage.DORMANT:
+        stacking = self.state.stage == SeedStage.FOSSILIZED and self.seed is not None
+        if self.state.stage != SeedStage.DORMANT and not stacking:
             raise SlotOccupiedError(
-                f"slot {self.name!r} is {self.state.stage.name}, not DORMANT; cull the seed "
-                f"{self.state.seed_id!r} (and wait out the embargo) before germinating again"
+                f"slot {self.name!r} is {self.state.stage.name}, not DORMANT or FOSSILIZED; cull "
+                f"the seed {self.state.seed_id!r} (and wait out the embargo) before germinating "
+                "again"
             )
         if not isinstance(seed_id, str) or not seed_id:
             raise ValueError(f"slot {self.name!r}: seed_id must be a non-empty string")
@@ -233,7 +235,10 @@ class SlotLifecycle:
                 f"slot {self.name!r}: blueprint {blueprint_id!r} failed G0: "
                 + ("; ".join(local.checks_failed) or "another rank refused")
             )
-        # Commit.
+        # Commit. A fossilized seed stays where it is in the forward, now as the last fossil.
+        if stacking:
+            self.fossils.append(self.seed)
+            self.fossil_seeds.append((self.state.seed_id, self.state.blueprint_id))
         self.seed, self.blend, self.state = seed, blend, candidate
         self.isolate_gradients = True
         self._alpha_forced = False

@@ -162,9 +162,10 @@ class MorphogeneticModel(nn.Module):
             h = host.run_blocks(h, done, position)
             done = position
             slot = self.seed_slots[name]
+            h = slot.forward_fossils(h)
             if slot.incubating:
                 incubating.append((index, slot, h))
-            h = slot(h)
+            h = slot.forward_seed(h)
         output = host.head(host.run_blocks(h, done, host.n_blocks))
         if not incubating or not torch.is_grad_enabled():
             return output, {}
@@ -375,11 +376,12 @@ class MorphogeneticModel(nn.Module):
     # ------------------------------------------------------------------ accessors
 
     def host_parameters(self) -> Iterator[nn.Parameter]:
-        """The host's parameters, including those of fossilized seeds (now part of the host)."""
+        """The host's parameters, including those of fossilized seeds (now part of the host),
+        stacked ones included."""
         yield from self._host_own_tensors()[0]
         for slot in self.seed_slots.values():
-            if slot.stage == SeedStage.FOSSILIZED and slot.seed is not None:
-                yield from slot.seed.parameters()
+            for module in slot.host_side_modules():
+                yield from module.parameters()
 
     def seed_parameters(self, slot: str | None = None) -> list[nn.Parameter]:
         """Parameters of live (not fossilized) seeds and their blend gates, for one slot or all."""

@@ -118,6 +118,10 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
 
         self.seed: nn.Module | None = None
         self.blend: BlendAlgorithm | None = None
+        # Seeds fossilized here earlier, oldest first: part of the host, applied before the
+        # current seed. A new seed germinated after a fossilized one is stacked on top of it.
+        self.fossils = nn.ModuleList()
+        self.fossil_seeds: list[tuple[str, str]] = []  # (seed id, blueprint id) per fossil
         self.state = SeedState(slot=name, blending_steps=self.blending_steps)
         self.isolate_gradients = True
         self._alpha_forced = False
@@ -175,6 +179,17 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_seed(self.forward_fossils(x))
+
+    def forward_fossils(self, x: torch.Tensor) -> torch.Tensor:
+        """The seeds fossilized here before the current one, in order (part of the host)."""
+        for fossil in self.fossils:
+            x = fossil(x)
+        return x
+
+    def forward_seed(self, x: torch.Tensor) -> torch.Tensor:
+        """The current seed as its stage says, on features that already went through the
+        fossils."""
         stage = self.state.stage
         seed = self.seed
         if seed is None or stage not in _RUNS_SEED:
@@ -194,8 +209,9 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
 
     def shadow_features(self, x: torch.Tensor) -> torch.Tensor:
         """The features this slot would output with its TRAINING seed fully blended in
-        (``lerp(x, seed(x), 1)``, which is ``seed(x)``), for the shadow pass. The seed's input is
-        the same as in any other stage: detached under isolation, else watched for leaks."""
+        (``lerp(x, seed(x), 1)``, which is ``seed(x)``), for the shadow pass; ``x`` has been
+        through the fossils. The seed's input is the same as in any other stage: detached under
+        isolation, else watched for leaks."""
         return self.seed(self._seed_input(x))
 
     def _add_incubation_gain(self, gain: torch.Tensor) -> None:
@@ -241,6 +257,15 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
 
     # ------------------------------------------------------------------ structure
 
+    def host_side_modules(self) -> list[nn.Module]:
+        """The seeds of this slot that are part of the host, oldest first: the fossils, then the
+        current seed if it is FOSSILIZED. The order is stable: a FOSSILIZED seed becomes the last
+        fossil when a new seed is stacked after it."""
+        modules = list(self.fossils)
+        if self.seed is not None and self.state.stage == SeedStage.FOSSILIZED:
+            modules.append(self.seed)
+        return modules
+
     def seed_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the live seed and its blend gate (empty when none)."""
         params: list[nn.Parameter] = []
@@ -274,6 +299,7 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             seed_params=sum(p.numel() for p in self.seed_parameters()),
             metrics=SeedMetrics(**asdict(s.metrics)),
             stage_history=tuple(s.stage_history),
+            fossils=tuple(seed_id for seed_id, _ in self.fossil_seeds),
         )
 
     # ------------------------------------------------------------------ checkpointing
@@ -286,6 +312,7 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             "isolate_gradients": bool(self.isolate_gradients),
             "has_seed": self.seed is not None,
             "has_blend": self.blend is not None,
+            "fossils": [list(pair) for pair in self.fossil_seeds],
         }
 
     def set_extra_state(self, extra: dict) -> None:
@@ -301,10 +328,18 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         if extra["has_blend"]:
             blend = build_blend(state.blend_algorithm_id, self.width, self.topology)
             blend = blend.to(self._device(), self.alpha_tensor.dtype)
-        for module in (seed, blend):
+        fossil_seeds = [(str(i), str(b)) for i, b in extra.get("fossils", ())]
+        fossils = nn.ModuleList(
+            get_blueprint(self.topology, blueprint_id)
+            .build(self.width)
+            .to(self._device(), self.alpha_tensor.dtype)
+            for _, blueprint_id in fossil_seeds
+        )
+        for module in (seed, blend, fossils):
             if module is not None:
                 module.train(self.training)  # rebuilt modules follow the model's train/eval mode
         self.seed, self.blend, self.state = seed, blend, state
+        self.fossils, self.fossil_seeds = fossils, fossil_seeds
         self.isolate_gradients = bool(extra["isolate_gradients"])
         self._alpha_forced = False
         self._leak_sq.zero_()

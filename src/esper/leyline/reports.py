@@ -77,6 +77,8 @@ class SeedStateReport:
     seed_params: int
     metrics: SeedMetrics = field(default_factory=SeedMetrics)
     stage_history: tuple[SeedStage, ...] = ()
+    #: Ids of the seeds fossilized in this slot before the current one, oldest first.
+    fossils: tuple[str, ...] = ()
 
     @property
     def stage_names(self) -> list[str]:

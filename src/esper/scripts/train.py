@@ -99,6 +99,8 @@ class RunConfig:
     threads: int = DEFAULT_THREADS
     #: Write ``checkpoint.pt`` every this many epochs (and after the last).
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    #: The most seeds the run may germinate, stacked ones included (None: no bound).
+    max_seeds: int | None = None
     #: The live view: True/False as asked with --live/--no-live; None: on when stdout is a
     #: terminal. Display only; it never changes what the run computes.
     live: bool | None = None
@@ -122,6 +124,8 @@ class RunConfig:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.checkpoint_every < 1:
             raise UsageError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.max_seeds is not None and self.max_seeds < 0:
+            raise UsageError(f"--max-seeds must be >= 0, got {self.max_seeds}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -163,6 +167,7 @@ class RunConfig:
             total_epochs=epochs,
             telemetry_stride=self.gradient_telemetry_stride,
             seed=self.seed,
+            max_seeds=self.max_seeds,
         )
 
 
@@ -524,6 +529,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="write checkpoint.pt every N epochs (default 1)",
     )
     parser.add_argument(
+        "--max-seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="germinate at most N seeds in the run, stacked ones included (default: no bound)",
+    )
+    parser.add_argument(
         "--resume",
         default=None,
         metavar="RUN_DIR",
@@ -569,6 +581,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         width_multiplier=args.width_multiplier,
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
+        max_seeds=args.max_seeds,
         live=args.live,
         # --log a --log b,c -> ("a", "b", "c"), each once, in the order given.
         log=tuple(dict.fromkeys(n for v in args.log or () for n in _split(v) or ())),

@@ -60,10 +60,11 @@ class HeuristicConfig:
 class HeuristicController:
     """Decides WAIT / GERMINATE / FOSSILIZE / CULL from :class:`TrainingSignals`.
 
-    Priorities each epoch: settle probation (fossilize a seed whose counterfactual contribution
-    is positive, cull one whose contribution is not), cull a seed that has lingered in a stage
-    while accuracy fell, then germinate into a dormant slot once the host has stabilized and
-    plateaued. One seed incubates at a time, so each germination answers one plateau.
+    Priorities each epoch: settle probation (fossilize a seed whose incubation gain and
+    counterfactual contribution are both positive, cull any other), cull a seed that has
+    lingered in a stage while accuracy fell, then germinate once the host has stabilized and
+    plateaued: into a dormant slot, else stacked after a fossilized seed. One seed incubates at
+    a time, so each germination answers one plateau.
     Deterministic for a given ``seed`` (ties between blueprints are broken by a seeded RNG).
     """
 
@@ -111,7 +112,15 @@ class HeuristicController:
         for report in signals.slots:
             m = report.metrics
             if report.stage == SeedStage.PROBATIONARY and m.counterfactual_contribution is not None:
-                c = m.counterfactual_contribution
+                c, gain = m.counterfactual_contribution, m.incubation_gain
+                if gain is not None and gain <= 0:
+                    # What the seed added before the host adapted to it; the counterfactual alone
+                    # would count the host's dependency as value.
+                    return Decision(
+                        Action.CULL,
+                        slot=report.slot,
+                        reason=f"incubation gain {gain:+.4f} is not positive",
+                    )
                 if c > 0:
                     return Decision(
                         Action.FOSSILIZE, slot=report.slot, reason=f"contribution {c:+.2f} points"
@@ -150,19 +159,21 @@ class HeuristicController:
             return Decision(Action.WAIT, reason="host not stabilized")
         if signals.plateau_epochs < self.config.plateau_epochs:
             return Decision(Action.WAIT, reason=f"plateau {signals.plateau_epochs} epochs")
-        # signals.slots is in forward order (shallow to deep).
-        dormant = [r.slot for r in signals.slots if r.stage == SeedStage.DORMANT]
+        # signals.slots is in forward order (shallow to deep). Empty slots first; then a slot
+        # whose seed fossilized takes a new one stacked after it.
         order = self.config.slot_order
         if order == "auto":
             order = get_topology(self.topology).growth_order
-        if order == "deepest_first":
-            dormant.reverse()
-        if not dormant:
-            return Decision(Action.WAIT, reason="no dormant slot")
+        free = []
+        for stage in (SeedStage.DORMANT, SeedStage.FOSSILIZED):
+            names = [r.slot for r in signals.slots if r.stage == stage]
+            free.extend(reversed(names) if order == "deepest_first" else names)
+        if not free:
+            return Decision(Action.WAIT, reason="no dormant or fossilized slot")
         blueprint = self._choose_blueprint()
         return Decision(
             Action.GERMINATE,
-            slot=dormant[0],
+            slot=free[0],
             blueprint=blueprint,
             blend_algorithm=self.config.blend_algorithm,
             reason=f"plateau for {signals.plateau_epochs} epochs",

@@ -140,6 +140,12 @@ def _expect(slot: SeedSlot, target: SeedStage) -> None:
         )
 
 
+def _default_seed_id(slot: SeedSlot) -> str:
+    # The slot's n-th seed, counting its fossils and a FOSSILIZED seed about to be stacked on.
+    n = len(slot.fossil_seeds) + (2 if slot.stage == SeedStage.FOSSILIZED else 1)
+    return f"seed-{slot.name}" if n == 1 else f"seed-{slot.name}-{n}"
+
+
 def drive_to(
     model: MorphogeneticModel,
     slot: str,
@@ -150,7 +156,8 @@ def drive_to(
     seed_id: str | None = None,
     perturb: bool = True,
 ) -> SeedSlot:
-    """Take ``slot`` from DORMANT to ``target`` through the public lifecycle API.
+    """Take ``slot`` from DORMANT to ``target`` through the public lifecycle API. From a
+    FOSSILIZED slot, a new seed is germinated stacked after the fossilized one.
 
     The path is the one a run takes: germinate, G1, G2 (earned by :func:`pass_g2_metrics`), the
     alpha ramp through ``step_epoch`` until G3 passes, then G5 (earned by
@@ -164,7 +171,8 @@ def drive_to(
         target: the stage to reach (any stage but UNKNOWN).
         blueprint: the seed's blueprint; ``DEFAULT_BLUEPRINT[model.topology]`` when None.
         blend: the blend algorithm.
-        seed_id: the seed's id; ``"seed-<slot>"`` when None.
+        seed_id: the seed's id; ``"seed-<slot>"`` when None (``"seed-<slot>-<n>"`` for the
+            slot's n-th seed when seeds are stacked).
         perturb: on entering BLENDING, give the seed random weights (:func:`perturb_seed`) so
             that it changes the output; False leaves its weights as they are.
 
@@ -172,20 +180,23 @@ def drive_to(
         The slot, now in ``target``.
 
     Raises:
-        ValueError: the slot is not DORMANT, or ``target`` is UNKNOWN.
+        ValueError: the slot is neither DORMANT nor FOSSILIZED, or ``target`` is UNKNOWN.
         RuntimeError: a gate refused, or the slot ended in another stage; the message says which.
     """
     s = model.seed_slots[slot]
     target = SeedStage(target)
-    if s.stage != SeedStage.DORMANT:
-        raise ValueError(f"drive_to starts from DORMANT; slot {slot!r} is {s.stage.name}")
+    if s.stage not in (SeedStage.DORMANT, SeedStage.FOSSILIZED):
+        raise ValueError(
+            f"drive_to starts from DORMANT (or FOSSILIZED, to stack a new seed); slot {slot!r} "
+            f"is {s.stage.name}"
+        )
     if target == SeedStage.UNKNOWN:
         raise ValueError("drive_to: UNKNOWN is not a stage a slot can be driven to")
-    if target == SeedStage.DORMANT:
+    if target == s.stage and s.stage == SeedStage.DORMANT:
         return s
     model.germinate_seed(
         blueprint or DEFAULT_BLUEPRINT[model.topology],
-        seed_id or f"seed-{slot}",
+        seed_id or _default_seed_id(s),
         slot=slot,
         blend_algorithm_id=blend,
     )

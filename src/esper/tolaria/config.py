@@ -43,6 +43,8 @@ class TrainerConfig:
         seed: fixes the batch order.
         governor_history, governor_sensitivity, governor_min_spike_factor,
         governor_min_history: the governor's loss-spike detector (see ``Governor``).
+        max_seeds: the most seeds one run may germinate (None: no bound); a GERMINATE past it
+            is refused.
     """
 
     optimizer: str = "sgd"
@@ -62,6 +64,7 @@ class TrainerConfig:
     governor_sensitivity: float = DEFAULT_GOVERNOR_SENSITIVITY
     governor_min_spike_factor: float = DEFAULT_GOVERNOR_MIN_SPIKE_FACTOR
     governor_min_history: int = DEFAULT_GOVERNOR_MIN_HISTORY
+    max_seeds: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -85,6 +88,8 @@ class TrainerConfig:
                 raise ValueError(f"TrainerConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ValueError(f"TrainerConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_seeds is not None and self.max_seeds < 0:
+            raise ValueError(f"TrainerConfig.max_seeds must be None or >= 0, got {self.max_seeds}")
         for name in ("epoch_samples", "total_epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:

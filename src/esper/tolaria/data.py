@@ -241,9 +241,9 @@ def char_lm_data(
     The vocabulary is every distinct character of ``text``, sorted. The first
     ``1 - val_fraction - test_fraction`` of the text is for training, then validation, then
     test (contiguous, so no evaluation window overlaps a training window). Training windows
-    start at random offsets drawn from ``seed``; validation windows do not overlap (stride ``block_size``) and, when
-    there are more than ``max_val_windows``, an evenly spread subset is kept. Validation does not
-    depend on ``seed``, so losses are comparable across seeds.
+    start at random offsets drawn from ``seed``; validation windows do not overlap (stride
+    ``block_size``) and, when there are more than ``max_val_windows``, an evenly spread subset
+    is kept. Validation does not depend on ``seed``, so losses are comparable across seeds.
 
     Args:
         text: the corpus.

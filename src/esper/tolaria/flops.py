@@ -59,7 +59,8 @@ class FlopMeter:
 
 def model_structure(model, *, training: bool) -> tuple:
     """What the FLOPs per row of ``model`` depend on: per slot its stage, blueprint, blend,
-    whether the seed's input is detached (no input gradient) and whether alpha is forced."""
+    whether the seed's input is detached (no input gradient), whether alpha is forced, and the
+    blueprints of the seeds stacked there before."""
     return (
         training,
         tuple(
@@ -71,6 +72,7 @@ def model_structure(model, *, training: bool) -> tuple:
                 bool(slot.isolate_gradients),
                 # A forced alpha (the counterfactual) skips the gated blend's gate.
                 bool(slot._alpha_forced),
+                tuple(blueprint for _, blueprint in slot.fossil_seeds),
             )
             for name, slot in model.seed_slots.items()
         ),

@@ -57,10 +57,11 @@ class Governor:
             return
         self.snapshot = {
             "host": copy.deepcopy(model.host.state_dict()),
+            # Per slot, every host-side seed, oldest first (stacked fossils, then a FOSSILIZED
+            # seed): that order survives stacking, so a restore matches modules by position.
             "fossilized": {
-                name: copy.deepcopy(slot.seed.state_dict())
+                name: [copy.deepcopy(m.state_dict()) for m in slot.host_side_modules()]
                 for name, slot in model.seed_slots.items()
-                if slot.stage == SeedStage.FOSSILIZED and slot.seed is not None
             },
         }
 
@@ -73,8 +74,13 @@ class Governor:
                 culled.append(name)
         if self.snapshot is not None:
             model.host.load_state_dict(self.snapshot["host"])
-            for name, sd in self.snapshot["fossilized"].items():
-                model.seed_slots[name].seed.load_state_dict(sd)
+            for name, saved in self.snapshot["fossilized"].items():
+                # Seeds fossilized after the snapshot have no saved state and keep their own.
+                modules = model.seed_slots[name].host_side_modules()
+                if isinstance(saved, dict):  # written before seeds could stack: one module
+                    saved = [saved]
+                for module, sd in zip(modules, saved, strict=False):
+                    module.load_state_dict(sd)
         self.rollbacks += 1
         return culled
 

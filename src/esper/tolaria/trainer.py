@@ -339,8 +339,13 @@ class Trainer:
         stage = slots[decision.slot].stage
         action = decision.action
         if action == Action.GERMINATE:
-            if stage != SeedStage.DORMANT:
-                return f"slot {decision.slot!r} is occupied ({stage.name}), not DORMANT"
+            if stage not in (SeedStage.DORMANT, SeedStage.FOSSILIZED):
+                return (
+                    f"slot {decision.slot!r} is occupied ({stage.name}), not DORMANT or FOSSILIZED"
+                )
+            limit = self.config.max_seeds
+            if limit is not None and self.seed_counter >= limit:
+                return f"this run may germinate at most {limit} seed(s) (max_seeds)"
             valid = list_blueprints(self.model.topology)
             if decision.blueprint not in valid:
                 return (
