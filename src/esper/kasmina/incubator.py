@@ -1,28 +1,15 @@
-"""The incubator: how a seed in TRAINING learns from the task loss without touching the host.
+"""The incubator's helpers.
 
-The slot returns ``_Incubate.apply(host, seed_out)``: the host's features, unchanged, with a
-backward that hands the output's gradient to both the host (its direct path, as if no seed were
-there) and the seed (its learning signal). The seed's values never enter the output, so a NaN
-seed cannot reach the host.
+A seed in TRAINING does not run in the model's forward: it learns in the shadow pass of
+``MorphogeneticModel.forward_with_shadows`` (the rest of the network run at the features the
+seed would produce blended in at alpha 1, with every other parameter detached). An earlier
+straight-through incubator handed the seed the host features' gradient as its own; its objective
+was linear in the seed's output, which then grew without bound (see ``docs/growth.md``).
 """
 
 from __future__ import annotations
 
 import torch
-
-
-class _Incubate(torch.autograd.Function):
-    """Straight-through incubator: forward is the identity on ``host``; backward gives the same
-    gradient to ``host`` and to ``seed_out``."""
-
-    @staticmethod
-    def forward(ctx, host: torch.Tensor, seed_out: torch.Tensor) -> torch.Tensor:
-        # A view, not ``host`` itself: autograd needs a new tensor to attach this node to.
-        return host.view_as(host)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, grad
 
 
 def _detached(x: torch.Tensor) -> torch.Tensor:

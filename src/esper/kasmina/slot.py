@@ -21,7 +21,7 @@ there is counted the same way.
 
 The rest of the slot lives beside it: the lifecycle and its events in ``lifecycle.py``, the
 telemetry capture in ``telemetry.py``, the state in ``state.py``, the incubator's autograd
-function in ``incubator.py`` (kept for reference; the shadow pass replaced it).
+helpers in ``incubator.py``.
 """
 
 from __future__ import annotations
