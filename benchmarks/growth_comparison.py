@@ -1,8 +1,9 @@
 """Static host vs grown model vs a static host widened to (at least) the grown parameter count.
 
 Runs the project's own commands (``esper train static|heuristic``) for several seeds, then
-prints a markdown table of final/best validation accuracy, loss and parameters (and the final
-model's test accuracy for tasks with a test split). Usage::
+prints a markdown table of final/best validation accuracy, loss, parameters and training
+compute (and the final model's test accuracy and loss for tasks with a test split), as mean ±
+sample standard deviation over the seeds. Usage::
 
     python benchmarks/growth_comparison.py --task digits --seeds 0 1 2 --out runs/compare
 
@@ -63,23 +64,29 @@ def _has_test(runs: list[dict]) -> bool:
 
 
 def _header(with_test: bool) -> str:
-    test = " test acc (%) |" if with_test else ""
-    head = f"| model |{test} final val acc (%) | best val acc (%) | final val loss | params |"
-    return head + " fossilized |\n" + "| --- " * (6 + with_test) + "|"
+    test = " test acc (%) | test loss |" if with_test else ""
+    head = (
+        f"| model |{test} final val acc (%) | best val acc (%) | final val loss | params |"
+        " train TFLOP |"
+    )
+    return head + " fossilized |\n" + "| --- " * (7 + 2 * with_test) + "|"
 
 
 def _row(label: str, runs: list[dict], key_params: str = "total_params") -> str:
-    def mean(key: str) -> str:
+    def mean(key: str, digits: int = 2) -> str:
+        # Sample standard deviation: the seeds are a sample of what the command gives.
         values = [r[key] for r in runs]
-        return f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}"
+        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+        return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
 
     params = statistics.fmean(r[key_params] for r in runs)
+    tflop = statistics.fmean(r["train_flops"] for r in runs) / 1e12
     fossil = sum(r["fossilized"] for r in runs)
-    test = f" {mean('test_accuracy')} |" if _has_test(runs) else ""
+    test = f" {mean('test_accuracy')} | {mean('test_loss', 4)} |" if _has_test(runs) else ""
     return (
         f"| {label} |{test} {mean('final_val_accuracy')} | {mean('best_val_accuracy')} | "
         f"{statistics.fmean(r['final_val_loss'] for r in runs):.4f} | {params:,.0f} | "
-        f"{fossil} |"
+        f"{tflop:.4g} | {fossil} |"
     )
 
 

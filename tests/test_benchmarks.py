@@ -146,3 +146,37 @@ def test_permissive_gates_end_blending_at_once_or_after_the_whole_ramp(full_alph
         epochs += 1
     assert slot.stage == SeedStage.PROBATIONARY
     assert epochs == (slot.blending_steps - 1 if full_alpha_ramp else 1)
+
+
+def _growth_comparison():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_benchmark_growth_comparison", BENCHMARKS / "growth_comparison.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_growth_comparison_rows_give_mean_sample_std_and_compute():
+    gc = _growth_comparison()
+    runs = [
+        {
+            "test_accuracy": acc,
+            "test_loss": loss,
+            "final_val_accuracy": acc + 1,
+            "best_val_accuracy": acc + 2,
+            "final_val_loss": loss,
+            "total_params": 100,
+            "train_flops": 2e12,
+            "fossilized": 1,
+        }
+        for acc, loss in ((80.0, 0.5), (82.0, 0.7), (84.0, 0.9))
+    ]
+    header = gc._header(True).splitlines()[0]
+    row = gc._row("grown", runs)
+    assert header.count("|") == row.count("|")
+    # Sample std of 80, 82, 84 is 2 (the population std would be 1.63).
+    assert "| 82.00 ± 2.00 | 0.7000 ± 0.2000 |" in row
+    assert row.endswith("| 100 | 2 | 3 |")

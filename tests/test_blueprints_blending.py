@@ -236,3 +236,18 @@ def test_forced_alpha_is_used_and_restored(tiny):
     with model.force_alpha(0.0):
         assert torch.equal(model(x), model.host(x))
     assert slot.alpha == 0.4 and torch.equal(model(x), blended)
+
+
+def test_wide_blueprint_adds_a_branch_twice_the_slot_width_and_starts_as_identity():
+    from esper.kasmina.blueprints import get_blueprint
+    from esper.tamiyo.heuristic import HeuristicConfig, HeuristicController
+
+    seed = get_blueprint("cnn", "wide").build(8)
+    convs = [m for m in seed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 8]
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(seed(x), x)  # zero-initialized projection: function-preserving
+    # Opt-in: the heuristic's default set is the measured one; naming it makes it a choice.
+    assert "wide" not in HeuristicController("cnn").blueprints
+    chosen = HeuristicController("cnn", HeuristicConfig(blueprints=("wide",))).blueprints
+    assert chosen == ("wide",)

@@ -190,6 +190,23 @@ def _cnn_conv_heavy(width: int) -> nn.Module:
     )
 
 
+@register_blueprint(
+    "cnn", "wide", "x + conv1x1(relu(norm(conv3x3(x)))), a branch twice the slot's width"
+)
+def _cnn_wide(width: int) -> nn.Module:
+    # Width where the host lacks it: the hidden layer has 2 * width channels, so a seed at a
+    # narrow slot adds capacity, not just depth (20 * width**2 weights against conv_light's 9).
+    hidden = 2 * width
+    return ZeroInitResidual(
+        nn.Sequential(
+            nn.Conv2d(width, hidden, 3, padding=1, bias=False),
+            nn.GroupNorm(_groups(hidden), hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, width, 1),
+        )
+    )
+
+
 # --- Transformer ------------------------------------------------------------------------------
 
 

@@ -22,7 +22,8 @@ from esper.leyline import (
     get_topology,
 )
 
-# Blueprints tried first when nothing has been learned yet: cheap, proven residual modules.
+# The blueprints the heuristic chooses from unless told otherwise, tried in this order when
+# nothing has been learned yet: cheap, proven residual modules.
 _PREFERENCE = {
     "cnn": ("conv_light", "depthwise", "attention", "conv_heavy", "norm"),
     "transformer": ("mlp", "attention", "lora", "norm"),
@@ -37,12 +38,13 @@ class HeuristicConfig:
     plateau_epochs: int = DEFAULT_PLATEAU_EPOCHS
     cull_after_epochs: int = DEFAULT_CULL_AFTER_EPOCHS
     cull_if_accuracy_drops: float = DEFAULT_CULL_IF_ACCURACY_DROPS
-    #: Cull a seed that has incubated this long without passing G2 (0 disables): once the host
-    #: has plateaued, G2's accuracy-gain check may never pass, and the seed would hold its slot.
+    #: Cull a seed that has incubated this long without passing G2 (0 disables): a seed whose
+    #: incubation gain never turns positive would otherwise hold its slot.
     cull_stalled_after_epochs: int = DEFAULT_CULL_STALLED_AFTER_EPOCHS
     blueprint_cull_penalty: float = DEFAULT_BLUEPRINT_CULL_PENALTY
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
-    #: Blueprints the controller may choose; None means every non-noop blueprint of the topology.
+    #: Blueprints the controller may choose; None means the measured default set of the topology
+    #: (every non-noop blueprint for a topology without one).
     blueprints: tuple[str, ...] | None = None
     #: Which dormant slot grows first. ``auto``: deepest first for transformers (on pyref one MLP
     #: seed after the last block lowered validation loss 1.456 -> 1.400, while seeds after the
@@ -72,7 +74,10 @@ class HeuristicController:
         self.topology = topology
         self.config = config or HeuristicConfig()
         valid = list_blueprints(topology)
-        chosen = self.config.blueprints or tuple(b for b in valid if b != "noop")
+        # By default the measured set (_PREFERENCE): a newly registered blueprint joins the
+        # heuristic's choices only when named, so adding one does not change existing runs.
+        default = _PREFERENCE.get(topology) or tuple(b for b in valid if b != "noop")
+        chosen = self.config.blueprints or tuple(b for b in default if b in valid)
         unknown = [b for b in chosen if b not in valid]
         if unknown:
             raise ValueError(
