@@ -312,40 +312,35 @@ def _sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
 
-def compare_stage(cfg: BenchConfig, stage: SeedStage, mode: str) -> dict:
-    """Static equivalent (A) against the morphogenetic model (B) in ``stage``."""
-    device = torch.device(cfg.device)
-    morph = build_morphogenetic(cfg, stage)
-    static = build_static(morph, mode)
-    x, y = _data(cfg, device)
-    check_equivalent(static, morph, x, y)
-    times_s, times_m = time_interleaved(
-        make_train_step(static, _sgd(static, cfg.lr), x, y),
-        make_train_step(morph, _sgd(morph, cfg.lr), x, y),
+def _time_steps(cfg: BenchConfig, name_a: str, a: nn.Module, name_b: str, b: nn.Module, x, y):
+    """One training step of ``a`` against one of ``b``, interleaved, each with its own SGD."""
+    times_a, times_b = time_interleaved(
+        make_train_step(a, _sgd(a, cfg.lr), x, y),
+        make_train_step(b, _sgd(b, cfg.lr), x, y),
         reps=cfg.reps,
         warmup=cfg.warmup,
         block=1,
-        device=device,
+        device=torch.device(cfg.device),
     )
-    return _summary("static", times_s, "morph", times_m, block=1)
+    return _summary(name_a, times_a, name_b, times_b, block=1)
+
+
+def compare_stage(cfg: BenchConfig, stage: SeedStage, mode: str) -> dict:
+    """Static equivalent (A) against the morphogenetic model (B) in ``stage``."""
+    morph = build_morphogenetic(cfg, stage)
+    static = build_static(morph, mode)
+    x, y = _data(cfg, torch.device(cfg.device))
+    check_equivalent(static, morph, x, y)
+    return _time_steps(cfg, "static", static, "morph", morph, x, y)
 
 
 def compare_cost(cfg: BenchConfig, stage: SeedStage) -> dict:
     """The bare host (A: same weights, no slots) against the model in ``stage`` (B): what the
     stage costs per step, seeds and (in TRAINING) the shadow pass included."""
-    device = torch.device(cfg.device)
     morph = build_morphogenetic(cfg, stage)
     bare = copy.deepcopy(morph.host)
-    x, y = _data(cfg, device)
-    times_h, times_m = time_interleaved(
-        make_train_step(bare, _sgd(bare, cfg.lr), x, y),
-        make_train_step(morph, _sgd(morph, cfg.lr), x, y),
-        reps=cfg.reps,
-        warmup=cfg.warmup,
-        block=1,
-        device=device,
-    )
-    return _summary("host", times_h, "morph", times_m, block=1)
+    x, y = _data(cfg, torch.device(cfg.device))
+    return _time_steps(cfg, "host", bare, "morph", morph, x, y)
 
 
 def compare_telemetry(cfg: BenchConfig, stride: int) -> dict:
