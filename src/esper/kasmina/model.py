@@ -126,15 +126,23 @@ class MorphogeneticModel(nn.Module):
         :meth:`forward_with_shadows` for the pass that trains it)."""
         return self._run_from(self.host.stem(x), 0)
 
-    def _run_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
+    def _run_from(self, h: torch.Tensor, start: int, taps: list | None = None) -> torch.Tensor:
         """The network from just before slot ``start`` of the plan to the head's output (``h``
-        is the features the blocks before that slot take; 0 starts after the stem)."""
+        is the features the blocks before that slot take; 0 starts after the stem). With
+        ``taps``, every incubating slot appends ``(index, slot, features after its fossils)``."""
         host = self.host
         done = self._plan[start - 1][1] if start > 0 else 0
-        for name, position in self._plan[start:]:
+        for index, (name, position) in enumerate(self._plan[start:], start):
             h = host.run_blocks(h, done, position)
             done = position
-            h = self.seed_slots[name](h)
+            slot = self.seed_slots[name]
+            if taps is None:
+                h = slot(h)
+                continue
+            h = slot.forward_fossils(h)
+            if slot.incubating:
+                taps.append((index, slot, h))
+            h = slot.forward_seed(h)
         return host.head(host.run_blocks(h, done, host.n_blocks))
 
     def forward_with_shadows(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -154,19 +162,8 @@ class MorphogeneticModel(nn.Module):
             ``(output, shadows)``: ``shadows`` maps slot names to shadow outputs; it is empty
             when no seed is in TRAINING or gradients are disabled (nothing would learn).
         """
-        host = self.host
-        h = host.stem(x)
-        done = 0
         incubating: list[tuple[int, SeedSlot, torch.Tensor]] = []
-        for index, (name, position) in enumerate(self._plan):
-            h = host.run_blocks(h, done, position)
-            done = position
-            slot = self.seed_slots[name]
-            h = slot.forward_fossils(h)
-            if slot.incubating:
-                incubating.append((index, slot, h))
-            h = slot.forward_seed(h)
-        output = host.head(host.run_blocks(h, done, host.n_blocks))
+        output = self._run_from(self.host.stem(x), 0, taps=incubating)
         if not incubating or not torch.is_grad_enabled():
             return output, {}
         frozen = self._frozen_tensors()
