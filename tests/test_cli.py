@@ -24,6 +24,7 @@ from esper.cli import main
         (["train", "heuristic", "--blend", "cubic"], "valid: linear, sigmoid, gated"),
         (["train", "static", "--task", "cifar10"], "cifar-10-batches-py"),
         (["report", "/nonexistent/run"], "/nonexistent/run"),
+        (["train", "heuristic", "--max-seeds", "-1"], "--max-seeds must be >= 0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
@@ -94,3 +95,21 @@ def test_malformed_flag_is_one_line_exit_2(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "invalid int value" in err
+
+
+def test_max_seeds_zero_grows_nothing_and_says_why(tmp_path):
+    import json
+
+    run_dir = tmp_path / "run"
+    argv = ["train", "heuristic", "--epochs", "20", "--max-seeds", "0", "--run-dir", str(run_dir)]
+    assert main([*argv, "--no-live"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["seeds"] == []
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["max_seeds"] == 0 and config["trainer"]["max_seeds"] == 0
+    refusals = [
+        json.loads(line)
+        for line in (run_dir / "events.jsonl").read_text().splitlines()
+        if '"decision_refused"' in line
+    ]
+    assert refusals and all("max_seeds" in r["data"]["refused"] for r in refusals)
