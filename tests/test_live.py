@@ -327,3 +327,18 @@ def test_a_resumed_runs_live_view_shows_the_whole_run(tmp_path, monkeypatch):
         row = next(line for line in last.splitlines() if f"│ {slot} " in line)
         assert seed_id in row and stage in row, row
     assert f"val acc {sparkline(list(full.val_accuracy))}" in last
+
+
+def test_the_incubation_gain_g2_and_g5_read_is_shown_per_seed():
+    snap = _epoch(4, [("a", ("seed-1", "conv_light", "BLENDING", 0.8))], total=130)
+    snap.data["seeds"]["a"]["incubation_gain"] = 0.0123
+    state = RunState.from_events([*RECORDED[:-1], snap])
+    assert state.slots["a"].incubation_gain == 0.0123
+    row_a = next(line for line in _text(LiveView(state)).splitlines() if "seed-1" in line)
+    assert "+0.0123" in row_a
+    events = [
+        *RECORDED[:-1],
+        snap,
+        _event(T.SEED_STAGE_CHANGED, 5, "a", "seed-1", **{"from": "RESETTING", "to": "DORMANT"}),
+    ]
+    assert RunState.from_events(events).slots["a"].incubation_gain is None  # a free slot

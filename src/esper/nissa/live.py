@@ -189,6 +189,7 @@ def _slots(state: RunState, wide: bool) -> Table:
     table.add_column("alpha", no_wrap=True)
     table.add_column("params", justify="right", no_wrap=True)
     table.add_column("in stage", justify="right", no_wrap=True)
+    table.add_column("gain", justify="right", no_wrap=True)
     table.add_column("contrib.", justify="right", no_wrap=True)
     table.add_column("isolation" if wide else "iso.", justify="right", no_wrap=True)
     for slot in state.slots.values():
@@ -208,6 +209,7 @@ def _slot_cells(slot: SlotState, epoch: int, alpha_width: int) -> list[Renderabl
         alpha_bar(slot.alpha if shows_alpha else None, alpha_width),
         _fmt(slot.params, "{:,}"),
         f"{max(0, epoch - slot.stage_since)} ep" if slot.seed_id else "",
+        _fmt(slot.incubation_gain, "{:+.4f}"),
         _fmt(slot.contribution, "{:+.2f} pt"),
         violations,
     ]

@@ -56,6 +56,7 @@ class SlotState:
         params: The seed's parameter count, when it can be told from the epoch's counts.
         stage_since: The epoch the current stage began.
         contribution: Last counterfactual contribution in accuracy points.
+        incubation_gain: The seed's incubation gain (loss units), once measured.
         violations: Isolation violations counted for this seed so far.
     """
 
@@ -67,13 +68,14 @@ class SlotState:
     params: int | None = None
     stage_since: int = 0
     contribution: float | None = None
+    incubation_gain: float | None = None
     violations: int = 0
 
     def new_seed(self, seed_id: str | None, blueprint: str | None, epoch: int) -> None:
         """Forget the previous seed: everything but the name starts over."""
         self.seed_id, self.blueprint = seed_id, blueprint
         self.stage, self.stage_since = "GERMINATED", epoch
-        self.alpha = self.params = self.contribution = None
+        self.alpha = self.params = self.contribution = self.incubation_gain = None
         self.violations = 0
 
 
@@ -191,6 +193,8 @@ class RunState:
             slot.alpha = float(snap["alpha"]) if _is_number(snap.get("alpha")) else None
             if _is_number(snap.get("params")):
                 slot.params = int(snap["params"])
+            if _is_number(snap.get("incubation_gain")):
+                slot.incubation_gain = float(snap["incubation_gain"])
         self._infer_seed_params(data)
 
     def _infer_seed_params(self, data: dict[str, Any]) -> None:
@@ -229,7 +233,8 @@ class RunState:
         if event.seed_id is not None and slot.seed_id is None:
             slot.seed_id = event.seed_id
         if to == "DORMANT":  # the slot is free again: nothing of the old seed is in it
-            slot.seed_id = slot.blueprint = slot.alpha = slot.params = slot.contribution = None
+            slot.seed_id = slot.blueprint = slot.alpha = slot.params = None
+            slot.contribution = slot.incubation_gain = None
             slot.violations = 0
 
     def _contribution(self, event: TelemetryEvent) -> None:

@@ -468,6 +468,8 @@ class Trainer:
                     "blueprint": slot.state.blueprint_id,
                     "stage": slot.stage.name,
                     "params": sum(p.numel() for p in slot.seed_parameters()),
+                    # What G2 and G5 read: the seed's gain before the host could adapt to it.
+                    "incubation_gain": slot.state.metrics.incubation_gain,
                     "alpha": slot.state.metrics.current_alpha
                     if slot.stage in (SeedStage.BLENDING, SeedStage.PROBATIONARY)
                     else (1.0 if slot.stage == SeedStage.FOSSILIZED else 0.0),
