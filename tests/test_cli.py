@@ -107,9 +107,6 @@ def test_max_seeds_zero_grows_nothing_and_says_why(tmp_path):
     assert summary["seeds"] == []
     config = json.loads((run_dir / "config.json").read_text())
     assert config["max_seeds"] == 0 and config["trainer"]["max_seeds"] == 0
-    refusals = [
-        json.loads(line)
-        for line in (run_dir / "events.jsonl").read_text().splitlines()
-        if '"decision_refused"' in line
-    ]
-    assert refusals and all("max_seeds" in r["data"]["refused"] for r in refusals)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    # The heuristic reads the budget from its signals and waits instead of asking in vain.
+    assert not [e for e in events if e["event_type"] in ("decision_refused", "seed_germinated")]

@@ -155,3 +155,29 @@ def test_culls_a_seed_stalled_in_training():
     assert HeuristicController("cnn").decide(_signals(slots=[young])).action == Action.WAIT
     off = HeuristicController("cnn", HeuristicConfig(cull_stalled_after_epochs=0))
     assert off.decide(_signals(slots=[stalled])).action == Action.WAIT
+
+
+def test_heuristic_waits_once_the_seed_budget_is_spent():
+    from dataclasses import replace as _replace
+
+    from esper.leyline import Action, SeedStage, SeedStateReport, TrainingSignals
+    from esper.tamiyo.heuristic import HeuristicController
+
+    ready = TrainingSignals(
+        epoch=20,
+        train_loss=0.1,
+        val_loss=0.1,
+        val_accuracy=90.0,
+        best_val_accuracy=90.0,
+        accuracy_delta=0.0,
+        loss_delta=0.0,
+        plateau_epochs=5,
+        host_stabilized=True,
+        topology="cnn",
+        slots=(SeedStateReport("mid", None, None, SeedStage.DORMANT, 0.0, True, 0),),
+    )
+    controller = HeuristicController("cnn")
+    assert controller.decide(ready).action == Action.GERMINATE
+    assert controller.decide(_replace(ready, seeds_left=1)).action == Action.GERMINATE
+    spent = controller.decide(_replace(ready, seeds_left=0))
+    assert spent.action == Action.WAIT and "max_seeds" in spent.reason

@@ -38,6 +38,8 @@ class TrainingSignals:
         blend_algorithms: blend algorithms a germination may use.
         host_params, seed_params, total_params: parameter counts (fossilized seeds count as
             host).
+        seeds_left: germinations the run still allows (``max_seeds`` minus those made); None
+            when the run sets no bound.
     """
 
     epoch: int
@@ -56,6 +58,7 @@ class TrainingSignals:
     host_params: int = 0
     seed_params: int = 0
     total_params: int = 0
+    seeds_left: int | None = None
 
 
 @dataclass(frozen=True)

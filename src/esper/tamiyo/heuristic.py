@@ -158,6 +158,8 @@ class HeuristicController:
                 )
         if any(r.stage in _INCUBATING for r in signals.slots):
             return Decision(Action.WAIT, reason="a seed is incubating")
+        if signals.seeds_left == 0:
+            return Decision(Action.WAIT, reason="the run's seed budget (max_seeds) is spent")
         if signals.epoch < self.config.min_epochs_before_germination:
             return Decision(Action.WAIT, reason="too early to grow")
         if not signals.host_stabilized:

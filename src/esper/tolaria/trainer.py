@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -297,7 +297,7 @@ class Trainer:
             eval_flops=self.eval_flops.total - eval_before,
             params=params,
         )
-        return self.tracker.update(
+        signals = self.tracker.update(
             epoch=self.epoch,
             train_loss=train_loss,
             val_loss=val_loss,
@@ -308,6 +308,10 @@ class Trainer:
             blend_algorithms=BLEND_ALGORITHMS,
             params=self.model.count_parameters(),
         )
+        limit = self.config.max_seeds
+        if limit is None:
+            return signals
+        return replace(signals, seeds_left=max(0, limit - self.seed_counter))
 
     def apply(self, decision: Decision | None) -> Outcome:
         """Carry out ``decision``. A decision that cannot be carried out (illegal transition,
