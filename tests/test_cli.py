@@ -25,6 +25,7 @@ from esper.cli import main
         (["train", "static", "--task", "cifar10"], "cifar-10-batches-py"),
         (["report", "/nonexistent/run"], "/nonexistent/run"),
         (["train", "heuristic", "--max-seeds", "-1"], "--max-seeds must be >= 0"),
+        (["train", "heuristic", "--timing", "soon"], "valid: plateau, relative"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):

@@ -181,3 +181,77 @@ def test_heuristic_waits_once_the_seed_budget_is_spent():
     assert controller.decide(_replace(ready, seeds_left=1)).action == Action.GERMINATE
     spent = controller.decide(_replace(ready, seeds_left=0))
     assert spent.action == Action.WAIT and "max_seeds" in spent.reason
+
+
+def _later_signals(**overrides):
+    from esper.leyline import SeedStage, SeedStateReport, TrainingSignals
+
+    base = TrainingSignals(
+        epoch=12,
+        train_loss=0.1,
+        val_loss=0.1,
+        val_accuracy=90.0,
+        best_val_accuracy=90.0,
+        accuracy_delta=1.0,
+        loss_delta=-0.01,
+        plateau_epochs=0,
+        host_stabilized=False,
+        topology="cnn",
+        slots=(SeedStateReport("mid", None, None, SeedStage.DORMANT, 0.0, True, 0),),
+        total_epochs=40,
+    )
+    from dataclasses import replace as _replace
+
+    return _replace(base, **overrides)
+
+
+def test_relative_timing_grows_once_the_loss_curve_flattens_and_never_too_late():
+    from esper.leyline import Action
+    from esper.tamiyo.heuristic import HeuristicConfig, HeuristicController
+
+    relative = HeuristicController("cnn", HeuristicConfig(timing="relative"))
+    plateau = HeuristicController("cnn")
+    # Still improving (no plateau, host not stabilized) but the last epochs made only 10% of the
+    # loss's fall: relative timing grows, the plateau rule waits.
+    flat = _later_signals(recent_loss_share=0.10)
+    assert relative.decide(flat).action == Action.GERMINATE
+    assert plateau.decide(flat).action == Action.WAIT
+    steep = relative.decide(_later_signals(recent_loss_share=0.40))
+    assert steep.action == Action.WAIT and "still learning" in steep.reason
+    unknown = relative.decide(_later_signals(recent_loss_share=None))
+    assert unknown.action == Action.WAIT
+    # 8 epochs left cannot hold incubation, the ramp and a probation epoch: wait, even if flat.
+    late = relative.decide(_later_signals(epoch=32, recent_loss_share=0.01, plateau_epochs=9))
+    assert late.action == Action.WAIT and "too late" in late.reason
+    assert relative.decide(_later_signals(epoch=31, recent_loss_share=0.01)).action == Action.GERMINATE
+
+
+def test_timing_must_be_known():
+    from esper.tamiyo.heuristic import HeuristicConfig
+
+    with pytest.raises(ValueError, match="valid: plateau, relative"):
+        HeuristicConfig(timing="soon")
+    with pytest.raises(ValueError, match="relative_share"):
+        HeuristicConfig(timing="relative", relative_share=1.5)
+
+
+def test_tracker_recent_loss_share_and_its_state():
+    from esper.tolaria.signals import SignalTracker
+
+    tracker = SignalTracker()
+    shares = [
+        tracker.update(
+            epoch=e, train_loss=1.0, val_loss=v, val_accuracy=50.0, topology="cnn"
+        ).recent_loss_share
+        for e, v in enumerate([2.0, 1.5, 1.2, 1.1, 1.05, 1.04], start=1)
+    ]
+    assert shares[:3] == [None, None, None]  # three epochs back needs four losses
+    assert shares[3] == pytest.approx((2.0 - 1.1) / (2.0 - 1.1))  # all of the fall is recent
+    assert shares[5] == pytest.approx((1.2 - 1.04) / (2.0 - 1.04))
+    again = SignalTracker()
+    state = tracker.state_dict()
+    again.load_state_dict(state)
+    nxt = dict(epoch=7, train_loss=1.0, val_loss=1.03, val_accuracy=50.0, topology="cnn")
+    assert again.update(**nxt) == tracker.update(**nxt)
+    old = {k: v for k, v in state.items() if k not in ("first_val_loss", "recent_val_losses")}
+    SignalTracker().load_state_dict(old)  # a checkpoint from before the field loads

@@ -40,6 +40,10 @@ class TrainingSignals:
             host).
         seeds_left: germinations the run still allows (``max_seeds`` minus those made); None
             when the run sets no bound.
+        total_epochs: the run's length, when the loop knows it.
+        recent_loss_share: the share of the validation loss's fall since the first epoch that
+            happened in the last few epochs (None until there are enough epochs, or while the
+            loss has not fallen): small once the learning curve has flattened.
     """
 
     epoch: int
@@ -59,6 +63,8 @@ class TrainingSignals:
     seed_params: int = 0
     total_params: int = 0
     seeds_left: int | None = None
+    total_epochs: int | None = None
+    recent_loss_share: float | None = None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,12 @@ DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION = 5
 DEFAULT_PLATEAU_EPOCHS = 3
 #: Accuracy gain (points) below which an epoch counts as plateau.
 DEFAULT_PLATEAU_THRESHOLD = 0.5
+#: ``--timing relative``: grow once the last 3 epochs lowered the validation loss by less than
+#: this share of all it has fallen since the first epoch (the learning curve has flattened
+#: relative to itself, however slowly it still falls).
+DEFAULT_RELATIVE_GROWTH_SHARE = 0.15
+#: Epochs over which ``recent_loss_share`` measures the recent fall.
+DEFAULT_RECENT_LOSS_EPOCHS = 3
 #: A seed this many epochs in one stage...
 DEFAULT_CULL_AFTER_EPOCHS = 5
 #: ...that lost more than this many points is culled.

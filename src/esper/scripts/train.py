@@ -56,6 +56,7 @@ from esper.scripts.checkpoints import (
     write_run_checkpoint,
 )
 from esper.tamiyo import HeuristicConfig, HeuristicController
+from esper.tamiyo.heuristic import TIMINGS
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import build_task_host, get_task, list_tasks
@@ -101,6 +102,8 @@ class RunConfig:
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     #: The most seeds the run may germinate, stacked ones included (None: no bound).
     max_seeds: int | None = None
+    #: When the heuristic grows: ``plateau`` or ``relative`` (see ``HeuristicConfig.timing``).
+    timing: str = "plateau"
     #: The live view: True/False as asked with --live/--no-live; None: on when stdout is a
     #: terminal. Display only; it never changes what the run computes.
     live: bool | None = None
@@ -126,6 +129,8 @@ class RunConfig:
             raise UsageError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.max_seeds is not None and self.max_seeds < 0:
             raise UsageError(f"--max-seeds must be >= 0, got {self.max_seeds}")
+        if self.timing not in TIMINGS:
+            raise UsageError(f"unknown --timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -316,7 +321,9 @@ def _execute(
     if cfg.mode == "heuristic":
         controller = HeuristicController(
             spec.topology,
-            HeuristicConfig(blueprints=cfg.blueprints, blend_algorithm=cfg.blend),
+            HeuristicConfig(
+                blueprints=cfg.blueprints, blend_algorithm=cfg.blend, timing=cfg.timing
+            ),
             seed=cfg.seed,
         )
     started = time.perf_counter()
@@ -536,6 +543,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="germinate at most N seeds in the run, stacked ones included (default: no bound)",
     )
     parser.add_argument(
+        "--timing",
+        default="plateau",
+        help="when the heuristic grows: plateau (default) or relative (once the validation "
+        "loss curve has flattened relative to itself, and not too late to finish a seed)",
+    )
+    parser.add_argument(
         "--resume",
         default=None,
         metavar="RUN_DIR",
@@ -582,6 +595,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
         max_seeds=args.max_seeds,
+        timing=args.timing,
         live=args.live,
         # --log a --log b,c -> ("a", "b", "c"), each once, in the order given.
         log=tuple(dict.fromkeys(n for v in args.log or () for n in _split(v) or ())),

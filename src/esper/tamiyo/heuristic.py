@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from esper.kasmina.blueprints import list_blueprints
 from esper.leyline import (
     DEFAULT_BLEND_ALGORITHM,
+    DEFAULT_BLENDING_STEPS,
     DEFAULT_BLUEPRINT_CULL_PENALTY,
     DEFAULT_CULL_AFTER_EPOCHS,
     DEFAULT_CULL_IF_ACCURACY_DROPS,
     DEFAULT_CULL_STALLED_AFTER_EPOCHS,
+    DEFAULT_G2_MIN_TRAINING_EPOCHS,
     DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION,
     DEFAULT_PLATEAU_EPOCHS,
+    DEFAULT_RELATIVE_GROWTH_SHARE,
     Action,
     Decision,
     Outcome,
@@ -30,6 +33,12 @@ _PREFERENCE = {
 }
 _INCUBATING = (SeedStage.GERMINATED, SeedStage.TRAINING)
 SLOT_ORDERS = ("auto", "deepest_first", "shallowest_first")
+#: When to grow: on an accuracy plateau (the reference's rule), or once the validation loss's
+#: learning curve has flattened relative to itself and a seed can still finish its lifecycle.
+TIMINGS = ("plateau", "relative")
+#: Epochs a seed needs from germination to a fossilization decision with the default gates: G2's
+#: incubation, the alpha ramp, one epoch of probation.
+_LIFECYCLE_EPOCHS = DEFAULT_G2_MIN_TRAINING_EPOCHS + DEFAULT_BLENDING_STEPS + 1
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,18 @@ class HeuristicConfig:
     #: embedding bought under 0.01), shallowest first for CNNs (on digits early seeds cost ~150
     #: parameters and were fossilized; a late conv seed cost ~2,300 and was culled).
     slot_order: str = "auto"
+    #: ``plateau`` (default): germinate after ``plateau_epochs`` epochs without an accuracy gain,
+    #: once the host has stabilized. ``relative``: germinate once the last few epochs lowered the
+    #: validation loss by less than ``relative_share`` of its fall since the first epoch (or on a
+    #: plateau), and never so late that a seed cannot finish its lifecycle before the run ends.
+    timing: str = "plateau"
+    relative_share: float = DEFAULT_RELATIVE_GROWTH_SHARE
 
     def __post_init__(self) -> None:
+        if self.timing not in TIMINGS:
+            raise ValueError(f"unknown timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
+        if not 0.0 < self.relative_share < 1.0:
+            raise ValueError(f"relative_share must be in (0, 1), got {self.relative_share}")
         if self.slot_order not in SLOT_ORDERS:
             raise ValueError(
                 f"unknown slot_order {self.slot_order!r}; valid: {', '.join(SLOT_ORDERS)}"
@@ -162,10 +181,9 @@ class HeuristicController:
             return Decision(Action.WAIT, reason="the run's seed budget (max_seeds) is spent")
         if signals.epoch < self.config.min_epochs_before_germination:
             return Decision(Action.WAIT, reason="too early to grow")
-        if not signals.host_stabilized:
-            return Decision(Action.WAIT, reason="host not stabilized")
-        if signals.plateau_epochs < self.config.plateau_epochs:
-            return Decision(Action.WAIT, reason=f"plateau {signals.plateau_epochs} epochs")
+        waiting = self._timing_says_wait(signals)
+        if waiting:
+            return Decision(Action.WAIT, reason=waiting)
         # signals.slots is in forward order (shallow to deep). Empty slots first; then a slot
         # whose seed fossilized takes a new one stacked after it.
         order = self.config.slot_order
@@ -185,6 +203,21 @@ class HeuristicController:
             blend_algorithm=self.config.blend_algorithm,
             reason=f"plateau for {signals.plateau_epochs} epochs",
         )
+
+    def _timing_says_wait(self, signals: TrainingSignals) -> str:
+        """Why it is not yet (or no longer) time to grow; empty when it is."""
+        plateaued = signals.plateau_epochs >= self.config.plateau_epochs
+        if self.config.timing == "plateau":
+            if not signals.host_stabilized:
+                return "host not stabilized"
+            return "" if plateaued else f"plateau {signals.plateau_epochs} epochs"
+        if signals.total_epochs and signals.total_epochs - signals.epoch < _LIFECYCLE_EPOCHS:
+            return "too late: a seed could not finish its lifecycle before the run ends"
+        share = signals.recent_loss_share
+        flattened = share is not None and share < self.config.relative_share
+        if flattened or plateaued:
+            return ""
+        return "still learning fast" if share is not None else "learning curve not known yet"
 
     def _choose_blueprint(self) -> str:
         # Lowest penalty wins; among equals prefer the least used, then the preference order,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from esper.leyline import (
     DEFAULT_PLATEAU_THRESHOLD,
+    DEFAULT_RECENT_LOSS_EPOCHS,
     DEFAULT_STABILIZATION_THRESHOLD,
     LifecycleEvent,
     SeedStage,
@@ -25,7 +26,10 @@ _STATE_FIELDS = (
     "prev_val_loss",
     "plateau_epochs",
     "host_stabilized",
+    "first_val_loss",
+    "recent_val_losses",
 )
+_ADDED_LATER = {"first_val_loss": None, "recent_val_losses": []}
 
 
 class SignalTracker:
@@ -49,6 +53,9 @@ class SignalTracker:
         self.prev_val_loss: float | None = None
         self.plateau_epochs = 0
         self.host_stabilized = False
+        # The first validation loss and the last few: enough for recent_loss_share.
+        self.first_val_loss: float | None = None
+        self.recent_val_losses: list[float] = []
 
     def reset_plateau(self) -> None:
         """A germination answers the plateau: the new seed gets a fresh plateau count."""
@@ -64,7 +71,24 @@ class SignalTracker:
 
     def load_state_dict(self, state: dict) -> None:
         for name in _STATE_FIELDS:
-            setattr(self, name, state[name])
+            # A checkpoint written before a field existed starts it empty.
+            setattr(
+                self,
+                name,
+                state.get(name, _ADDED_LATER.get(name)) if name in _ADDED_LATER else state[name],
+            )
+
+    def _recent_loss_share(self, val_loss: float) -> float | None:
+        """The share of the loss's fall since the first epoch that the last
+        ``DEFAULT_RECENT_LOSS_EPOCHS`` epochs made; None until known, or while nothing fell."""
+        if self.first_val_loss is None:
+            self.first_val_loss = val_loss
+        window = DEFAULT_RECENT_LOSS_EPOCHS
+        self.recent_val_losses = [*self.recent_val_losses, val_loss][-(window + 1) :]
+        fallen = self.first_val_loss - val_loss
+        if len(self.recent_val_losses) < window + 1 or not fallen > 0:
+            return None
+        return (self.recent_val_losses[0] - val_loss) / fallen
 
     def update(
         self,
@@ -97,6 +121,7 @@ class SignalTracker:
                 self.host_stabilized = True
         self.best_val_accuracy = max(self.best_val_accuracy, val_accuracy)
         self.prev_val_accuracy, self.prev_val_loss = val_accuracy, val_loss
+        share = self._recent_loss_share(val_loss)
         return TrainingSignals(
             epoch=epoch,
             train_loss=train_loss,
@@ -114,4 +139,5 @@ class SignalTracker:
             host_params=(params or {}).get("host", 0),
             seed_params=(params or {}).get("seeds", 0),
             total_params=(params or {}).get("total", 0),
+            recent_loss_share=share,
         )

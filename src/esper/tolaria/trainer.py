@@ -309,9 +309,11 @@ class Trainer:
             params=self.model.count_parameters(),
         )
         limit = self.config.max_seeds
-        if limit is None:
-            return signals
-        return replace(signals, seeds_left=max(0, limit - self.seed_counter))
+        return replace(
+            signals,
+            total_epochs=self.config.total_epochs,
+            seeds_left=None if limit is None else max(0, limit - self.seed_counter),
+        )
 
     def apply(self, decision: Decision | None) -> Outcome:
         """Carry out ``decision``. A decision that cannot be carried out (illegal transition,
