@@ -223,7 +223,8 @@ def test_relative_timing_grows_once_the_loss_curve_flattens_and_never_too_late()
     # 8 epochs left cannot hold incubation, the ramp and a probation epoch: wait, even if flat.
     late = relative.decide(_later_signals(epoch=32, recent_loss_share=0.01, plateau_epochs=9))
     assert late.action == Action.WAIT and "too late" in late.reason
-    assert relative.decide(_later_signals(epoch=31, recent_loss_share=0.01)).action == Action.GERMINATE
+    in_time = relative.decide(_later_signals(epoch=31, recent_loss_share=0.01))
+    assert in_time.action == Action.GERMINATE
 
 
 def test_timing_must_be_known():
