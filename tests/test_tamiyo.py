@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from esper.kasmina import list_blueprints
@@ -26,7 +28,7 @@ def _report(slot, stage=SeedStage.DORMANT, **metrics):
     )
 
 
-def _signals(epoch=10, plateau=3, stabilized=True, slots=None, topology="cnn"):
+def _signals(epoch=10, plateau=3, stabilized=True, slots=None, topology="cnn", **extra):
     return TrainingSignals(
         epoch=epoch,
         train_loss=0.1,
@@ -39,6 +41,7 @@ def _signals(epoch=10, plateau=3, stabilized=True, slots=None, topology="cnn"):
         host_stabilized=stabilized,
         topology=topology,
         slots=tuple(slots or [_report(s) for s in SLOTS]),
+        **extra,
     )
 
 
@@ -158,78 +161,39 @@ def test_culls_a_seed_stalled_in_training():
 
 
 def test_heuristic_waits_once_the_seed_budget_is_spent():
-    from dataclasses import replace as _replace
-
-    from esper.leyline import Action, SeedStage, SeedStateReport, TrainingSignals
-    from esper.tamiyo.heuristic import HeuristicController
-
-    ready = TrainingSignals(
-        epoch=20,
-        train_loss=0.1,
-        val_loss=0.1,
-        val_accuracy=90.0,
-        best_val_accuracy=90.0,
-        accuracy_delta=0.0,
-        loss_delta=0.0,
-        plateau_epochs=5,
-        host_stabilized=True,
-        topology="cnn",
-        slots=(SeedStateReport("mid", None, None, SeedStage.DORMANT, 0.0, True, 0),),
-    )
+    ready = _signals(plateau=5)
     controller = HeuristicController("cnn")
     assert controller.decide(ready).action == Action.GERMINATE
-    assert controller.decide(_replace(ready, seeds_left=1)).action == Action.GERMINATE
-    spent = controller.decide(_replace(ready, seeds_left=0))
+    assert controller.decide(replace(ready, seeds_left=1)).action == Action.GERMINATE
+    spent = controller.decide(replace(ready, seeds_left=0))
     assert spent.action == Action.WAIT and "max_seeds" in spent.reason
 
 
-def _later_signals(**overrides):
-    from esper.leyline import SeedStage, SeedStateReport, TrainingSignals
-
-    base = TrainingSignals(
-        epoch=12,
-        train_loss=0.1,
-        val_loss=0.1,
-        val_accuracy=90.0,
-        best_val_accuracy=90.0,
-        accuracy_delta=1.0,
-        loss_delta=-0.01,
-        plateau_epochs=0,
-        host_stabilized=False,
-        topology="cnn",
-        slots=(SeedStateReport("mid", None, None, SeedStage.DORMANT, 0.0, True, 0),),
-        total_epochs=40,
-    )
-    from dataclasses import replace as _replace
-
-    return _replace(base, **overrides)
+def _still_learning(**overrides) -> TrainingSignals:
+    """Epoch 12 of 40, no plateau and a host still improving, unless ``overrides`` say so."""
+    return replace(_signals(epoch=12, plateau=0, stabilized=False, total_epochs=40), **overrides)
 
 
 def test_relative_timing_grows_once_the_loss_curve_flattens_and_never_too_late():
-    from esper.leyline import Action
-    from esper.tamiyo.heuristic import HeuristicConfig, HeuristicController
-
     relative = HeuristicController("cnn", HeuristicConfig(timing="relative"))
     plateau = HeuristicController("cnn")
     # Still improving (no plateau, host not stabilized) but the last epochs made only 10% of the
     # loss's fall: relative timing grows, the plateau rule waits.
-    flat = _later_signals(recent_loss_share=0.10)
+    flat = _still_learning(recent_loss_share=0.10)
     assert relative.decide(flat).action == Action.GERMINATE
     assert plateau.decide(flat).action == Action.WAIT
-    steep = relative.decide(_later_signals(recent_loss_share=0.40))
+    steep = relative.decide(_still_learning(recent_loss_share=0.40))
     assert steep.action == Action.WAIT and "still learning" in steep.reason
-    unknown = relative.decide(_later_signals(recent_loss_share=None))
+    unknown = relative.decide(_still_learning(recent_loss_share=None))
     assert unknown.action == Action.WAIT
     # 8 epochs left cannot hold incubation, the ramp and a probation epoch: wait, even if flat.
-    late = relative.decide(_later_signals(epoch=32, recent_loss_share=0.01, plateau_epochs=9))
+    late = relative.decide(_still_learning(epoch=32, recent_loss_share=0.01, plateau_epochs=9))
     assert late.action == Action.WAIT and "too late" in late.reason
-    in_time = relative.decide(_later_signals(epoch=31, recent_loss_share=0.01))
+    in_time = relative.decide(_still_learning(epoch=31, recent_loss_share=0.01))
     assert in_time.action == Action.GERMINATE
 
 
 def test_timing_must_be_known():
-    from esper.tamiyo.heuristic import HeuristicConfig
-
     with pytest.raises(ValueError, match="valid: plateau, relative"):
         HeuristicConfig(timing="soon")
     with pytest.raises(ValueError, match="relative_share"):
@@ -237,8 +201,6 @@ def test_timing_must_be_known():
 
 
 def test_tracker_recent_loss_share_and_its_state():
-    from esper.tolaria.signals import SignalTracker
-
     tracker = SignalTracker()
     shares = [
         tracker.update(
