@@ -149,7 +149,7 @@ def load_digits_data(data_dir: Path | str | None, seed: int) -> TaskData:
 
     Returns:
         ``TaskData`` with ``x`` float32 ``(N, 1, 8, 8)`` standardised with the train mean and
-        std (one channel, so one scalar each), ``y`` int64 labels 0..9; 1,150 / 287 / 360
+        std (one channel, so one scalar each), ``y`` int64 labels 0..9; 1,151 / 287 / 359
         train / validation / test rows.
     """
     images, labels = _digits_arrays()
@@ -158,6 +158,21 @@ def load_digits_data(data_dir: Path | str | None, seed: int) -> TaskData:
     pool_idx, test_idx = stratified_split(y, val_fraction=0.2, seed=DIGITS_TEST_SPLIT_SEED)
     train_idx, val_idx = stratified_split(y[pool_idx], val_fraction=0.2, seed=seed)
     train_idx, val_idx = pool_idx[train_idx], pool_idx[val_idx]
+    return standardized_images(x, y, train_idx, val_idx, x[test_idx], y[test_idx])
+
+
+def standardized_images(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int = 10,
+) -> TaskData:
+    """Training and validation rows of ``(x, y)`` plus a test split, all standardised with the
+    training rows' mean and std (one scalar each: the images have one channel), so no statistic
+    of validation or test images leaks into the inputs."""
     train_x = x[train_idx]
     mean, std = train_x.mean(), train_x.std()
     return TaskData(
@@ -165,9 +180,9 @@ def load_digits_data(data_dir: Path | str | None, seed: int) -> TaskData:
         train_y=y[train_idx],
         val_x=(x[val_idx] - mean) / std,
         val_y=y[val_idx],
-        num_classes=10,
-        test_x=(x[test_idx] - mean) / std,
-        test_y=y[test_idx],
+        num_classes=num_classes,
+        test_x=(test_x - mean) / std,
+        test_y=test_y,
     )
 
 
@@ -524,5 +539,6 @@ __all__ = [
     "load_tinystories_data",
     "random_windows",
     "spread_windows",
+    "standardized_images",
     "stratified_split",
 ]

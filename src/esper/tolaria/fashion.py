@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esper.tolaria.data import DataNotFoundError, TaskData, stratified_split
+from esper.tolaria.data import (
+    DataNotFoundError,
+    TaskData,
+    standardized_images,
+    stratified_split,
+)
 
 #: Where ``apt-get install dataset-fashion-mnist`` puts the files.
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -90,14 +95,4 @@ def load_fashion_data(data_dir: Path | str | None, seed: int) -> TaskData:
     # At most a fifth of a (small, test-made) file goes to validation.
     val_fraction = min(FASHION_VAL_IMAGES / len(y), 0.2)
     train_idx, val_idx = stratified_split(y, val_fraction=val_fraction, seed=seed)
-    train_x = x[train_idx]
-    mean, std = train_x.mean(), train_x.std()
-    return TaskData(
-        train_x=(train_x - mean) / std,
-        train_y=y[train_idx],
-        val_x=(x[val_idx] - mean) / std,
-        val_y=y[val_idx],
-        num_classes=10,
-        test_x=(test_x - mean) / std,
-        test_y=test_y,
-    )
+    return standardized_images(x, y, train_idx, val_idx, test_x, test_y)
