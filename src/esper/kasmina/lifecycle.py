@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from esper.kasmina.blending import BlendAlgorithm, build_blend
-from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.distributed import all_ranks_agree
 from esper.kasmina.errors import GateFailedError, IllegalTransitionError, SlotOccupiedError
 from esper.kasmina.events import Listeners
@@ -88,7 +87,8 @@ class SlotLifecycle:
     ``probation_epochs``, ``embargo_epochs``, ``seed``, ``blend``, ``state``,
     ``isolate_gradients``, ``_keeps_isolation_while_blending``, ``_probe_shape_dims``,
     ``_alpha_forced``, ``_leak_sq``, ``_gain_sum``, ``_gain_batches``, ``_listeners``,
-    ``_recorder``, ``_owner``, ``set_alpha``, ``_device``, ``_tensors_shared_with_host``.
+    ``_recorder``, ``_owner``, ``set_alpha``, ``_device``, ``_build_seed``,
+    ``_tensors_shared_with_host``.
     """
 
     name: str
@@ -210,10 +210,9 @@ class SlotLifecycle:
             )
         if not isinstance(seed_id, str) or not seed_id:
             raise ValueError(f"slot {self.name!r}: seed_id must be a non-empty string")
-        blueprint = get_blueprint(self.topology, blueprint_id)
-        device, dtype = self._device(), self.alpha_tensor.dtype
-        seed = blueprint.build(self.width).to(device=device, dtype=dtype)
-        blend = build_blend(blend_algorithm_id, self.width, self.topology).to(device, dtype)
+        seed = self._build_seed(blueprint_id)
+        blend = build_blend(blend_algorithm_id, self.width, self.topology)
+        blend = blend.to(self._device(), self.alpha_tensor.dtype)
         if self._tensors_shared_with_host(seed):
             raise ValueError(
                 f"slot {self.name!r}: blueprint {blueprint_id!r} shares a parameter or buffer "

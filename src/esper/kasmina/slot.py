@@ -257,6 +257,15 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
 
     # ------------------------------------------------------------------ structure
 
+    def _build_seed(self, blueprint_id: str) -> nn.Module:
+        """A fresh seed of ``blueprint_id`` for this slot's width, on its device and dtype.
+
+        Raises:
+            ValueError: unknown blueprint (the message lists the valid ones).
+        """
+        blueprint = get_blueprint(self.topology, blueprint_id)
+        return blueprint.build(self.width).to(self._device(), self.alpha_tensor.dtype)
+
     def host_side_modules(self) -> list[nn.Module]:
         """The seeds of this slot that are part of the host, oldest first: the fossils, then the
         current seed if it is FOSSILIZED. The order is stable: a FOSSILIZED seed becomes the last
@@ -323,18 +332,12 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         state = SeedState.from_dict(raw)
         seed = blend = None
         if extra["has_seed"]:
-            blueprint = get_blueprint(self.topology, state.blueprint_id)
-            seed = blueprint.build(self.width).to(self._device(), self.alpha_tensor.dtype)
+            seed = self._build_seed(state.blueprint_id)
         if extra["has_blend"]:
             blend = build_blend(state.blend_algorithm_id, self.width, self.topology)
             blend = blend.to(self._device(), self.alpha_tensor.dtype)
         fossil_seeds = [(str(i), str(b)) for i, b in extra.get("fossils", ())]
-        fossils = nn.ModuleList(
-            get_blueprint(self.topology, blueprint_id)
-            .build(self.width)
-            .to(self._device(), self.alpha_tensor.dtype)
-            for _, blueprint_id in fossil_seeds
-        )
+        fossils = nn.ModuleList(self._build_seed(blueprint_id) for _, blueprint_id in fossil_seeds)
         for module in (seed, blend, fossils):
             if module is not None:
                 module.train(self.training)  # rebuilt modules follow the model's train/eval mode
