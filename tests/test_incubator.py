@@ -216,3 +216,14 @@ def test_channels_last_cpu_training_does_not_crash():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+def test_loading_a_checkpoint_drops_gains_gathered_before_it():
+    model, _ = _incubating_model("cnn3")
+    saved = copy.deepcopy(model.state_dict())  # no gain measured yet
+    x, y = _data("cnn")
+    for _ in range(2):
+        _train_step(model, x, y)
+    model.load_state_dict(saved)
+    model.seed_slots["mid"].step_epoch()
+    assert model.seed_slots["mid"].state.metrics.incubation_gain is None

@@ -346,3 +346,4 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         self.isolate_gradients = bool(extra["isolate_gradients"])
         self._alpha_forced = False
         self._leak_sq.zero_()
+        self._reset_incubation_gain()  # gains gathered before the load belong to another seed
