@@ -20,6 +20,7 @@ from esper.cli import main
 from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import Action, Decision
 from esper.nissa import MemorySink, TelemetryHub
+from esper.scripts.train import RunConfig
 from esper.tamiyo import HeuristicController
 from esper.testing import toy_image_task
 from esper.tolaria.config import TrainerConfig
@@ -297,3 +298,10 @@ def test_a_checkpoint_from_another_run_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "another run" in err and len(err.strip().splitlines()) == 1
     assert _snapshot(one) == before
+
+
+def test_a_run_recorded_before_timing_existed_resumes_on_the_plateau_rule(short_run):
+    raw = json.loads((short_run / "config.json").read_text())
+    assert raw["timing"] == "relative"  # today's default is recorded with every run
+    raw.pop("timing")
+    assert RunConfig.from_dict(raw).timing == "plateau"

@@ -50,16 +50,27 @@ def test_is_a_controller():
 
 
 @pytest.mark.parametrize(
-    "kwargs, reason",
+    "timing, kwargs, reason",
     [
-        ({"epoch": 4}, "too early"),
-        ({"stabilized": False}, "not stabilized"),
-        ({"plateau": 2}, "plateau"),
+        ("plateau", {"epoch": 4}, "too early"),
+        ("plateau", {"stabilized": False}, "not stabilized"),
+        ("plateau", {"plateau": 2}, "plateau"),
+        ("relative", {"epoch": 4}, "too early"),
+        ("relative", {"plateau": 2}, "learning curve not known"),
+        ("relative", {"plateau": 2, "recent_loss_share": 0.5}, "still learning fast"),
     ],
 )
-def test_waits_until_host_is_ready(kwargs, reason):
-    decision = HeuristicController("cnn").decide(_signals(**kwargs))
+def test_waits_until_host_is_ready(timing, kwargs, reason):
+    decision = HeuristicController("cnn", HeuristicConfig(timing=timing)).decide(_signals(**kwargs))
     assert decision.action == Action.WAIT and reason in decision.reason
+
+
+def test_relative_timing_is_the_default_and_says_why_it_grows():
+    assert HeuristicConfig().timing == "relative"
+    decision = HeuristicController("cnn").decide(_signals(plateau=0, recent_loss_share=0.05))
+    assert decision.action == Action.GERMINATE and "flattened" in decision.reason
+    on_plateau = HeuristicController("cnn").decide(_signals(plateau=3, recent_loss_share=0.5))
+    assert on_plateau.action == Action.GERMINATE and "plateau for 3" in on_plateau.reason
 
 
 @pytest.mark.parametrize("topology", ["cnn", "transformer"])
@@ -176,7 +187,7 @@ def _still_learning(**overrides) -> TrainingSignals:
 
 def test_relative_timing_grows_once_the_loss_curve_flattens_and_never_too_late():
     relative = HeuristicController("cnn", HeuristicConfig(timing="relative"))
-    plateau = HeuristicController("cnn")
+    plateau = HeuristicController("cnn", HeuristicConfig(timing="plateau"))
     # Still improving (no plateau, host not stabilized) but the last epochs made only 10% of the
     # loss's fall: relative timing grows, the plateau rule waits.
     flat = _still_learning(recent_loss_share=0.10)

@@ -33,6 +33,7 @@ from esper.leyline import (
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_GRADIENT_TELEMETRY_STRIDE,
     DEFAULT_THREADS,
+    DEFAULT_TIMING,
     TelemetryEvent,
     TelemetryEventType,
     get_topology,
@@ -102,8 +103,8 @@ class RunConfig:
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     #: The most seeds the run may germinate, stacked ones included (None: no bound).
     max_seeds: int | None = None
-    #: When the heuristic grows: ``plateau`` or ``relative`` (see ``HeuristicConfig.timing``).
-    timing: str = "plateau"
+    #: When the heuristic grows: ``relative`` or ``plateau`` (see ``HeuristicConfig.timing``).
+    timing: str = DEFAULT_TIMING
     #: The live view: True/False as asked with --live/--no-live; None: on when stdout is a
     #: terminal. Display only; it never changes what the run computes.
     live: bool | None = None
@@ -156,6 +157,9 @@ class RunConfig:
         """The run's configuration from its ``config.json`` (extra keys are ignored)."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
+        # Runs written before ``timing`` existed grew on the plateau rule; resuming one must not
+        # change its controller under it.
+        values.setdefault("timing", "plateau")
         for key in ("slots", "blueprints", "log"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -544,9 +548,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timing",
-        default="plateau",
-        help="when the heuristic grows: plateau (default) or relative (once the validation "
-        "loss curve has flattened relative to itself, and not too late to finish a seed)",
+        default=DEFAULT_TIMING,
+        help="when the heuristic grows: relative (default: once the validation loss curve has "
+        "flattened relative to itself, and not too late to finish a seed) or plateau (after "
+        "epochs without an accuracy gain)",
     )
     parser.add_argument(
         "--resume",

@@ -17,6 +17,7 @@ from esper.leyline import (
     DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION,
     DEFAULT_PLATEAU_EPOCHS,
     DEFAULT_RELATIVE_GROWTH_SHARE,
+    DEFAULT_TIMING,
     Action,
     Decision,
     Outcome,
@@ -60,11 +61,11 @@ class HeuristicConfig:
     #: embedding bought under 0.01), shallowest first for CNNs (on digits early seeds cost ~150
     #: parameters and were fossilized; a late conv seed cost ~2,300 and was culled).
     slot_order: str = "auto"
-    #: ``plateau`` (default): germinate after ``plateau_epochs`` epochs without an accuracy gain,
-    #: once the host has stabilized. ``relative``: germinate once the last few epochs lowered the
-    #: validation loss by less than ``relative_share`` of its fall since the first epoch (or on a
-    #: plateau), and never so late that a seed cannot finish its lifecycle before the run ends.
-    timing: str = "plateau"
+    #: ``relative`` (default): germinate once the last few epochs lowered the validation loss by
+    #: less than ``relative_share`` of its fall since the first epoch (or on a plateau), and never
+    #: so late that a seed cannot finish its lifecycle before the run ends. ``plateau``: germinate
+    #: after ``plateau_epochs`` epochs without an accuracy gain, once the host has stabilized.
+    timing: str = DEFAULT_TIMING
     relative_share: float = DEFAULT_RELATIVE_GROWTH_SHARE
 
     def __post_init__(self) -> None:
@@ -181,7 +182,7 @@ class HeuristicController:
             return Decision(Action.WAIT, reason="the run's seed budget (max_seeds) is spent")
         if signals.epoch < self.config.min_epochs_before_germination:
             return Decision(Action.WAIT, reason="too early to grow")
-        waiting = self._timing_says_wait(signals)
+        waiting, why_now = self._timing(signals)
         if waiting:
             return Decision(Action.WAIT, reason=waiting)
         # signals.slots is in forward order (shallow to deep). Empty slots first; then a slot
@@ -201,23 +202,25 @@ class HeuristicController:
             slot=free[0],
             blueprint=blueprint,
             blend_algorithm=self.config.blend_algorithm,
-            reason=f"plateau for {signals.plateau_epochs} epochs",
+            reason=why_now,
         )
 
-    def _timing_says_wait(self, signals: TrainingSignals) -> str:
-        """Why it is not yet (or no longer) time to grow; empty when it is."""
+    def _timing(self, signals: TrainingSignals) -> tuple[str, str]:
+        """(why it is not yet, or no longer, time to grow; why it is): one of them is empty."""
+        plateau = f"plateau for {signals.plateau_epochs} epochs"
         plateaued = signals.plateau_epochs >= self.config.plateau_epochs
         if self.config.timing == "plateau":
             if not signals.host_stabilized:
-                return "host not stabilized"
-            return "" if plateaued else f"plateau {signals.plateau_epochs} epochs"
+                return "host not stabilized", ""
+            return ("", plateau) if plateaued else (f"plateau {signals.plateau_epochs} epochs", "")
         if signals.total_epochs and signals.total_epochs - signals.epoch < _LIFECYCLE_EPOCHS:
-            return "too late: a seed could not finish its lifecycle before the run ends"
+            return "too late: a seed could not finish its lifecycle before the run ends", ""
         share = signals.recent_loss_share
-        flattened = share is not None and share < self.config.relative_share
-        if flattened or plateaued:
-            return ""
-        return "still learning fast" if share is not None else "learning curve not known yet"
+        if share is not None and share < self.config.relative_share:
+            return "", f"learning curve flattened: recent loss fall {share:.0%} of the total"
+        if plateaued:
+            return "", plateau
+        return ("still learning fast" if share is not None else "learning curve not known yet"), ""
 
     def _choose_blueprint(self) -> str:
         # Lowest penalty wins; among equals prefer the least used, then the preference order,
