@@ -7,42 +7,13 @@ from dataclasses import replace
 import pytest
 
 from esper.kasmina import list_blueprints
-from esper.leyline import SeedMetrics, SeedStage, SeedStateReport
+from esper.leyline import SeedStage
 from esper.tamiyo import Action, Controller, HeuristicConfig, HeuristicController
 from esper.tamiyo.decisions import TrainingSignals
+from esper.testing import slot_report, training_signals
 from esper.tolaria import SignalTracker
 
 SLOTS = ("early", "mid", "late")
-
-
-def _report(slot, stage=SeedStage.DORMANT, **metrics):
-    return SeedStateReport(
-        slot=slot,
-        seed_id=None if stage == SeedStage.DORMANT else f"s-{slot}",
-        blueprint_id=None if stage == SeedStage.DORMANT else "conv_light",
-        stage=stage,
-        alpha=0.0,
-        isolate_gradients=True,
-        seed_params=0,
-        metrics=SeedMetrics(**metrics),
-    )
-
-
-def _signals(epoch=10, plateau=3, stabilized=True, slots=None, topology="cnn", **extra):
-    return TrainingSignals(
-        epoch=epoch,
-        train_loss=0.1,
-        val_loss=0.2,
-        val_accuracy=90.0,
-        best_val_accuracy=90.0,
-        accuracy_delta=0.0,
-        loss_delta=0.0,
-        plateau_epochs=plateau,
-        host_stabilized=stabilized,
-        topology=topology,
-        slots=tuple(slots or [_report(s) for s in SLOTS]),
-        **extra,
-    )
 
 
 def test_is_a_controller():
@@ -61,21 +32,27 @@ def test_is_a_controller():
     ],
 )
 def test_waits_until_host_is_ready(timing, kwargs, reason):
-    decision = HeuristicController("cnn", HeuristicConfig(timing=timing)).decide(_signals(**kwargs))
+    decision = HeuristicController("cnn", HeuristicConfig(timing=timing)).decide(
+        training_signals(**kwargs)
+    )
     assert decision.action == Action.WAIT and reason in decision.reason
 
 
 def test_relative_timing_is_the_default_and_says_why_it_grows():
     assert HeuristicConfig().timing == "relative"
-    decision = HeuristicController("cnn").decide(_signals(plateau=0, recent_loss_share=0.05))
+    decision = HeuristicController("cnn").decide(
+        training_signals(plateau=0, recent_loss_share=0.05)
+    )
     assert decision.action == Action.GERMINATE and "flattened" in decision.reason
-    on_plateau = HeuristicController("cnn").decide(_signals(plateau=3, recent_loss_share=0.5))
+    on_plateau = HeuristicController("cnn").decide(
+        training_signals(plateau=3, recent_loss_share=0.5)
+    )
     assert on_plateau.action == Action.GERMINATE and "plateau for 3" in on_plateau.reason
 
 
 @pytest.mark.parametrize("topology", ["cnn", "transformer"])
 def test_germinates_on_plateau_with_a_blueprint_valid_for_the_topology(topology):
-    decision = HeuristicController(topology).decide(_signals(topology=topology))
+    decision = HeuristicController(topology).decide(training_signals(topology=topology))
     assert decision.action == Action.GERMINATE
     assert decision.blueprint in list_blueprints(topology) and decision.blueprint != "noop"
     # CNNs grow shallow first (cheap seeds), transformers deep first (measured, see config).
@@ -83,37 +60,37 @@ def test_germinates_on_plateau_with_a_blueprint_valid_for_the_topology(topology)
 
 
 def test_one_seed_incubates_at_a_time():
-    slots = [_report("early", SeedStage.TRAINING), _report("mid"), _report("late")]
-    assert HeuristicController("cnn").decide(_signals(slots=slots)).action == Action.WAIT
+    slots = [slot_report("early", SeedStage.TRAINING), slot_report("mid"), slot_report("late")]
+    assert HeuristicController("cnn").decide(training_signals(slots=slots)).action == Action.WAIT
 
 
 def test_probation_fossilizes_positive_and_culls_non_positive_contribution():
     ctl = HeuristicController("cnn")
-    good = [_report("early", SeedStage.PROBATIONARY, counterfactual_contribution=2.0)]
-    bad = [_report("early", SeedStage.PROBATIONARY, counterfactual_contribution=0.0)]
-    assert ctl.decide(_signals(slots=good)).action == Action.FOSSILIZE
-    decision = ctl.decide(_signals(slots=bad))
+    good = [slot_report("early", SeedStage.PROBATIONARY, counterfactual_contribution=2.0)]
+    bad = [slot_report("early", SeedStage.PROBATIONARY, counterfactual_contribution=0.0)]
+    assert ctl.decide(training_signals(slots=good)).action == Action.FOSSILIZE
+    decision = ctl.decide(training_signals(slots=bad))
     assert decision.action == Action.CULL and decision.slot == "early"
 
 
 def test_culls_a_seed_that_lingered_while_accuracy_fell():
-    lingering = _report(
+    lingering = slot_report(
         "mid",
         SeedStage.TRAINING,
         epochs_in_current_stage=5,
         accuracy_at_stage_start=95.0,
         current_val_accuracy=92.0,
     )
-    decision = HeuristicController("cnn").decide(_signals(slots=[lingering]))
+    decision = HeuristicController("cnn").decide(training_signals(slots=[lingering]))
     assert decision.action == Action.CULL and decision.slot == "mid"
 
 
 def test_culled_blueprints_are_penalized_and_choice_is_deterministic():
     a, b = HeuristicController("cnn", seed=3), HeuristicController("cnn", seed=3)
-    first = a.decide(_signals()).blueprint
-    assert first == b.decide(_signals()).blueprint
+    first = a.decide(training_signals()).blueprint
+    assert first == b.decide(training_signals()).blueprint
     a.on_cull(first)
-    assert a.decide(_signals()).blueprint != first
+    assert a.decide(training_signals()).blueprint != first
 
 
 def test_unknown_blueprint_or_slot_order_is_rejected():
@@ -162,17 +139,17 @@ def test_a_controller_needs_only_decide(tmp_path):
 
 
 def test_culls_a_seed_stalled_in_training():
-    stalled = _report("mid", SeedStage.TRAINING, epochs_in_current_stage=10)
-    decision = HeuristicController("cnn").decide(_signals(slots=[stalled]))
+    stalled = slot_report("mid", SeedStage.TRAINING, epochs_in_current_stage=10)
+    decision = HeuristicController("cnn").decide(training_signals(slots=[stalled]))
     assert decision.action == Action.CULL and "stalled" in decision.reason
-    young = _report("mid", SeedStage.TRAINING, epochs_in_current_stage=9)
-    assert HeuristicController("cnn").decide(_signals(slots=[young])).action == Action.WAIT
+    young = slot_report("mid", SeedStage.TRAINING, epochs_in_current_stage=9)
+    assert HeuristicController("cnn").decide(training_signals(slots=[young])).action == Action.WAIT
     off = HeuristicController("cnn", HeuristicConfig(cull_stalled_after_epochs=0))
-    assert off.decide(_signals(slots=[stalled])).action == Action.WAIT
+    assert off.decide(training_signals(slots=[stalled])).action == Action.WAIT
 
 
 def test_heuristic_waits_once_the_seed_budget_is_spent():
-    ready = _signals(plateau=5)
+    ready = training_signals(plateau=5)
     controller = HeuristicController("cnn")
     assert controller.decide(ready).action == Action.GERMINATE
     assert controller.decide(replace(ready, seeds_left=1)).action == Action.GERMINATE
@@ -182,7 +159,9 @@ def test_heuristic_waits_once_the_seed_budget_is_spent():
 
 def _still_learning(**overrides) -> TrainingSignals:
     """Epoch 12 of 40, no plateau and a host still improving, unless ``overrides`` say so."""
-    return replace(_signals(epoch=12, plateau=0, stabilized=False, total_epochs=40), **overrides)
+    return replace(
+        training_signals(epoch=12, plateau=0, stabilized=False, total_epochs=40), **overrides
+    )
 
 
 def test_relative_timing_grows_once_the_loss_curve_flattens_and_never_too_late():

@@ -25,6 +25,7 @@ from esper.testing.lifecycle import (
     perturb_seed,
     set_contribution,
 )
+from esper.testing.signals import slot_report, training_signals
 from esper.testing.steps import cross_entropy, make_train_step, training_loss
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "VOCAB_SIZE",
     "TinyHost",
     "cross_entropy",
+    "slot_report",
+    "training_signals",
     "drive_to",
     "image_batch",
     "make_train_step",
