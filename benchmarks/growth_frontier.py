@@ -23,14 +23,15 @@ different ones is refused rather than mixing old results into a new table.
 
 The metric is the final model's test accuracy, or test loss for language-model tasks (their
 output is a vocabulary). A task without a test split (``digits``, ``pyref``) is measured on its
-final validation split instead, and the table says so. Outputs, in ``OUT``:
+final validation split instead, and the table says so. Outputs, in ``OUT`` (named by task, so
+several tasks can share one ``OUT``):
 
-- ``frontier.md``: per configuration, mean ± sample std of the metric over seeds, mean training
+- ``frontier-{task}.md``: per configuration, mean ± sample std of the metric over seeds, mean training
   FLOPs and final parameters, whether a static width is on the front, and for the grown runs
   the front's metric at their mean FLOPs (linear in log FLOPs) and the difference;
-- ``frontier.png``: metric against training FLOPs (front line, static and grown points per seed
+- ``frontier-{task}.png``: metric against training FLOPs (front line, static and grown points per seed
   and mean) and against final parameters;
-- ``frontier.json``: every run's numbers and the table's, for further analysis.
+- ``frontier-{task}.json``: every run's numbers and the table's, for further analysis.
 """
 
 from __future__ import annotations
@@ -528,12 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if metric.note:
         title += f"\n{metric.note}.\n"
-    _write(out / "frontier.md", f"{title}\n{table}\n")
+    stem = f"frontier-{spec.name}"
+    _write(out / f"{stem}.md", f"{title}\n{table}\n")
     fig = frontier_figure(points, rows, metric)
     note = f"\n{metric.note}" if metric.note else ""
     fig.suptitle(f"{spec.name}: static widths vs grown (heuristic), seeds {args.seeds}{note}")
     FigureCanvasAgg(fig)
-    with atomic_path(out / "frontier.png") as tmp:
+    with atomic_path(out / f"{stem}.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     payload = {
         "task": spec.name,
@@ -545,8 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         "points": [asdict(p) for p in points],
         "rows": [asdict(r) for r in rows],
     }
-    _write(out / "frontier.json", json.dumps(payload, indent=2) + "\n")
-    print(f"\n{title}\n{table}\n\nwritten: {out / 'frontier.md'}, frontier.png, frontier.json")
+    _write(out / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
+    print(f"\n{title}\n{table}\n\nwritten: {out / stem}.md, {stem}.png, {stem}.json")
     return 0
 
 

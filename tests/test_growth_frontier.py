@@ -229,7 +229,7 @@ def test_benchmark_on_digits_writes_table_plot_and_points_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.count("$ esper train") == 3  # two static widths, one grown run
 
-    table = (out / "frontier.md").read_text()
+    table = (out / "frontier-digits.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split(" | ")[0] for r in rows] == [
         "| configuration",
@@ -239,8 +239,8 @@ def test_benchmark_on_digits_writes_table_plot_and_points_and_resumes(tmp_path):
     ]
     assert "test acc (%) mean ± std" in rows[0]  # digits has a test split
     assert "has no test split" not in table
-    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = json.loads((out / "frontier.json").read_text())
+    assert (out / "frontier-digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "frontier-digits.json").read_text())
     assert [(p["mode"], p["width"], p["seed"]) for p in data["points"]] == [
         ("static", 1.0, 0),
         ("static", 2.0, 0),
@@ -255,7 +255,7 @@ def test_benchmark_on_digits_writes_table_plot_and_points_and_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "$ esper train" not in again.stdout  # every run was read back, none retrained
-    assert json.loads((out / "frontier.json").read_text())["points"] == data["points"]
+    assert json.loads((out / "frontier-digits.json").read_text())["points"] == data["points"]
 
     more_epochs = [*cmd[: cmd.index("--epochs") + 1], "2", "--threads", "1"]
     changed = subprocess.run(more_epochs, capture_output=True, text=True, timeout=60, env=env)
