@@ -1,0 +1,179 @@
+"""``esper simic train`` (learn a growth policy with PPO) and ``esper simic policies`` (the
+policies shipped with the package)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from esper.scripts.train import UsageError, print_error
+from esper.simic.env import EpisodeConfig
+from esper.simic.policy import Policy, PolicyError, shipped_policies
+from esper.simic.reward import DEFAULT_PARAMETER_RENT
+from esper.simic.training import DEFAULT_TRAIN_SEEDS, SimicConfig, train_policy
+from esper.tolaria.data import DataNotFoundError
+from esper.tolaria.tasks import list_tasks
+
+
+def add_simic_arguments(parser: argparse.ArgumentParser, sub_class) -> None:
+    sub = parser.add_subparsers(dest="simic_command", required=True, parser_class=sub_class)
+    train = sub.add_parser("train", help="train a growth policy with PPO on a task")
+    train.add_argument("--task", default="digits", help=f"one of: {', '.join(list_tasks())}")
+    train.add_argument("--episodes", type=int, required=True, help="training runs to learn from")
+    train.add_argument("--workers", type=int, default=1, help="rollout processes (1 thread each)")
+    train.add_argument("--out", required=True, metavar="POLICY", help="the policy file to write")
+    train.add_argument("--resume", action="store_true", help="continue the policy at --out")
+    train.add_argument("--seed", type=int, default=0, help="seeds the agent and training seeds")
+    train.add_argument("--episodes-per-update", type=int, default=16)
+    train.add_argument("--epochs", type=int, default=None, help="each run's epochs")
+    train.add_argument("--width-multiplier", type=float, default=1.0, help="each run's host width")
+    train.add_argument("--max-seeds", type=int, default=None, help="each run's seed budget")
+    train.add_argument("--data-dir", default=None, help="local data for tasks that need it")
+    train.add_argument(
+        "--rent",
+        type=float,
+        default=DEFAULT_PARAMETER_RENT,
+        help=f"reward charged per added parameter (default {DEFAULT_PARAMETER_RENT:g})",
+    )
+    train.add_argument(
+        "--train-seeds",
+        type=int,
+        default=DEFAULT_TRAIN_SEEDS,
+        help=f"training runs use seeds 0..N-1 (default {DEFAULT_TRAIN_SEEDS})",
+    )
+    sub.add_parser("policies", help="list the policies shipped with the package")
+
+
+def simic_main(args: argparse.Namespace, console: Console | None = None) -> int:
+    console = console or Console()
+    try:
+        if args.simic_command == "policies":
+            return _list_policies(console)
+        return _train(args, console)
+    except (UsageError, PolicyError, DataNotFoundError) as exc:
+        print_error(exc)
+        return 2
+
+
+def config_from_args(args: argparse.Namespace) -> SimicConfig:
+    """The training configuration the flags describe.
+
+    Raises:
+        UsageError: an unknown task or an out-of-range number.
+    """
+    if args.task not in list_tasks():
+        raise UsageError(f"unknown task {args.task!r}; valid: {', '.join(list_tasks())}")
+    for flag in ("episodes", "workers", "episodes_per_update", "train_seeds"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.rent < 0:
+        raise UsageError(f"--rent must be >= 0, got {args.rent}")
+    episode = EpisodeConfig(
+        task=args.task,
+        epochs=args.epochs,
+        width_multiplier=args.width_multiplier,
+        max_seeds=args.max_seeds,
+        data_dir=args.data_dir,
+    )
+    episode.run_config(0)  # the run's own checks (epochs, width, seed budget), as UsageError
+    return SimicConfig(
+        episode,
+        episodes=args.episodes,
+        episodes_per_update=args.episodes_per_update,
+        workers=args.workers,
+        seed=args.seed,
+        train_seeds=args.train_seeds,
+        rent=args.rent,
+    )
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    config = config_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not args.resume:
+        raise UsageError(
+            f"{out} already exists; pass --resume to continue it, or choose a new --out "
+            "(nothing was overwritten)"
+        )
+    if args.resume and not out.is_file():
+        raise UsageError(f"--resume: {out} does not exist")
+    console.print(
+        f"simic: {config.episodes} episodes of {config.episode.task} in updates of "
+        f"{config.episodes_per_update}, {config.workers} worker(s) -> {out}",
+        highlight=False,
+    )
+    console.print(
+        f"{'update':>6} {'episodes':>8} {'return':>8} {'gain':>7} {'params+':>8} "
+        f"{'entropy':>7} {'expl.var':>8} {'kl':>7} {'clip':>5} {'germ':>5} {'foss':>5} "
+        f"{'time':>6}",
+        highlight=False,
+    )
+    started = time.perf_counter()
+    progress = Progress(
+        TextColumn("[bold]simic[/] updates"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        bar = progress.add_task("updates", total=config.updates)
+
+        def show(row: dict) -> None:
+            console.print(
+                f"{row['update']:>6} {_episodes_so_far(row, config):>8} "
+                f"{row['return_mean']:>+8.3f} {row['quality_gain_mean']:>+7.2f} "
+                f"{row['added_params_mean']:>8.0f} {row['entropy']:>7.3f} "
+                f"{row['explained_variance']:>8.3f} {row['approx_kl']:>7.4f} "
+                f"{row['clip_fraction']:>5.2f} {row['germinated_mean']:>5.1f} "
+                f"{row['fossilized_mean']:>5.2f} {row['seconds']:>5.1f}s",
+                highlight=False,
+            )
+            progress.update(bar, completed=row["update"])
+
+        policy = train_policy(config, out, resume=args.resume, on_update=show)
+    console.print(
+        f"policy written to {out} after {policy.training['episodes']} episodes "
+        f"({time.perf_counter() - started:.0f} s this session)",
+        highlight=False,
+    )
+    return 0
+
+
+def _episodes_so_far(row: dict, config: SimicConfig) -> int:
+    return min(config.episodes, row["update"] * config.episodes_per_update)
+
+
+def _list_policies(console: Console) -> int:
+    paths = shipped_policies()
+    if not paths:
+        console.print("no policies are shipped with this version")
+        return 0
+    table = Table(title="policies shipped with esper")
+    for column in ("task", "topology", "slots", "episodes", "updates", "trained with"):
+        table.add_column(column)
+    for path in paths:
+        policy = Policy.load(path)
+        training = policy.training
+        episode = policy.episode
+        how = (
+            f"{episode.get('epochs')} epochs, width x{episode.get('width_multiplier')}, "
+            f"rent {training.get('config', {}).get('rent')}"
+        )
+        table.add_row(
+            policy.task,
+            policy.topology,
+            ", ".join(policy.layout.slots),
+            str(training.get("episodes")),
+            str(training.get("updates")),
+            how,
+        )
+    console.print(table)
+    return 0

@@ -1,0 +1,177 @@
+"""Training a growth policy: collect episodes in parallel, update with PPO, checkpoint, repeat.
+
+The policy file is the checkpoint: after every update it holds the agent (network, optimizer,
+normalisers, generator), the update count and every update's statistics, so a killed training
+resumes from its last update and ends exactly as an uninterrupted one. The static baselines of
+the training seeds are kept beside it (``<policy>.baselines/``) and reused across updates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from esper.simic.actions import ActionLayout
+from esper.simic.env import EpisodeConfig
+from esper.simic.observation import observation_size
+from esper.simic.policy import Policy, PolicyError
+from esper.simic.ppo import PPO, PPOConfig
+from esper.simic.reward import DEFAULT_PARAMETER_RENT
+from esper.simic.workers import EpisodeJob, RolloutWorkers, merge, summarize
+from esper.tolaria.tasks import get_task
+
+#: Training seeds are drawn from 0..N-1; evaluation uses seeds from 1000 on, which no policy
+#: trains on.
+DEFAULT_TRAIN_SEEDS = 64
+#: PPO settings for growth episodes: whole-episode returns (gamma 1), a small batch of long
+#: episodes per update, and a KL stop so one update cannot move the policy far.
+GROWTH_PPO = PPOConfig(
+    gamma=1.0, gae_lambda=0.95, update_epochs=4, minibatch_size=128, lr=3e-4, target_kl=0.03
+)
+
+
+@dataclass(frozen=True)
+class SimicConfig:
+    """One policy training, as data (saved in the policy file).
+
+    Attributes:
+        episode: the run every episode trains.
+        episodes: total episodes to train on.
+        episodes_per_update: episodes collected before each PPO update.
+        workers: rollout processes.
+        seed: seeds the agent and the choice of training seeds.
+        train_seeds: training runs use seeds 0..train_seeds-1.
+        rent: the reward's charge per added parameter.
+        ppo: PPO hyperparameters.
+    """
+
+    episode: EpisodeConfig
+    episodes: int
+    episodes_per_update: int = 16
+    workers: int = 1
+    seed: int = 0
+    train_seeds: int = DEFAULT_TRAIN_SEEDS
+    rent: float = DEFAULT_PARAMETER_RENT
+    ppo: PPOConfig = field(default_factory=lambda: GROWTH_PPO)
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "episodes_per_update", "workers", "train_seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rent < 0:
+            raise ValueError(f"rent must be >= 0, got {self.rent}")
+
+    @property
+    def updates(self) -> int:
+        """Updates needed for ``episodes`` (the last one may be short of a full batch)."""
+        return -(-self.episodes // self.episodes_per_update)
+
+    def to_dict(self) -> dict:
+        """What decides the training's result (``workers`` does not: see workers.py)."""
+        return {
+            "episode": self.episode.to_dict(),
+            "episodes_per_update": self.episodes_per_update,
+            "seed": self.seed,
+            "train_seeds": self.train_seeds,
+            "rent": self.rent,
+            "ppo": {**asdict(self.ppo), "hidden": list(self.ppo.hidden)},
+        }
+
+
+def jobs_for_update(config: SimicConfig, update: int) -> list[EpisodeJob]:
+    """The episodes of update ``update``: training seeds drawn from the pool and sampler seeds,
+    both a function of (seed, update) alone."""
+    rng = np.random.default_rng([config.seed, update])
+    start = update * config.episodes_per_update
+    n = min(config.episodes_per_update, config.episodes - start)
+    seeds = rng.integers(config.train_seeds, size=n)
+    return [EpisodeJob(int(s), int(rng.integers(2**31))) for s in seeds]
+
+
+def baseline_dir(policy_path: Path) -> Path:
+    return policy_path.with_name(policy_path.name + ".baselines")
+
+
+def new_policy(config: SimicConfig) -> Policy:
+    spec = get_task(config.episode.task)
+    layout = ActionLayout.for_topology(spec.topology, config.episode.resolved_slots())
+    agent = PPO(observation_size(layout), layout.n, config.ppo, seed=config.seed)
+    return Policy(
+        agent,
+        spec.name,
+        spec.topology,
+        layout,
+        episode=config.episode.to_dict(),
+        training={"config": config.to_dict(), "updates": 0, "episodes": 0, "history": []},
+    )
+
+
+def resume_policy(config: SimicConfig, path: Path) -> Policy:
+    """The policy at ``path``, if it is this training's checkpoint.
+
+    Raises:
+        PolicyError: unreadable, or trained with another configuration.
+    """
+    policy = Policy.load(path)
+    saved = policy.training.get("config")
+    if saved != config.to_dict():
+        raise PolicyError(
+            f"{path}: was trained with another configuration; resume it with the same task, "
+            "episode and PPO settings, or choose a new --out"
+        )
+    return policy
+
+
+def train_policy(
+    config: SimicConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    on_update: Callable[[dict], None] | None = None,
+) -> Policy:
+    """Train (or, with ``resume``, continue training) the policy saved at ``out``.
+
+    Args:
+        config: the training.
+        out: the policy file, rewritten after every update.
+        resume: continue the checkpoint at ``out`` (it must exist and match ``config``).
+        on_update: called with each update's statistics (for progress displays).
+
+    Raises:
+        PolicyError: ``out`` exists without ``resume``, or cannot be resumed.
+    """
+    out = Path(out)
+    if resume:
+        policy = resume_policy(config, out)
+    else:
+        if out.exists():
+            raise PolicyError(
+                f"{out} already exists; pass --resume to continue it, or choose a new --out "
+                "(nothing was overwritten)"
+            )
+        policy = new_policy(config)
+    training = policy.training
+    with RolloutWorkers(
+        config.episode, policy.layout, config.rent, baseline_dir(out), config.workers
+    ) as workers:
+        for update in range(int(training["updates"]), config.updates):
+            started = time.perf_counter()
+            results = workers.run(policy.agent, jobs_for_update(config, update))
+            stats = policy.agent.update(merge(results))
+            row = {
+                "update": update + 1,
+                **summarize(results),
+                **{k: float(v) for k, v in stats.items()},
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            training["history"].append(row)
+            training["updates"] = update + 1
+            training["episodes"] = int(training["episodes"]) + len(results)
+            policy.save(out)
+            if on_update is not None:
+                on_update(row)
+    return policy
