@@ -1,5 +1,5 @@
-"""The ``esper`` command: ``esper train {heuristic,static}``, ``esper watch RUN_DIR`` and
-``esper report RUN_DIR ...``."""
+"""The ``esper`` command: ``esper train {heuristic,static,ppo}``, ``esper watch RUN_DIR``,
+``esper report RUN_DIR ...`` and ``esper simic {train,policies}``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="esper", description="Grow neural networks that earn their parameters."
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    train = sub.add_parser("train", help="train a task's host: grown (heuristic) or static")
+    train = sub.add_parser(
+        "train", help="train a task's host: grown (heuristic or a learned ppo policy) or static"
+    )
     add_train_arguments(train)
     watch = sub.add_parser(
         "watch", help="the live view of a run that is training or has finished (q quits)"
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the side-by-side HTML page of all runs (default with several runs: "
         "comparison.html in the folder that holds them)",
     )
+    simic = sub.add_parser("simic", help="learn a growth policy with PPO; list shipped ones")
+    from esper.scripts.simic import add_simic_arguments
+
+    add_simic_arguments(simic, OneLineParser)
     return parser
 
 
@@ -48,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "train":
         return train_main(args)
+    if args.command == "simic":
+        from esper.scripts.simic import simic_main
+
+        return simic_main(args)
     if args.command == "watch":
         from esper.nissa import WatchError, watch_run
 

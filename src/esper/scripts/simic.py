@@ -11,13 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
 from esper.scripts.train import UsageError, print_error
-from esper.simic.env import EpisodeConfig
-from esper.simic.policy import Policy, PolicyError, shipped_policies
-from esper.simic.reward import DEFAULT_PARAMETER_RENT
-from esper.simic.training import DEFAULT_TRAIN_SEEDS, SimicConfig, train_policy
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import list_tasks
+
+# esper.simic (gymnasium, the environment) is imported only by the commands that use it, so
+# every other `esper` command starts without it.
 
 
 def add_simic_arguments(parser: argparse.ArgumentParser, sub_class) -> None:
@@ -50,6 +50,8 @@ def add_simic_arguments(parser: argparse.ArgumentParser, sub_class) -> None:
 
 
 def simic_main(args: argparse.Namespace, console: Console | None = None) -> int:
+    from esper.simic.policy import PolicyError
+
     console = console or Console()
     try:
         if args.simic_command == "policies":
@@ -60,7 +62,7 @@ def simic_main(args: argparse.Namespace, console: Console | None = None) -> int:
         return 2
 
 
-def config_from_args(args: argparse.Namespace) -> SimicConfig:
+def config_from_args(args: argparse.Namespace):
     """The training configuration the flags describe.
 
     Raises:
@@ -73,6 +75,9 @@ def config_from_args(args: argparse.Namespace) -> SimicConfig:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.rent < 0:
         raise UsageError(f"--rent must be >= 0, got {args.rent}")
+    from esper.simic.env import EpisodeConfig
+    from esper.simic.training import SimicConfig
+
     episode = EpisodeConfig(
         task=args.task,
         epochs=args.epochs,
@@ -93,6 +98,8 @@ def config_from_args(args: argparse.Namespace) -> SimicConfig:
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
+    from esper.simic.training import train_policy
+
     config = config_from_args(args)
     out = Path(args.out)
     if out.exists() and not args.resume:
@@ -147,11 +154,13 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _episodes_so_far(row: dict, config: SimicConfig) -> int:
+def _episodes_so_far(row: dict, config) -> int:
     return min(config.episodes, row["update"] * config.episodes_per_update)
 
 
 def _list_policies(console: Console) -> int:
+    from esper.simic.policy import Policy, shipped_policies
+
     paths = shipped_policies()
     if not paths:
         console.print("no policies are shipped with this version")

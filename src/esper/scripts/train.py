@@ -63,7 +63,7 @@ from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import build_task_host, get_task, list_tasks
 from esper.tolaria.trainer import Trainer
 
-MODES = ("heuristic", "static")
+MODES = ("heuristic", "static", "ppo")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -110,6 +110,8 @@ class RunConfig:
     live: bool | None = None
     #: Loggers that also receive the run's events (``--log tensorboard``), by registry name.
     log: tuple[str, ...] = ()
+    #: ``ppo`` mode: the policy file; None means the policy shipped for the task.
+    policy: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -132,6 +134,8 @@ class RunConfig:
             raise UsageError(f"--max-seeds must be >= 0, got {self.max_seeds}")
         if self.timing not in TIMINGS:
             raise UsageError(f"unknown --timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
+        if self.policy is not None and self.mode != "ppo":
+            raise UsageError(f"--policy drives mode ppo, not {self.mode}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise UsageError(f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -178,6 +182,25 @@ class RunConfig:
             seed=self.seed,
             max_seeds=self.max_seeds,
         )
+
+
+def _load_policy(path: str | None, task: str, topology: str, slots: tuple[str, ...]):
+    """The policy for a ``ppo`` run and where it came from: ``path``, or the one shipped for
+    the task. Raises UsageError (one line) when it is missing, damaged or made for another run."""
+    from esper.simic.policy import Policy, PolicyError, shipped_policy_path
+
+    where = Path(path) if path is not None else shipped_policy_path(task)
+    if path is None and not where.is_file():
+        raise UsageError(
+            f"no policy is shipped for task {task!r}; train one with `esper simic train --task "
+            f"{task} --episodes N --out POLICY` and pass --policy POLICY"
+        )
+    try:
+        policy = Policy.load(where)
+        policy.check_fits(task, topology, slots, str(where))
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
+    return policy, where
 
 
 def _default_run_dir(cfg: RunConfig) -> Path:
@@ -228,6 +251,8 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             f"unknown slot {bad[0]!r} for task {cfg.task!r}; "
             f"valid: {', '.join(host.injection_points)}"
         )
+    if cfg.mode == "ppo":
+        cfg = replace(cfg, policy=str(_load_policy(cfg.policy, cfg.task, spec.topology, slots)[1]))
     run_dir = _prepare_run_dir(cfg)
     model = MorphogeneticModel(host, device=cfg.device, slots=slots)
     epochs = cfg.epochs or spec.epochs
@@ -330,6 +355,11 @@ def _execute(
             ),
             seed=cfg.seed,
         )
+    elif cfg.mode == "ppo":
+        from esper.simic.policy import PolicyController
+
+        policy, _ = _load_policy(cfg.policy, cfg.task, spec.topology, tuple(cfg.slots))
+        controller = PolicyController(policy)
     started = time.perf_counter()
     earlier = float(checkpoint["wall_seconds"]) if checkpoint else 0.0
 
@@ -554,6 +584,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "epochs without an accuracy gain)",
     )
     parser.add_argument(
+        "--policy",
+        default=None,
+        metavar="POLICY",
+        help="mode ppo: the policy file from `esper simic train` (default: the one shipped "
+        "for the task)",
+    )
+    parser.add_argument(
         "--resume",
         default=None,
         metavar="RUN_DIR",
@@ -601,6 +638,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint_every=args.checkpoint_every,
         max_seeds=args.max_seeds,
         timing=args.timing,
+        policy=args.policy,
         live=args.live,
         # --log a --log b,c -> ("a", "b", "c"), each once, in the order given.
         log=tuple(dict.fromkeys(n for v in args.log or () for n in _split(v) or ())),

@@ -21,10 +21,11 @@ from gymnasium import spaces
 
 from esper._atomic import atomic_path
 from esper.kasmina import MorphogeneticModel
+from esper.leyline import DEFAULT_PARAMETER_RENT
 from esper.scripts.train import RunConfig, widen_task
 from esper.simic.actions import ActionLayout
 from esper.simic.observation import OBSERVATION_BOUND, observation_size, observe
-from esper.simic.reward import DEFAULT_PARAMETER_RENT, RewardTracker, StaticBaseline, quality
+from esper.simic.reward import RewardTracker, StaticBaseline, quality
 from esper.tolaria.tasks import build_task_host, get_task
 from esper.tolaria.trainer import Trainer
 

@@ -23,14 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esper.leyline import get_topology
-
-#: Rent per added parameter, in quality units (accuracy points or centinats). Widening the host
-#: from x1 to x1.25 bought about 2.5e-4 units per parameter on fashion (+0.83 points for 3,366
-#: parameters) and on pyref (-0.0443 test loss for 17,736 parameters). Half that rate asks a
-#: seed to be at least half as parameter-efficient as building the host wider: a seed of 10,000
-#: parameters must add 1.25 points.
-DEFAULT_PARAMETER_RENT = 1.25e-4
+from esper.leyline import DEFAULT_PARAMETER_RENT, get_topology
 
 
 def quality(topology: str, val_loss: float, val_accuracy: float) -> float:

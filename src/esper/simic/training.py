@@ -15,18 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
 from esper.simic.actions import ActionLayout
 from esper.simic.env import EpisodeConfig
 from esper.simic.observation import observation_size
 from esper.simic.policy import Policy, PolicyError
 from esper.simic.ppo import PPO, PPOConfig
-from esper.simic.reward import DEFAULT_PARAMETER_RENT
 from esper.simic.workers import EpisodeJob, RolloutWorkers, merge, summarize
 from esper.tolaria.tasks import get_task
 
-#: Training seeds are drawn from 0..N-1; evaluation uses seeds from 1000 on, which no policy
-#: trains on.
-DEFAULT_TRAIN_SEEDS = 64
 #: PPO settings for growth episodes: whole-episode returns (gamma 1), a small batch of long
 #: episodes per update, and a KL stop so one update cannot move the policy far.
 GROWTH_PPO = PPOConfig(
