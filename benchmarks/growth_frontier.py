@@ -26,11 +26,11 @@ output is a vocabulary). A task without a test split (``digits``, ``pyref``) is 
 final validation split instead, and the table says so. Outputs, in ``OUT`` (named by task, so
 several tasks can share one ``OUT``):
 
-- ``frontier-{task}.md``: per configuration, mean ± sample std of the metric over seeds, mean training
-  FLOPs and final parameters, whether a static width is on the front, and for the grown runs
-  the front's metric at their mean FLOPs (linear in log FLOPs) and the difference;
-- ``frontier-{task}.png``: metric against training FLOPs (front line, static and grown points per seed
-  and mean) and against final parameters;
+- ``frontier-{task}.md``: per configuration, mean ± sample std of the metric over seeds, mean
+  training FLOPs and final parameters, whether a static width is on the front, and for the grown
+  runs the front's metric at their mean FLOPs (linear in log FLOPs) and the difference;
+- ``frontier-{task}.png``: metric against training FLOPs (front line, static and grown points per
+  seed and mean) and against final parameters;
 - ``frontier-{task}.json``: every run's numbers and the table's, for further analysis.
 """
 

@@ -64,7 +64,7 @@ DEFAULT_PLATEAU_EPOCHS = 3
 #: Accuracy gain (points) below which an epoch counts as plateau.
 DEFAULT_PLATEAU_THRESHOLD = 0.5
 #: When the heuristic grows (``HeuristicConfig.timing``, ``--timing``). ``relative`` became the
-#: default in 0.4.0: on pystd it turned growth from no gain (test loss 1.4844 vs the static
+#: default in 0.3.0: on pystd it turned growth from no gain (test loss 1.4844 vs the static
 #: host's 1.4850) into 1.4408, and on pyref it reached 1.3878 against 1.4037 on the plateau rule.
 DEFAULT_TIMING = "relative"
 #: ``--timing relative``: grow once the last 3 epochs lowered the validation loss by less than

@@ -185,15 +185,16 @@ def _slots(state: RunState, wide: bool) -> Table:
     if wide:
         table.add_column("seed", no_wrap=True, overflow="ellipsis", max_width=28)
     table.add_column("blueprint", no_wrap=True)
-    table.add_column("stage", no_wrap=True)
+    # The stage and the numbers are what the row is for: other columns give way first.
+    table.add_column("stage", no_wrap=True, min_width=len("PROBATIONARY"))
     table.add_column("alpha", no_wrap=True)
     table.add_column("params", justify="right", no_wrap=True)
     table.add_column("in stage", justify="right", no_wrap=True)
-    table.add_column("gain", justify="right", no_wrap=True)
-    table.add_column("contrib.", justify="right", no_wrap=True)
+    table.add_column("gain", justify="right", no_wrap=True, min_width=len("+0.0000"))
+    table.add_column("contrib.", justify="right", no_wrap=True, min_width=len("+0.00 pt"))
     table.add_column("isolation" if wide else "iso.", justify="right", no_wrap=True)
     for slot in state.slots.values():
-        cells = _slot_cells(slot, state.epoch, ALPHA_WIDTH if wide else ALPHA_WIDTH - 3)
+        cells = _slot_cells(slot, state.epoch, ALPHA_WIDTH if wide else ALPHA_WIDTH - 7)
         table.add_row(*(cells if wide else cells[:1] + cells[2:]))
     return table
 

@@ -41,6 +41,12 @@ def add_simic_arguments(parser: argparse.ArgumentParser, sub_class) -> None:
         help=f"reward charged per added parameter (default {DEFAULT_PARAMETER_RENT:g})",
     )
     train.add_argument(
+        "--bc-episodes",
+        type=int,
+        default=0,
+        help="clone the heuristic on this many runs before PPO starts (default 0)",
+    )
+    train.add_argument(
         "--train-seeds",
         type=int,
         default=DEFAULT_TRAIN_SEEDS,
@@ -73,6 +79,8 @@ def config_from_args(args: argparse.Namespace):
     for flag in ("episodes", "workers", "episodes_per_update", "train_seeds"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.bc_episodes < 0:
+        raise UsageError(f"--bc-episodes must be >= 0, got {args.bc_episodes}")
     if args.rent < 0:
         raise UsageError(f"--rent must be >= 0, got {args.rent}")
     from esper.simic.env import EpisodeConfig
@@ -94,6 +102,7 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         train_seeds=args.train_seeds,
         rent=args.rent,
+        bc_episodes=args.bc_episodes,
     )
 
 
@@ -119,6 +128,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         f"{'entropy':>7} {'expl.var':>8} {'kl':>7} {'clip':>5} {'germ':>5} {'foss':>5} "
         f"{'time':>6}",
         highlight=False,
+        soft_wrap=True,  # one line per update, whatever the terminal width
     )
     started = time.perf_counter()
     progress = Progress(
@@ -134,6 +144,15 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         bar = progress.add_task("updates", total=config.updates)
 
         def show(row: dict) -> None:
+            if "bc" in row:
+                bc = row["bc"]
+                console.print(
+                    f"cloned the heuristic: {bc['steps']} decisions, the greedy policy takes "
+                    f"{bc['accuracy']:.1%} of them",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                return
             console.print(
                 f"{row['update']:>6} {_episodes_so_far(row, config):>8} "
                 f"{row['return_mean']:>+8.3f} {row['quality_gain_mean']:>+7.2f} "
@@ -142,6 +161,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 f"{row['clip_fraction']:>5.2f} {row['germinated_mean']:>5.1f} "
                 f"{row['fossilized_mean']:>5.2f} {row['seconds']:>5.1f}s",
                 highlight=False,
+                soft_wrap=True,
             )
             progress.update(bar, completed=row["update"])
 

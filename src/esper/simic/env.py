@@ -91,9 +91,11 @@ class EpisodeConfig:
         }
 
 
-def build_run(config: EpisodeConfig, seed: int, data_cache: dict | None = None) -> Trainer:
-    """A fresh trainer (no controller: decisions come through ``apply``) for ``seed``, built as
-    ``esper train`` builds it, so a run with no growth is the static run bit for bit."""
+def build_run(
+    config: EpisodeConfig, seed: int, data_cache: dict | None = None, controller=None
+) -> Trainer:
+    """A fresh trainer for ``seed``, built as ``esper train`` builds it, so a run with no growth
+    is the static run bit for bit. Without ``controller`` decisions come through ``apply``."""
     run = config.run_config(seed)
     spec = get_task(run.task)
     torch.set_num_threads(run.threads)
@@ -109,7 +111,7 @@ def build_run(config: EpisodeConfig, seed: int, data_cache: dict | None = None) 
     host = build_task_host(host_spec, data)
     model = MorphogeneticModel(host, device=run.device, slots=config.resolved_slots())
     epochs = config.resolved_epochs()
-    return Trainer(model, data, run.trainer_config(spec, epochs))
+    return Trainer(model, data, run.trainer_config(spec, epochs), controller=controller)
 
 
 class BaselineCache:

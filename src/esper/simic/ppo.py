@@ -275,7 +275,8 @@ class PPO:
 
     # -- acting --------------------------------------------------------------------------------
 
-    def _normalize_obs(self, obs: Tensor) -> Tensor:
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        """``obs`` as the networks see it: standardised by the running statistics (if on)."""
         if not self.config.normalize_observations:
             return obs
         return self.obs_rms.normalize(obs)
@@ -314,7 +315,7 @@ class PPO:
         if mask_arr.dtype != np.bool_:
             raise TypeError(f"mask must be a bool array, got dtype {mask_arr.dtype}")
         legal = torch.from_numpy(mask_arr.copy())
-        logits, value = self.net(self._normalize_obs(x)[None], legal[None])
+        logits, value = self.net(self.normalize_obs(x)[None], legal[None])
         log_p = F.log_softmax(logits[0], dim=-1)  # (n_actions,)
         if greedy:
             # -inf (not finfo.min) here, so even a tie can only pick a legal action.
@@ -328,7 +329,7 @@ class PPO:
     @torch.no_grad()
     def value(self, obs: np.ndarray) -> float:
         """Value (in return units) of one raw observation."""
-        x = self._normalize_obs(self._obs_tensor(obs))[None]
+        x = self.normalize_obs(self._obs_tensor(obs))[None]
         return float(self.net.value(x)[0]) * self._return_scale()
 
     # -- learning ------------------------------------------------------------------------------
@@ -371,7 +372,7 @@ class PPO:
             self.ret_rms.update(returns)
         scale = self._return_scale()
         targets, old_values = returns / scale, batch.values / scale  # (T,)
-        obs = self._normalize_obs(batch.obs)  # (T, obs_dim), statistics frozen since collection
+        obs = self.normalize_obs(batch.obs)  # (T, obs_dim), statistics frozen since collection
 
         n = len(buffer)
         size = min(cfg.minibatch_size, n)

@@ -18,6 +18,7 @@ import numpy as np
 from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
 from esper.simic.actions import ActionLayout
 from esper.simic.env import EpisodeConfig
+from esper.simic.imitation import behaviour_clone, demonstrate
 from esper.simic.observation import observation_size
 from esper.simic.policy import Policy, PolicyError
 from esper.simic.ppo import PPO, PPOConfig
@@ -25,9 +26,10 @@ from esper.simic.workers import EpisodeJob, RolloutWorkers, merge, summarize
 from esper.tolaria.tasks import get_task
 
 #: PPO settings for growth episodes: whole-episode returns (gamma 1), a small batch of long
-#: episodes per update, and a KL stop so one update cannot move the policy far.
+#: episodes per update (so several epochs of small minibatches per update), and a KL stop so
+#: one update cannot move the policy far.
 GROWTH_PPO = PPOConfig(
-    gamma=1.0, gae_lambda=0.95, update_epochs=4, minibatch_size=128, lr=3e-4, target_kl=0.03
+    gamma=1.0, gae_lambda=0.95, update_epochs=8, minibatch_size=64, lr=1e-3, target_kl=0.05
 )
 
 
@@ -43,6 +45,7 @@ class SimicConfig:
         seed: seeds the agent and the choice of training seeds.
         train_seeds: training runs use seeds 0..train_seeds-1.
         rent: the reward's charge per added parameter.
+        bc_episodes: heuristic runs to clone before PPO starts (0: start from scratch).
         ppo: PPO hyperparameters.
     """
 
@@ -53,6 +56,7 @@ class SimicConfig:
     seed: int = 0
     train_seeds: int = DEFAULT_TRAIN_SEEDS
     rent: float = DEFAULT_PARAMETER_RENT
+    bc_episodes: int = 0
     ppo: PPOConfig = field(default_factory=lambda: GROWTH_PPO)
 
     def __post_init__(self) -> None:
@@ -61,6 +65,8 @@ class SimicConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rent < 0:
             raise ValueError(f"rent must be >= 0, got {self.rent}")
+        if self.bc_episodes < 0:
+            raise ValueError(f"bc_episodes must be >= 0, got {self.bc_episodes}")
 
     @property
     def updates(self) -> int:
@@ -75,6 +81,7 @@ class SimicConfig:
             "seed": self.seed,
             "train_seeds": self.train_seeds,
             "rent": self.rent,
+            "bc_episodes": self.bc_episodes,
             "ppo": {**asdict(self.ppo), "hidden": list(self.ppo.hidden)},
         }
 
@@ -152,6 +159,16 @@ def train_policy(
             )
         policy = new_policy(config)
     training = policy.training
+    if config.bc_episodes and "bc" not in training:
+        demos = demonstrate(
+            config.episode,
+            policy.layout,
+            [s % config.train_seeds for s in range(config.bc_episodes)],
+        )
+        training["bc"] = behaviour_clone(policy.agent, demos)
+        policy.save(out)
+        if on_update is not None:
+            on_update({"update": 0, "bc": training["bc"]})
     with RolloutWorkers(
         config.episode, policy.layout, config.rent, baseline_dir(out), config.workers
     ) as workers:

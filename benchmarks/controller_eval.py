@@ -1,0 +1,208 @@
+"""Growth controllers compared on held-out seeds: static host, masked-random, the default
+heuristic, the heuristic tuned by random search, and a PPO policy.
+
+    python benchmarks/controller_eval.py --task digits --policy policy.pt --out runs/eval
+    python benchmarks/controller_eval.py --task digits --controllers static,heuristic --json
+
+Every controller trains the same runs (the policy's episode configuration: task, epochs, host
+width, slots) on the same held-out seeds (default 1000..1009; policies train on 0..63), and each
+final model is measured once on the task's test split. The table gives, per controller, mean ±
+sample std of the test metric, mean final parameters and wall time per run, and PPO's paired
+difference to it with a 95% bootstrap interval (positive: PPO better). The tuned heuristic gets
+as many training runs for its random search as the policy trained on (``--tune-budget``
+overrides), scored on training seeds only. ``--out`` keeps every run's result and the tuning
+(``results.jsonl``, ``tuning.json``), so an interrupted evaluation resumes; ``--json`` makes the
+last line one JSON object with the table's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from esper.simic.actions import ActionLayout
+from esper.simic.env import BaselineCache, EpisodeConfig
+from esper.simic.evaluate import (
+    MaskedRandomController,
+    RunResult,
+    heuristic_config_from_dict,
+    heuristic_config_to_dict,
+    metric_name,
+    paired_bootstrap,
+    run_controller,
+    tune_heuristic,
+)
+from esper.simic.policy import Policy, PolicyController, PolicyError, shipped_policy_path
+from esper.tamiyo import HeuristicController
+from esper.tolaria.tasks import get_task, list_tasks
+
+CONTROLLERS = ("static", "random", "heuristic", "tuned", "ppo")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, help=f"one of: {', '.join(list_tasks())}")
+    parser.add_argument("--seeds", default=",".join(str(s) for s in range(1000, 1010)))
+    parser.add_argument("--controllers", default=",".join(CONTROLLERS))
+    parser.add_argument("--policy", default=None, help="default: the policy shipped for --task")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the policy's")
+    parser.add_argument(
+        "--width-multiplier", type=float, default=None, help="default: the policy's"
+    )
+    parser.add_argument("--tune-budget", type=int, default=None, help="default: PPO's episodes")
+    parser.add_argument("--out", default=None, help="keep results here (resumable)")
+    parser.add_argument("--json", action="store_true", help="last line: the numbers as JSON")
+    return parser.parse_args(argv)
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"controller_eval: error: {message}\n")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.task not in list_tasks():
+        return _fail(f"unknown task {args.task!r}; valid: {', '.join(list_tasks())}")
+    names = [c for c in args.controllers.split(",") if c]
+    unknown = [c for c in names if c not in CONTROLLERS]
+    if unknown or not names:
+        return _fail(f"unknown controller {unknown[:1]}; valid: {', '.join(CONTROLLERS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        return _fail(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    policy = None
+    if "ppo" in names or "tuned" in names:
+        path = Path(args.policy) if args.policy else shipped_policy_path(args.task)
+        try:
+            policy = Policy.load(path)
+            spec = get_task(args.task)
+            policy.check_fits(args.task, spec.topology, policy.layout.slots, str(path))
+        except PolicyError as exc:
+            return _fail(str(exc))
+    episode = _episode(args, policy)
+    out = Path(args.out) if args.out else None
+    done = _load_results(out)
+    data: dict = {}
+    for name in names:
+        for seed in seeds:
+            if (name, seed) in done:
+                continue
+            controller = _controller(name, episode, seed, policy, out, args)
+            result = run_controller(episode, seed, name, controller, data)
+            done[(name, seed)] = result
+            print(
+                f"{name} seed {seed}: {result.metric:.4f} ({result.wall_seconds:.1f} s)", flush=True
+            )
+            if out is not None:
+                with (out / "results.jsonl").open("a") as f:
+                    f.write(json.dumps(asdict(result)) + "\n")
+    table, payload = _report(args.task, names, seeds, done, episode)
+    print(table)
+    if args.json:
+        print(json.dumps(payload))
+    return 0
+
+
+def _episode(args: argparse.Namespace, policy: Policy | None) -> EpisodeConfig:
+    saved = policy.episode if policy is not None else {}
+    return EpisodeConfig(
+        task=args.task,
+        epochs=args.epochs or saved.get("epochs"),
+        width_multiplier=args.width_multiplier or saved.get("width_multiplier", 1.0),
+        slots=tuple(saved["slots"]) if saved.get("slots") else None,
+        max_seeds=saved.get("max_seeds"),
+    )
+
+
+def _controller(name, episode, seed, policy, out, args):
+    topology = get_task(episode.task).topology
+    if name == "static":
+        return None
+    if name == "random":
+        return MaskedRandomController(policy.layout if policy else _layout(episode), seed)
+    if name == "heuristic":
+        return HeuristicController(topology, seed=seed)
+    if name == "tuned":
+        return HeuristicController(topology, _tuned(episode, policy, out, args), seed=seed)
+    return PolicyController(policy)
+
+
+def _layout(episode: EpisodeConfig) -> ActionLayout:
+    return ActionLayout.for_topology(get_task(episode.task).topology, episode.resolved_slots())
+
+
+def _tuned(episode: EpisodeConfig, policy: Policy, out: Path | None, args):
+    path = out / "tuning.json" if out is not None else None
+    if path is not None and path.is_file():
+        return heuristic_config_from_dict(json.loads(path.read_text())["best"])
+    training = policy.training.get("config", {})
+    budget = args.tune_budget or int(policy.training.get("episodes", 0))
+    train_seeds = range(int(training.get("train_seeds", 64)))
+    print(f"tuning the heuristic: random search with {budget} training runs", flush=True)
+    best, trials = tune_heuristic(
+        episode,
+        budget,
+        train_seeds,
+        rent=float(training.get("rent", 1.25e-4)),
+        baselines=BaselineCache(out / "baselines" if out is not None else None),
+        on_trial=lambda t: print(f"  trial {t['trial']}: {t['score']:+.3f}", flush=True),
+    )
+    if path is not None:
+        path.write_text(
+            json.dumps({"best": heuristic_config_to_dict(best), "trials": trials}, indent=2)
+        )
+    return best
+
+
+def _load_results(out: Path | None) -> dict:
+    if out is None:
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = RunResult(**json.loads(line))
+                done[(r.controller, r.seed)] = r
+    return done
+
+
+def _report(task, names, seeds, done, episode) -> tuple[str, dict]:
+    metric, higher = metric_name(task)
+    fmt = "{:.2f}" if higher else "{:.4f}"
+    lines = [
+        f"# Controllers on {task}: {len(seeds)} held-out seeds ({seeds[0]}..{seeds[-1]}), "
+        f"{episode.resolved_epochs()} epochs, host width x{episode.width_multiplier:g}",
+        "",
+        f"| controller | {metric} mean ± std | params | wall s | PPO − this (95% CI) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    payload = {"task": task, "metric": metric, "seeds": seeds, "controllers": {}}
+    ppo = [done[("ppo", s)].metric for s in seeds] if "ppo" in names else None
+    for name in names:
+        runs = [done[(name, s)] for s in seeds]
+        values = [r.metric for r in runs]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        params = statistics.fmean(r.total_params for r in runs)
+        wall = statistics.fmean(r.wall_seconds for r in runs)
+        entry = {"mean": statistics.fmean(values), "std": std, "params": params, "wall": wall}
+        diff = "—"
+        if ppo is not None and name != "ppo":
+            mean, low, high = paired_bootstrap(ppo, values, higher)
+            entry["ppo_minus_this"] = {"mean": mean, "low": low, "high": high}
+            diff = f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+        payload["controllers"][name] = entry
+        cell = f"{fmt.format(entry['mean'])} ± {fmt.format(std)}"
+        lines.append(f"| {name} | {cell} | {params:,.0f} | {wall:.1f} | {diff} |")
+    return "\n".join(lines), payload
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Comparing growth controllers on held-out seeds: the runs, the baselines a learned policy must
+beat (masked-random, the heuristic tuned by random search), and paired bootstrap intervals.
+
+``benchmarks/controller_eval.py`` is the command line over these.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from esper.leyline import DEFAULT_PARAMETER_RENT, Decision, TrainingSignals, get_topology
+from esper.simic.actions import ActionLayout
+from esper.simic.env import BaselineCache, EpisodeConfig, build_run
+from esper.simic.reward import quality
+from esper.tamiyo import HeuristicConfig, HeuristicController
+from esper.tamiyo.heuristic import SLOT_ORDERS, TIMINGS
+from esper.tolaria.tasks import get_task
+
+
+class MaskedRandomController:
+    """Picks uniformly among the legal actions each epoch (seeded): the floor a learned policy
+    must clear to show it learned anything."""
+
+    def __init__(self, layout: ActionLayout, seed: int = 0) -> None:
+        self.layout = layout
+        self._rng = random.Random(seed)
+
+    def decide(self, signals: TrainingSignals) -> Decision:
+        legal = np.flatnonzero(self.layout.mask(signals)).tolist()
+        return self.layout.decision(self._rng.choice(legal), reason="masked random")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One controller's run on one seed. ``metric`` is the test metric: accuracy (points) for
+    a classifier, loss for a language model; ``quality`` is the validation quality the reward
+    and the tuner see (:func:`esper.simic.reward.quality`)."""
+
+    controller: str
+    seed: int
+    metric: float
+    quality: float
+    total_params: int
+    germinated: int
+    fossilized: int
+    wall_seconds: float
+
+
+def metric_name(task: str) -> tuple[str, bool]:
+    """(the test metric's name, whether higher is better) for ``task``."""
+    if get_topology(get_task(task).topology).output_key == "vocab_size":
+        return "test loss", False
+    return "test acc (%)", True
+
+
+def run_controller(
+    config: EpisodeConfig, seed: int, name: str, controller, data_cache: dict | None = None
+) -> RunResult:
+    """Train one run of ``config`` on ``seed`` under ``controller`` (None: the static host) and
+    measure the final model once on validation and once on test."""
+    started = time.perf_counter()
+    trainer = build_run(config, seed, data_cache, controller=controller)
+    try:
+        for _ in range(config.resolved_epochs()):
+            trainer.run_epoch()
+        val_loss, val_acc = trainer.evaluate()
+        test_loss, test_acc = (
+            trainer.evaluate("test")
+            if trainer.test_x is not None
+            else (
+                val_loss,
+                val_acc,
+            )
+        )
+        topology = trainer.model.topology
+        _, higher = metric_name(config.task)
+        return RunResult(
+            controller=name,
+            seed=seed,
+            metric=float(test_acc if higher else test_loss),
+            quality=quality(topology, val_loss, val_acc),
+            total_params=trainer.model.count_parameters()["total"],
+            germinated=trainer.seed_counter,
+            fossilized=sum(1 for r in trainer.records.values() if r.final_stage == "FOSSILIZED"),
+            wall_seconds=round(time.perf_counter() - started, 3),
+        )
+    finally:
+        trainer.close()
+
+
+def paired_bootstrap(
+    better: Sequence[float], other: Sequence[float], higher_is_better: bool, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean paired improvement of ``better`` over ``other`` (positive: ``better`` wins) and its
+    95% bootstrap interval (10,000 resamples of the seeds)."""
+    a, b = np.asarray(better, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError("paired_bootstrap needs two equally long, non-empty lists")
+    diff = a - b if higher_is_better else b - a
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(diff.size, size=(10_000, diff.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
+
+
+# -- the heuristic tuned by random search ------------------------------------------------------
+
+
+def sample_heuristic_config(rng: random.Random, blueprints: Sequence[str]) -> HeuristicConfig:
+    """One point of the tuner's search space: every timing, cull and blueprint setting of
+    :class:`HeuristicConfig`."""
+    chosen = tuple(b for b in blueprints if rng.random() < 0.6) or (rng.choice(blueprints),)
+    return HeuristicConfig(
+        min_epochs_before_germination=rng.randint(2, 12),
+        plateau_epochs=rng.randint(2, 6),
+        cull_after_epochs=rng.randint(3, 8),
+        cull_if_accuracy_drops=rng.uniform(0.5, 5.0),
+        cull_stalled_after_epochs=rng.randint(4, 12),
+        blueprint_cull_penalty=rng.uniform(0.5, 3.0),
+        blueprints=chosen,
+        slot_order=rng.choice(SLOT_ORDERS),
+        timing=rng.choice(TIMINGS),
+        relative_share=rng.uniform(0.05, 0.4),
+    )
+
+
+def tune_heuristic(
+    config: EpisodeConfig,
+    budget: int,
+    train_seeds: Sequence[int],
+    *,
+    seeds_per_config: int = 4,
+    rent: float = DEFAULT_PARAMETER_RENT,
+    seed: int = 0,
+    baselines: BaselineCache | None = None,
+    on_trial: Callable[[dict], None] | None = None,
+) -> tuple[HeuristicConfig, list[dict]]:
+    """Random search over :class:`HeuristicConfig` with ``budget`` training runs in all, scored
+    on training seeds by the learned policy's own objective (validation quality against the
+    static host, minus rent per added parameter). The default config is the first trial.
+
+    Returns:
+        The best config and every trial (config and score).
+    """
+    if budget < seeds_per_config:
+        raise ValueError(f"a budget of {budget} runs cannot test one config on {seeds_per_config}")
+    spec = get_task(config.task)
+    layout = ActionLayout.for_topology(spec.topology, config.resolved_slots())
+    rng = random.Random(seed)
+    baselines = baselines or BaselineCache()
+    data: dict = {}
+    trials: list[dict] = []
+    best: tuple[float, HeuristicConfig] = (float("-inf"), HeuristicConfig())
+    for t in range(budget // seeds_per_config):
+        candidate = HeuristicConfig() if t == 0 else sample_heuristic_config(rng, layout.blueprints)
+        seeds = [rng.choice(list(train_seeds)) for _ in range(seeds_per_config)]
+        scores = []
+        for s in seeds:
+            result = run_controller(
+                config, s, "tuned", HeuristicController(spec.topology, candidate, seed=s), data
+            )
+            static = baselines.get(config, s)
+            scores.append(
+                result.quality - static.final - rent * (result.total_params - static.host_params)
+            )
+        score = float(np.mean(scores))
+        trial = {
+            "trial": t,
+            "score": score,
+            "seeds": seeds,
+            "config": heuristic_config_to_dict(candidate),
+        }
+        trials.append(trial)
+        if on_trial is not None:
+            on_trial(trial)
+        if score > best[0]:
+            best = (score, candidate)
+    return best[1], trials
+
+
+def heuristic_config_to_dict(config: HeuristicConfig) -> dict:
+    """A config as JSON-ready data (for ``tuning.json``)."""
+    raw = asdict(config)
+    raw["blueprints"] = list(raw["blueprints"]) if raw["blueprints"] else None
+    return raw
+
+
+def heuristic_config_from_dict(raw: dict) -> HeuristicConfig:
+    values = dict(raw)
+    if values.get("blueprints") is not None:
+        values["blueprints"] = tuple(values["blueprints"])
+    return HeuristicConfig(**values)

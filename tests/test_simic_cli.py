@@ -1,0 +1,86 @@
+"""``esper simic`` and ``esper train ppo`` on the command line: a 2-update training, a run under
+the policy it wrote, resume, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from esper.cli import main
+
+#: Two updates of two 3-epoch episodes on a half-width digits host: seconds.
+SMOKE = ["--task", "digits", "--epochs", "3", "--width-multiplier", "0.5"]
+SMOKE += ["--episodes-per-update", "2"]
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("simic") / "policy.pt"
+    assert main(["simic", "train", *SMOKE, "--episodes", "4", "--out", str(path)]) == 0
+    return path
+
+
+def test_simic_train_writes_a_policy_that_esper_train_ppo_runs(policy_file, tmp_path, capsys):
+    saved = torch.load(policy_file, weights_only=True)
+    assert saved["task"] == "digits" and saved["training"]["updates"] == 2
+    run_dir = tmp_path / "run"
+    argv = ["train", "ppo", "--task", "digits", "--epochs", "3", "--policy", str(policy_file)]
+    assert main([*argv, "--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["mode"] == "ppo" and summary["epochs"] == 3
+    assert json.loads((run_dir / "config.json").read_text())["policy"] == str(policy_file)
+
+
+def test_simic_train_resumes_and_never_overwrites(policy_file, capsys):
+    before = policy_file.read_bytes()
+    assert main(["simic", "train", *SMOKE, "--episodes", "6", "--out", str(policy_file)]) == 2
+    assert "already exists" in capsys.readouterr().err and policy_file.read_bytes() == before
+    more = ["simic", "train", *SMOKE, "--episodes", "6", "--out", str(policy_file), "--resume"]
+    assert main(more) == 0
+    assert torch.load(policy_file, weights_only=True)["training"]["updates"] == 3
+    other_seed = [*more, "--seed", "5"]
+    assert main(other_seed) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+def test_simic_policies_lists_what_ships(capsys):
+    assert main(["simic", "policies"]) == 0
+    out = capsys.readouterr().out
+    assert "no policies are shipped" in out or "policies shipped with esper" in out
+
+
+def _bad_inputs(tmp_path, policy_file) -> list[tuple[list[str], str]]:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00not a policy")
+    ppo = ["train", "ppo", "--epochs", "1"]
+    return [
+        (["simic", "train", "--task", "mnist", "--episodes", "2", "--out", "p.pt"], "unknown task"),
+        (["simic", "train", "--episodes", "2", "--workers", "0", "--out", "p.pt"], "--workers"),
+        (["simic", "train", "--episodes", "0", "--out", "p.pt"], "--episodes must be >= 1"),
+        (["simic", "train", "--episodes", "2", "--out", "p.pt", "--resume"], "does not exist"),
+        (["simic", "train", "--episodes", "2"], "--out"),
+        ([*ppo, "--policy", str(tmp_path / "missing.pt")], "no such policy file"),
+        ([*ppo, "--policy", str(junk)], "not a readable policy file"),
+        ([*ppo, "--task", "pyref", "--policy", str(policy_file)], "trained for task 'digits'"),
+        ([*ppo, "--slots", "late", "--policy", str(policy_file)], "trained for slots"),
+        (["train", "heuristic", "--policy", str(policy_file)], "--policy drives mode ppo"),
+    ]
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's own errors (a missing required flag)
+        return int(exc.code)
+
+
+def test_bad_input_is_one_line_and_exit_2(policy_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv, needle in _bad_inputs(tmp_path, policy_file):
+        assert _exit_code(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "Traceback" not in err, (argv, err)
+        assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "p.pt").exists() and not (tmp_path / "runs").exists()

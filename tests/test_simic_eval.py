@@ -1,0 +1,136 @@
+"""Baselines and evaluation for the learned controller: masked-random, behaviour cloning, the
+tuned heuristic, paired bootstrap intervals, and benchmarks/controller_eval.py end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from esper.leyline import SeedStage
+from esper.simic.actions import ActionLayout
+from esper.simic.env import EpisodeConfig
+from esper.simic.evaluate import (
+    MaskedRandomController,
+    heuristic_config_from_dict,
+    heuristic_config_to_dict,
+    paired_bootstrap,
+    tune_heuristic,
+)
+from esper.simic.imitation import behaviour_clone, demonstrate
+from esper.simic.training import SimicConfig, new_policy, train_policy
+from esper.tamiyo import HeuristicConfig
+from esper.testing import slot_report, training_signals
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "controller_eval.py"
+SHORT = EpisodeConfig("digits", epochs=20, width_multiplier=0.5)
+
+
+def test_masked_random_only_takes_legal_actions_and_is_seeded():
+    layout = ActionLayout.for_topology("cnn", ("early", "mid", "late"))
+    slots = [
+        slot_report("early", SeedStage.PROBATIONARY),
+        slot_report("mid"),
+        slot_report("late", SeedStage.TRAINING),
+    ]
+    signals = training_signals(slots=slots)
+    picks = [MaskedRandomController(layout, seed=3).decide(signals) for _ in range(2)]
+    assert picks[0] == picks[1]
+    chooser = MaskedRandomController(layout, seed=0)
+    chosen = {layout.index(chooser.decide(signals)) for _ in range(200)}
+    assert chosen <= set(np.flatnonzero(layout.mask(signals)).tolist()) and len(chosen) > 5
+
+
+def test_paired_bootstrap_by_hand():
+    mean, low, high = paired_bootstrap([1.0, 2.0, 3.0], [0.0, 1.0, 2.0], higher_is_better=True)
+    assert (mean, low, high) == (1.0, 1.0, 1.0)
+    # A loss: lower is better, so the improvement is other - better.
+    mean, low, high = paired_bootstrap([1.0, 1.2], [1.5, 1.4], higher_is_better=False)
+    assert mean == pytest.approx(0.35) and low == pytest.approx(0.2) and high == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1.0], [1.0, 2.0], True)
+
+
+def test_behaviour_cloning_reproduces_the_heuristics_decisions():
+    config = SimicConfig(SHORT, episodes=1)
+    policy = new_policy(config)
+    demos = demonstrate(SHORT, policy.layout, seeds=[0, 1])
+    assert len(demos) == 40 and any(a != 0 for a in demos.actions)  # it grew something
+    stats = behaviour_clone(policy.agent, demos)
+    assert stats["accuracy"] >= 0.95, stats
+    assert all(mask[a] for mask, a in zip(demos.masks, demos.actions, strict=True))
+    pairs = zip(demos.obs, demos.masks, strict=True)
+    greedy = [policy.agent.act(o, m, greedy=True)[0] for o, m in pairs]
+    agree = np.mean(np.array(greedy) == np.array(demos.actions))
+    assert agree == pytest.approx(stats["accuracy"])
+
+
+def test_training_clones_before_its_first_update(tmp_path):
+    rows = []
+    config = SimicConfig(
+        EpisodeConfig("digits", epochs=4, width_multiplier=0.5),
+        episodes=2,
+        episodes_per_update=2,
+        bc_episodes=2,
+    )
+    policy = train_policy(config, tmp_path / "p.pt", on_update=rows.append)
+    assert rows[0]["update"] == 0 and "bc" in rows[0] and rows[1]["update"] == 1
+    assert policy.training["bc"]["steps"] == 8
+
+
+def test_tuned_heuristic_searches_from_the_default_config():
+    seen = []
+    best, trials = tune_heuristic(
+        EpisodeConfig("digits", epochs=4, width_multiplier=0.5),
+        budget=3,
+        train_seeds=range(4),
+        seeds_per_config=1,
+        on_trial=seen.append,
+    )
+    assert len(trials) == 3 == len(seen)
+    assert heuristic_config_from_dict(trials[0]["config"]) == HeuristicConfig()
+    assert best in [heuristic_config_from_dict(t["config"]) for t in trials]
+    top = max(trials, key=lambda t: t["score"])
+    assert heuristic_config_to_dict(best) == top["config"]
+    with pytest.raises(ValueError, match="budget"):
+        tune_heuristic(SHORT, budget=1, train_seeds=range(4), seeds_per_config=2)
+
+
+def test_controller_eval_end_to_end(tmp_path):
+    policy = tmp_path / "p.pt"
+    episode = EpisodeConfig("digits", epochs=3, width_multiplier=0.5)
+    train_policy(SimicConfig(episode, episodes=2, episodes_per_update=2), policy)
+    out = tmp_path / "eval"
+    cmd = [sys.executable, str(SCRIPT), "--task", "digits", "--policy", str(policy)]
+    cmd += ["--seeds", "1000,1001", "--tune-budget", "4", "--out", str(out), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    payload = json.loads(first.stdout.strip().splitlines()[-1])
+    assert set(payload["controllers"]) == {"static", "random", "heuristic", "tuned", "ppo"}
+    assert payload["seeds"] == [1000, 1001] and payload["metric"] == "test acc (%)"
+    for name, entry in payload["controllers"].items():
+        assert 0 < entry["mean"] <= 100 and entry["params"] > 0
+        assert ("ppo_minus_this" in entry) == (name != "ppo")
+        if name != "ppo":
+            ci = entry["ppo_minus_this"]
+            assert ci["low"] <= ci["mean"] <= ci["high"]
+    assert "| controller | test acc (%) mean ± std |" in first.stdout
+    assert len((out / "results.jsonl").read_text().splitlines()) == 10
+    assert (out / "tuning.json").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0 and "seed 1000:" not in again.stdout  # every run read back
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == payload
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "--task", "digits", "--controllers", "oracle"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert bad.returncode == 2 and "valid: static" in bad.stderr
