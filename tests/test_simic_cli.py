@@ -25,6 +25,8 @@ def policy_file(tmp_path_factory):
 def test_simic_train_writes_a_policy_that_esper_train_ppo_runs(policy_file, tmp_path, capsys):
     saved = torch.load(policy_file, weights_only=True)
     assert saved["task"] == "digits" and saved["training"]["updates"] == 2
+    curves = policy_file.with_name(policy_file.name + ".curves.png")
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run_dir = tmp_path / "run"
     argv = ["train", "ppo", "--task", "digits", "--epochs", "3", "--policy", str(policy_file)]
     assert main([*argv, "--run-dir", str(run_dir)]) == 0

@@ -166,9 +166,16 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             progress.update(bar, completed=row["update"])
 
         policy = train_policy(config, out, resume=args.resume, on_update=show)
+    from esper.karn.training_curves import write_training_curves
+
+    curves = write_training_curves(
+        policy.training["history"],
+        out.with_name(out.name + ".curves.png"),
+        f"simic on {config.episode.task}: {policy.training['episodes']} episodes",
+    )
     console.print(
         f"policy written to {out} after {policy.training['episodes']} episodes "
-        f"({time.perf_counter() - started:.0f} s this session)",
+        f"({time.perf_counter() - started:.0f} s this session); learning curves: {curves}",
         highlight=False,
     )
     return 0
