@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -94,7 +96,8 @@ def test_episodes_depend_on_the_update_not_on_the_number_of_workers(tmp_path):
     assert jobs_for_update(_config(4), 1) == jobs_for_update(_config(4, workers=3), 1)
     assert jobs_for_update(_config(4), 0) != jobs_for_update(_config(4), 1)
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    train_policy(_config(2, workers=1), one)
-    train_policy(_config(2, workers=2), two)
+    # Behaviour cloning's demonstrations are gathered by the workers too.
+    train_policy(replace(_config(2, workers=1), bc_episodes=2), one)
+    train_policy(replace(_config(2, workers=2), bc_episodes=2), two)
     assert _history(one) == _history(two)
     assert _same_weights(one, two)

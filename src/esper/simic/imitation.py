@@ -40,6 +40,16 @@ class Demonstrations:
     def __len__(self) -> int:
         return len(self.actions)
 
+    @classmethod
+    def concat(cls, parts: list[Demonstrations]) -> Demonstrations:
+        """One set holding ``parts``' steps in order."""
+        out = cls()
+        for part in parts:
+            out.obs += part.obs
+            out.masks += part.masks
+            out.actions += part.actions
+        return out
+
 
 class _Recorder:
     """A controller that asks the heuristic and writes down the question and the answer."""

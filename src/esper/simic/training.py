@@ -18,7 +18,7 @@ import numpy as np
 from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
 from esper.simic.actions import ActionLayout
 from esper.simic.env import EpisodeConfig
-from esper.simic.imitation import behaviour_clone, demonstrate
+from esper.simic.imitation import behaviour_clone
 from esper.simic.observation import observation_size
 from esper.simic.policy import Policy, PolicyError
 from esper.simic.ppo import PPO, PPOConfig
@@ -159,19 +159,15 @@ def train_policy(
             )
         policy = new_policy(config)
     training = policy.training
-    if config.bc_episodes and "bc" not in training:
-        demos = demonstrate(
-            config.episode,
-            policy.layout,
-            [s % config.train_seeds for s in range(config.bc_episodes)],
-        )
-        training["bc"] = behaviour_clone(policy.agent, demos)
-        policy.save(out)
-        if on_update is not None:
-            on_update({"update": 0, "bc": training["bc"]})
     with RolloutWorkers(
         config.episode, policy.layout, config.rent, baseline_dir(out), config.workers
     ) as workers:
+        if config.bc_episodes and "bc" not in training:
+            seeds = [s % config.train_seeds for s in range(config.bc_episodes)]
+            training["bc"] = behaviour_clone(policy.agent, workers.demonstrate(seeds))
+            policy.save(out)
+            if on_update is not None:
+                on_update({"update": 0, "bc": training["bc"]})
         for update in range(int(training["updates"]), config.updates):
             started = time.perf_counter()
             results = workers.run(policy.agent, jobs_for_update(config, update))

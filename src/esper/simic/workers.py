@@ -16,6 +16,7 @@ import numpy as np
 
 from esper.simic.actions import ActionLayout
 from esper.simic.env import BaselineCache, EpisodeConfig, GrowthEnv
+from esper.simic.imitation import Demonstrations, demonstrate
 from esper.simic.ppo import PPO
 from esper.simic.rollout import RolloutBuffer
 
@@ -79,6 +80,10 @@ def _work(args: tuple[dict, EpisodeJob, bool]) -> EpisodeResult:
     return run_episode(_ENV, PPO.from_state_dict(agent_state), job, greedy)
 
 
+def _demonstrate(seed: int) -> Demonstrations:
+    return demonstrate(_ENV.config, _ENV.layout, [seed])
+
+
 class RolloutWorkers:
     """Runs episode jobs on ``workers`` processes (in this process when ``workers == 1``).
 
@@ -119,6 +124,12 @@ class RolloutWorkers:
             # A copy of the agent, so sampling never moves the learner's own generator.
             return [run_episode(self._env, PPO.from_state_dict(state), j, greedy) for j in jobs]
         return self._pool.map(_work, [(state, j, greedy) for j in jobs], chunksize=1)
+
+    def demonstrate(self, seeds: list[int]) -> Demonstrations:
+        """The default heuristic's decisions on ``seeds`` (for behaviour cloning), in order."""
+        if self._pool is None:
+            return demonstrate(self._env.config, self._env.layout, seeds)
+        return Demonstrations.concat(self._pool.map(_demonstrate, seeds, chunksize=1))
 
     def close(self) -> None:
         if self._pool is not None:
