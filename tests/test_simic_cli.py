@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from esper.cli import main
+from esper.simic.training import GROWTH_PPO
 
 #: Two updates of two 3-epoch episodes on a half-width digits host: seconds.
 SMOKE = ["--task", "digits", "--epochs", "3", "--width-multiplier", "0.5"]
@@ -63,6 +64,7 @@ def _bad_inputs(tmp_path, policy_file) -> list[tuple[list[str], str]]:
         (["simic", "train", "--episodes", "0", "--out", "p.pt"], "--episodes must be >= 1"),
         (["simic", "train", "--episodes", "2", "--out", "p.pt", "--resume"], "does not exist"),
         (["simic", "train", "--episodes", "2"], "--out"),
+        (["simic", "train", "--episodes", "2", "--out", "p.pt", "--gae-lambda", "2"], "[0, 1]"),
         ([*ppo, "--policy", str(tmp_path / "missing.pt")], "no such policy file"),
         ([*ppo, "--policy", str(junk)], "not a readable policy file"),
         ([*ppo, "--task", "pyref", "--policy", str(policy_file)], "trained for task 'digits'"),
@@ -86,3 +88,12 @@ def test_bad_input_is_one_line_and_exit_2(policy_file, tmp_path, capsys, monkeyp
         assert needle in err and "Traceback" not in err, (argv, err)
         assert len(err.splitlines()) == 1, err
     assert not (tmp_path / "p.pt").exists() and not (tmp_path / "runs").exists()
+
+
+def test_ppo_settings_from_the_command_line_reach_the_learner(tmp_path):
+    path = tmp_path / "tuned.pt"
+    flags = ["--entropy-coef", "0.002", "--gae-lambda", "1", "--lr", "0.0005"]
+    assert main(["simic", "train", *SMOKE, "--episodes", "2", "--out", str(path), *flags]) == 0
+    ppo = torch.load(path, weights_only=True)["training"]["config"]["ppo"]
+    assert (ppo["entropy_coef"], ppo["gae_lambda"], ppo["lr"]) == (0.002, 1.0, 0.0005)
+    assert ppo["update_epochs"] == GROWTH_PPO.update_epochs  # the rest keeps its defaults

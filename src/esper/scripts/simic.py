@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -52,6 +53,13 @@ def add_simic_arguments(parser: argparse.ArgumentParser, sub_class) -> None:
         default=DEFAULT_TRAIN_SEEDS,
         help=f"training runs use seeds 0..N-1 (default {DEFAULT_TRAIN_SEEDS})",
     )
+    learner = train.add_argument_group("PPO (defaults: esper.simic.training.GROWTH_PPO)")
+    learner.add_argument("--lr", type=float, default=None, help="Adam's learning rate")
+    learner.add_argument("--entropy-coef", type=float, default=None, help="entropy bonus weight")
+    learner.add_argument("--gae-lambda", type=float, default=None, help="GAE's lambda (1: MC)")
+    learner.add_argument("--update-epochs", type=int, default=None, help="passes per update")
+    learner.add_argument("--minibatch-size", type=int, default=None, help="steps per minibatch")
+    learner.add_argument("--target-kl", type=float, default=None, help="KL early stop")
     sub.add_parser("policies", help="list the policies shipped with the package")
 
 
@@ -84,7 +92,7 @@ def config_from_args(args: argparse.Namespace):
     if args.rent < 0:
         raise UsageError(f"--rent must be >= 0, got {args.rent}")
     from esper.simic.env import EpisodeConfig
-    from esper.simic.training import SimicConfig
+    from esper.simic.training import GROWTH_PPO, SimicConfig
 
     episode = EpisodeConfig(
         task=args.task,
@@ -94,6 +102,12 @@ def config_from_args(args: argparse.Namespace):
         data_dir=args.data_dir,
     )
     episode.run_config(0)  # the run's own checks (epochs, width, seed budget), as UsageError
+    learner = ("lr", "entropy_coef", "gae_lambda", "update_epochs", "minibatch_size", "target_kl")
+    changes = {name: getattr(args, name) for name in learner if getattr(args, name) is not None}
+    try:
+        ppo = replace(GROWTH_PPO, **changes)
+    except ValueError as exc:  # PPOConfig names the bad value and its valid range
+        raise UsageError(f"PPO setting: {exc}") from None
     return SimicConfig(
         episode,
         episodes=args.episodes,
@@ -103,6 +117,7 @@ def config_from_args(args: argparse.Namespace):
         train_seeds=args.train_seeds,
         rent=args.rent,
         bc_episodes=args.bc_episodes,
+        ppo=ppo,
     )
 
 
