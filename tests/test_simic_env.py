@@ -130,6 +130,7 @@ def test_an_episode_that_only_waits_is_the_static_run_and_returns_zero(baselines
     assert len(rewards) == 8 and rewards == [0.0] * 8
     episode = info["episode"]
     assert episode["final_quality"] == episode["static_quality"] and episode["return"] == 0.0
+    assert info["epoch"] == 8 and env.trainer is None  # the run is over and let go
     # The baseline is on disk for other workers, under a name that says which run it is.
     saved = json.loads((baselines.directory / f"{SHORT.key(3)}.json").read_text())
     assert saved["final"] == episode["static_quality"] and len(saved["per_epoch"]) == 8

@@ -265,14 +265,10 @@ class GrowthEnv(gym.Env):
             }
             self._mask = np.zeros(self.layout.n, dtype=np.bool_)
             self._mask[0] = True
+            info = {**self._info(), **info_extra, "episode": episode}
             self.close()
-            return (
-                self._obs.copy(),  # the last observation again, as a new array
-                reward,
-                True,
-                False,
-                {**self._info(), **info_extra, "episode": episode},
-            )
+            # The last observation again, as a new array: there is no next epoch to observe.
+            return self._obs.copy(), reward, True, False, info
         signals = trainer.observe()
         reward = self._reward.epoch_reward(
             trainer.epoch, self._quality(signals), signals.total_params

@@ -8,6 +8,7 @@ topology or slots are not the run's, with one line saying which.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,5 +145,5 @@ class PolicyController:
         obs = observe(signals, self.layout)
         mask = self.layout.mask(signals)
         action, log_prob, value = self.policy.agent.act(obs, mask, greedy=True)
-        reason = f"policy: p={torch.tensor(log_prob).exp().item():.2f}, value {value:+.2f}"
+        reason = f"policy: p={math.exp(log_prob):.2f}, value {value:+.2f}"
         return self.layout.decision(action, reason=reason)
