@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         return _fail(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     policy = None
-    if "ppo" in names or "tuned" in names:
+    # The policy also fixes the runs every controller trains (its episode configuration), so
+    # it is read whenever one is named, whichever controllers run.
+    if args.policy or "ppo" in names or "tuned" in names:
         path = Path(args.policy) if args.policy else shipped_policy_path(args.task)
         try:
             policy = Policy.load(path)

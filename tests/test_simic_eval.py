@@ -121,6 +121,11 @@ def test_controller_eval_end_to_end(tmp_path):
             ci = entry["ppo_minus_this"]
             assert ci["low"] <= ci["mean"] <= ci["high"]
     assert "| controller | test acc (%) mean ± std |" in first.stdout
+    assert "3 epochs, host width x0.5" in first.stdout  # the runs the policy was trained on
+    # Without ppo among the controllers, the policy still fixes the runs they train.
+    only_static = [*cmd[: cmd.index("--seeds")], "--seeds", "1000", "--controllers", "static"]
+    alone = subprocess.run(only_static, capture_output=True, text=True, timeout=120, env=env)
+    assert alone.returncode == 0 and "3 epochs, host width x0.5" in alone.stdout, alone.stdout
     assert len((out / "results.jsonl").read_text().splitlines()) == 10
     assert (out / "tuning.json").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
