@@ -33,6 +33,8 @@ def test_simic_train_writes_a_policy_that_esper_train_ppo_runs(policy_file, tmp_
     assert main([*argv, "--run-dir", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mode"] == "ppo" and summary["epochs"] == 3
+    # The policy was trained on half-width hosts; this run is full width, and says so.
+    assert "trained on 3-epoch runs at width x0.5" in capsys.readouterr().out
     assert json.loads((run_dir / "config.json").read_text())["policy"] == str(policy_file)
 
 

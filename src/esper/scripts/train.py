@@ -252,7 +252,19 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             f"valid: {', '.join(host.injection_points)}"
         )
     if cfg.mode == "ppo":
-        cfg = replace(cfg, policy=str(_load_policy(cfg.policy, cfg.task, spec.topology, slots)[1]))
+        policy, where = _load_policy(cfg.policy, cfg.task, spec.topology, slots)
+        cfg = replace(cfg, policy=str(where))
+        trained = (policy.episode.get("epochs"), policy.episode.get("width_multiplier"))
+        this_run = (cfg.epochs or spec.epochs, cfg.width_multiplier)
+        if None not in trained and trained != this_run:
+            # Allowed (the inputs fit), but the policy never saw runs like this one.
+            console.print(
+                f"note: {where} was trained on {trained[0]}-epoch runs at width x{trained[1]:g}; "
+                f"this run is {this_run[0]} epochs at x{this_run[1]:g} (--epochs, "
+                "--width-multiplier)",
+                highlight=False,
+                soft_wrap=True,
+            )
     run_dir = _prepare_run_dir(cfg)
     model = MorphogeneticModel(host, device=cfg.device, slots=slots)
     epochs = cfg.epochs or spec.epochs
