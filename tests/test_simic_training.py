@@ -10,9 +10,10 @@ import torch
 
 from esper.leyline import Controller, SeedStage
 from esper.simic.actions import ActionLayout
-from esper.simic.env import EpisodeConfig
+from esper.simic.env import EpisodeConfig, GrowthEnv
 from esper.simic.policy import Policy, PolicyController, PolicyError
 from esper.simic.training import SimicConfig, jobs_for_update, new_policy, train_policy
+from esper.simic.workers import EpisodeJob, run_episode
 from esper.testing import slot_report, training_signals
 
 #: Tiny episodes: 4 epochs of a half-width digits host.
@@ -101,3 +102,19 @@ def test_episodes_depend_on_the_update_not_on_the_number_of_workers(tmp_path):
     train_policy(replace(_config(2, workers=2), bc_episodes=2), two)
     assert _history(one) == _history(two)
     assert _same_weights(one, two)
+
+
+def test_simic_config_checks_its_numbers():
+    with pytest.raises(ValueError, match="episodes must be >= 1, got 0"):
+        SimicConfig(EPISODE, episodes=0)
+    with pytest.raises(ValueError, match="rent must be >= 0"):
+        SimicConfig(EPISODE, episodes=1, rent=-0.5)
+
+
+def test_each_episode_samples_with_its_own_seed():
+    """Episodes of one update must explore differently: one sampler seed each, and the same
+    seed plays the same episode again."""
+    policy = new_policy(_config(2))
+    env = GrowthEnv(EPISODE, policy.layout)
+    runs = [run_episode(env, policy.agent, EpisodeJob(5, s)).buffer.actions for s in (1, 2, 1)]
+    assert runs[0] == runs[2] and runs[0] != runs[1]

@@ -84,15 +84,13 @@ def config_from_args(args: argparse.Namespace):
     """
     if args.task not in list_tasks():
         raise UsageError(f"unknown task {args.task!r}; valid: {', '.join(list_tasks())}")
-    for flag in ("episodes", "workers", "episodes_per_update", "train_seeds"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.bc_episodes < 0:
-        raise UsageError(f"--bc-episodes must be >= 0, got {args.bc_episodes}")
-    if args.rent < 0:
-        raise UsageError(f"--rent must be >= 0, got {args.rent}")
     from esper.simic.env import EpisodeConfig
-    from esper.simic.training import GROWTH_PPO, SimicConfig
+    from esper.simic.training import GROWTH_PPO, SimicConfig, check_limits
+
+    try:
+        check_limits(vars(args), name=lambda key: "--" + key.replace("_", "-"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
     episode = EpisodeConfig(
         task=args.task,

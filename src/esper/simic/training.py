@@ -33,6 +33,25 @@ GROWTH_PPO = PPOConfig(
 )
 
 
+#: The least value each numeric setting of :class:`SimicConfig` may take.
+LOWER_LIMITS = {
+    "episodes": 1,
+    "episodes_per_update": 1,
+    "workers": 1,
+    "train_seeds": 1,
+    "bc_episodes": 0,
+    "rent": 0.0,
+}
+
+
+def check_limits(values: dict, name: Callable[[str], str] = str) -> None:
+    """Raise ValueError for the first setting in ``values`` below its :data:`LOWER_LIMITS`
+    entry; ``name`` spells the setting in the message (a command line passes its flag)."""
+    for key, least in LOWER_LIMITS.items():
+        if key in values and values[key] < least:
+            raise ValueError(f"{name(key)} must be >= {least:g}, got {values[key]}")
+
+
 @dataclass(frozen=True)
 class SimicConfig:
     """One policy training, as data (saved in the policy file).
@@ -60,13 +79,7 @@ class SimicConfig:
     ppo: PPOConfig = field(default_factory=lambda: GROWTH_PPO)
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "episodes_per_update", "workers", "train_seeds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.rent < 0:
-            raise ValueError(f"rent must be >= 0, got {self.rent}")
-        if self.bc_episodes < 0:
-            raise ValueError(f"bc_episodes must be >= 0, got {self.bc_episodes}")
+        check_limits(vars(self))
 
     @property
     def updates(self) -> int:
