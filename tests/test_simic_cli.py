@@ -28,12 +28,17 @@ def test_simic_train_writes_a_policy_that_esper_train_ppo_runs(policy_file, tmp_
     assert saved["task"] == "digits" and saved["training"]["updates"] == 2
     curves = policy_file.with_name(policy_file.name + ".curves.png")
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Without --epochs and --width-multiplier the run is the kind the policy was trained on.
     run_dir = tmp_path / "run"
-    argv = ["train", "ppo", "--task", "digits", "--epochs", "3", "--policy", str(policy_file)]
+    argv = ["train", "ppo", "--task", "digits", "--policy", str(policy_file)]
     assert main([*argv, "--run-dir", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mode"] == "ppo" and summary["epochs"] == 3
-    # The policy was trained on half-width hosts; this run is full width, and says so.
+    assert summary["width_multiplier"] == 0.5 and "was trained on" not in capsys.readouterr().out
+    # Flags win, and a run unlike the training runs says so.
+    wide = tmp_path / "wide"
+    assert main([*argv, "--width-multiplier", "1", "--run-dir", str(wide)]) == 0
+    assert json.loads((wide / "summary.json").read_text())["width_multiplier"] == 1.0
     assert "trained on 3-epoch runs at width x0.5" in capsys.readouterr().out
     assert json.loads((run_dir / "config.json").read_text())["policy"] == str(policy_file)
 
@@ -50,10 +55,14 @@ def test_simic_train_resumes_and_never_overwrites(policy_file, capsys):
     assert "another configuration" in capsys.readouterr().err
 
 
-def test_simic_policies_lists_what_ships(capsys):
+def test_the_shipped_policies_are_listed_and_run_their_own_kind_of_run(capsys, tmp_path):
     assert main(["simic", "policies"]) == 0
     out = capsys.readouterr().out
-    assert "no policies are shipped" in out or "policies shipped with esper" in out
+    assert "policies shipped with esper" in out and "digits" in out and "pyref" in out
+    run_dir = tmp_path / "shipped"
+    assert main(["train", "ppo", "--task", "digits", "--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["mode"], summary["epochs"], summary["width_multiplier"]) == ("ppo", 30, 0.5)
 
 
 def _bad_inputs(tmp_path, policy_file) -> list[tuple[list[str], str]]:
@@ -72,6 +81,7 @@ def _bad_inputs(tmp_path, policy_file) -> list[tuple[list[str], str]]:
         ([*ppo, "--task", "pyref", "--policy", str(policy_file)], "trained for task 'digits'"),
         ([*ppo, "--slots", "late", "--policy", str(policy_file)], "trained for slots"),
         (["train", "heuristic", "--policy", str(policy_file)], "--policy drives mode ppo"),
+        (["train", "ppo", "--task", "fashion"], "no policy is shipped for task 'fashion'"),
     ]
 
 

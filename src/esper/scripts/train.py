@@ -566,8 +566,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--width-multiplier",
         type=float,
-        default=1.0,
-        help="widen the host (static comparisons at equal parameters)",
+        default=None,
+        help="widen the host (static comparisons at equal parameters); default 1, or in mode "
+        "ppo the width the policy was trained at",
     )
     parser.add_argument(
         "--threads",
@@ -631,6 +632,26 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    cfg = _config_from_flags(args)
+    if cfg.mode == "ppo":
+        # A policy runs the runs it was trained on, unless the flags say otherwise.
+        spec = get_task(cfg.task)
+        policy, where = _load_policy(cfg.policy, cfg.task, spec.topology, cfg.slots or spec.slots)
+        trained = policy.episode
+        cfg = replace(
+            cfg,
+            policy=str(where),
+            epochs=cfg.epochs if args.epochs is not None else trained.get("epochs"),
+            width_multiplier=(
+                cfg.width_multiplier
+                if args.width_multiplier is not None
+                else float(trained.get("width_multiplier", 1.0))
+            ),
+        )
+    return cfg
+
+
+def _config_from_flags(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         mode=args.mode,
         task=args.task,
@@ -645,7 +666,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         batch_size=args.batch_size,
         lr=args.lr,
         gradient_telemetry_stride=args.telemetry_stride,
-        width_multiplier=args.width_multiplier,
+        width_multiplier=1.0 if args.width_multiplier is None else args.width_multiplier,
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
         max_seeds=args.max_seeds,
