@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from esper.simic.actions import ActionLayout
+from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
 from esper.simic.env import BaselineCache, EpisodeConfig
 from esper.simic.evaluate import (
     MaskedRandomController,
@@ -127,16 +127,12 @@ def _controller(name, episode, seed, policy, out, args):
     if name == "static":
         return None
     if name == "random":
-        return MaskedRandomController(policy.layout if policy else _layout(episode), seed)
+        return MaskedRandomController(policy.layout if policy else episode.default_layout(), seed)
     if name == "heuristic":
         return HeuristicController(topology, seed=seed)
     if name == "tuned":
         return HeuristicController(topology, _tuned(episode, policy, out, args), seed=seed)
     return PolicyController(policy)
-
-
-def _layout(episode: EpisodeConfig) -> ActionLayout:
-    return ActionLayout.for_topology(get_task(episode.task).topology, episode.resolved_slots())
 
 
 def _tuned(episode: EpisodeConfig, policy: Policy, out: Path | None, args):
@@ -145,13 +141,13 @@ def _tuned(episode: EpisodeConfig, policy: Policy, out: Path | None, args):
         return heuristic_config_from_dict(json.loads(path.read_text())["best"])
     training = policy.training.get("config", {})
     budget = args.tune_budget or int(policy.training.get("episodes", 0))
-    train_seeds = range(int(training.get("train_seeds", 64)))
+    train_seeds = range(int(training.get("train_seeds", DEFAULT_TRAIN_SEEDS)))
     print(f"tuning the heuristic: random search with {budget} training runs", flush=True)
     best, trials = tune_heuristic(
         episode,
         budget,
         train_seeds,
-        rent=float(training.get("rent", 1.25e-4)),
+        rent=float(training.get("rent", DEFAULT_PARAMETER_RENT)),
         baselines=BaselineCache(out / "baselines" if out is not None else None),
         on_trial=lambda t: print(f"  trial {t['trial']}: {t['score']:+.3f}", flush=True),
     )

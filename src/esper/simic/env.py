@@ -11,6 +11,8 @@ by a :class:`BaselineCache`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,10 @@ class EpisodeConfig:
     def resolved_epochs(self) -> int:
         return self.epochs or get_task(self.task).epochs
 
+    def default_layout(self) -> ActionLayout:
+        """The action space over this run's slots and every blueprint of its topology."""
+        return ActionLayout.for_topology(get_task(self.task).topology, self.resolved_slots())
+
     def key(self, seed: int) -> str:
         """A file-name-safe name for this configuration's run on ``seed``."""
         slots = "+".join(self.resolved_slots())
@@ -114,6 +120,26 @@ def build_run(
     return Trainer(model, data, run.trainer_config(spec, epochs), controller=controller)
 
 
+@contextmanager
+def whole_run(
+    config: EpisodeConfig, seed: int, data_cache: dict | None = None, controller=None
+) -> Iterator[Trainer]:
+    """:func:`build_run`, trained for every epoch under ``controller``; the trainer stops
+    listening to its model when the block ends."""
+    trainer = build_run(config, seed, data_cache, controller=controller)
+    try:
+        for _ in range(config.resolved_epochs()):
+            trainer.run_epoch()
+        yield trainer
+    finally:
+        trainer.close()
+
+
+def fossilized(trainer: Trainer) -> int:
+    """How many of the run's seeds were fossilized."""
+    return sum(1 for r in trainer.records.values() if r.final_stage == "FOSSILIZED")
+
+
 class BaselineCache:
     """The static host's qualities per seed, computed on first use and kept in memory and,
     with ``directory``, as JSON files that parallel workers and later updates share."""
@@ -140,18 +166,13 @@ class BaselineCache:
         return baseline
 
     def _measure(self, config: EpisodeConfig, seed: int) -> StaticBaseline:
-        trainer = build_run(config, seed, self._data)
-        topology = trainer.model.topology
-        host_params = trainer.model.count_parameters()["total"]
-        per_epoch = []
-        try:
-            for _ in range(config.resolved_epochs()):
-                r = trainer.run_epoch()
-                per_epoch.append(quality(topology, r.val_loss, r.val_accuracy))
+        with whole_run(config, seed, self._data) as trainer:
+            topology = trainer.model.topology
+            per_epoch = tuple(
+                quality(topology, r.val_loss, r.val_accuracy) for r in trainer.history
+            )
             final = quality(topology, *trainer.evaluate())
-        finally:
-            trainer.close()
-        return StaticBaseline(tuple(per_epoch), final, host_params)
+            return StaticBaseline(per_epoch, final, trainer.model.count_parameters()["total"])
 
 
 class GrowthEnv(gym.Env):
@@ -187,7 +208,7 @@ class GrowthEnv(gym.Env):
         config.run_config(0)  # validates the configuration before anything is trained
         self.config = config
         self.topology = spec.topology
-        self.layout = layout or ActionLayout.for_topology(spec.topology, config.resolved_slots())
+        self.layout = layout or config.default_layout()
         if self.layout.slots != config.resolved_slots():
             raise ValueError(
                 f"the layout's slots ({', '.join(self.layout.slots)}) are not the run's "
@@ -259,9 +280,7 @@ class GrowthEnv(gym.Env):
                 "total_params": total,
                 "added_params": total - self._reward.baseline.host_params,
                 "germinated": trainer.seed_counter,
-                "fossilized": sum(
-                    1 for r in trainer.records.values() if r.final_stage == "FOSSILIZED"
-                ),
+                "fossilized": fossilized(trainer),
             }
             self._mask = np.zeros(self.layout.n, dtype=np.bool_)
             self._mask[0] = True

@@ -15,7 +15,7 @@ import numpy as np
 
 from esper.leyline import DEFAULT_PARAMETER_RENT, Decision, TrainingSignals, get_topology
 from esper.simic.actions import ActionLayout
-from esper.simic.env import BaselineCache, EpisodeConfig, build_run
+from esper.simic.env import BaselineCache, EpisodeConfig, fossilized, whole_run
 from esper.simic.reward import quality
 from esper.tamiyo import HeuristicConfig, HeuristicController
 from esper.tamiyo.heuristic import SLOT_ORDERS, TIMINGS
@@ -64,33 +64,21 @@ def run_controller(
     """Train one run of ``config`` on ``seed`` under ``controller`` (None: the static host) and
     measure the final model once on validation and once on test."""
     started = time.perf_counter()
-    trainer = build_run(config, seed, data_cache, controller=controller)
-    try:
-        for _ in range(config.resolved_epochs()):
-            trainer.run_epoch()
+    with whole_run(config, seed, data_cache, controller=controller) as trainer:
         val_loss, val_acc = trainer.evaluate()
-        test_loss, test_acc = (
-            trainer.evaluate("test")
-            if trainer.test_x is not None
-            else (
-                val_loss,
-                val_acc,
-            )
-        )
-        topology = trainer.model.topology
+        has_test = trainer.test_x is not None
+        test_loss, test_acc = trainer.evaluate("test") if has_test else (val_loss, val_acc)
         _, higher = metric_name(config.task)
         return RunResult(
             controller=name,
             seed=seed,
             metric=float(test_acc if higher else test_loss),
-            quality=quality(topology, val_loss, val_acc),
+            quality=quality(trainer.model.topology, val_loss, val_acc),
             total_params=trainer.model.count_parameters()["total"],
             germinated=trainer.seed_counter,
-            fossilized=sum(1 for r in trainer.records.values() if r.final_stage == "FOSSILIZED"),
+            fossilized=fossilized(trainer),
             wall_seconds=round(time.perf_counter() - started, 3),
         )
-    finally:
-        trainer.close()
 
 
 def paired_bootstrap(
@@ -150,7 +138,7 @@ def tune_heuristic(
     if budget < seeds_per_config:
         raise ValueError(f"a budget of {budget} runs cannot test one config on {seeds_per_config}")
     spec = get_task(config.task)
-    layout = ActionLayout.for_topology(spec.topology, config.resolved_slots())
+    layout = config.default_layout()
     rng = random.Random(seed)
     baselines = baselines or BaselineCache()
     data: dict = {}

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from esper.leyline import Decision, TrainingSignals
 from esper.simic.actions import ActionLayout
-from esper.simic.env import EpisodeConfig, build_run
+from esper.simic.env import EpisodeConfig, whole_run
 from esper.simic.observation import observe
 from esper.simic.ppo import PPO, masked_entropy
 from esper.tamiyo import HeuristicController
@@ -79,12 +79,8 @@ def demonstrate(config: EpisodeConfig, layout: ActionLayout, seeds) -> Demonstra
     demos, data = Demonstrations(), {}
     for seed in seeds:
         recorder = _Recorder(HeuristicController(topology, seed=int(seed)), layout, demos)
-        trainer = build_run(config, int(seed), data, controller=recorder)
-        try:
-            for _ in range(config.resolved_epochs()):
-                trainer.run_epoch()
-        finally:
-            trainer.close()
+        with whole_run(config, int(seed), data, controller=recorder):
+            pass  # the recorder wrote down every decision as the run went
     return demos
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
-from esper.simic.actions import ActionLayout
 from esper.simic.env import EpisodeConfig
 from esper.simic.imitation import behaviour_clone
 from esper.simic.observation import observation_size
@@ -115,7 +114,7 @@ def baseline_dir(policy_path: Path) -> Path:
 
 def new_policy(config: SimicConfig) -> Policy:
     spec = get_task(config.episode.task)
-    layout = ActionLayout.for_topology(spec.topology, config.episode.resolved_slots())
+    layout = config.episode.default_layout()
     agent = PPO(observation_size(layout), layout.n, config.ppo, seed=config.seed)
     return Policy(
         agent,
