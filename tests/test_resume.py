@@ -122,10 +122,10 @@ def _assert_same_run(a: Path, b: Path) -> None:
             assert value == mb[key], key
 
 
-def _kill_when(run_dir: Path, needle: str, extra: list[str]) -> None:
+def _kill_when(run_dir: Path, needle: str, extra: list[str], mode: str = "heuristic") -> None:
     """Start a run and SIGKILL it as soon as its event log contains ``needle``."""
     proc = subprocess.Popen(
-        _train_cmd("heuristic", "--epochs", str(EPOCHS), "--run-dir", str(run_dir), *extra),
+        _train_cmd(mode, "--epochs", str(EPOCHS), "--run-dir", str(run_dir), *extra),
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -305,3 +305,25 @@ def test_a_run_recorded_before_timing_existed_resumes_on_the_plateau_rule(short_
     assert raw["timing"] == "relative"  # today's default is recorded with every run
     raw.pop("timing")
     assert RunConfig.from_dict(raw).timing == "plateau"
+
+
+@pytest.mark.slow
+def test_a_killed_run_under_a_policy_resumes_under_it(tmp_path):
+    """The shipped digits policy drives the run; a resumed run reads it again and ends as the
+    uninterrupted one."""
+    straight = tmp_path / "straight"
+    done = subprocess.run(
+        _train_cmd("ppo", "--epochs", str(EPOCHS), "--run-dir", str(straight)),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "run"
+    _kill_when(run_dir, '"to": "TRAINING"', [], mode="ppo")
+    resumed = subprocess.run(
+        _train_cmd("--resume", str(run_dir)), env=_env(), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(straight, run_dir)

@@ -251,6 +251,7 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             f"unknown slot {bad[0]!r} for task {cfg.task!r}; "
             f"valid: {', '.join(host.injection_points)}"
         )
+    policy = None
     if cfg.mode == "ppo":
         policy, where = _load_policy(cfg.policy, cfg.task, spec.topology, slots)
         cfg = replace(cfg, policy=str(where))
@@ -279,7 +280,7 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
     if data.provenance is not None:
         config_payload["data"] = data.provenance
     _write_json(run_dir / "config.json", config_payload)
-    return _execute(cfg, trainer_cfg, data, model, run_dir, console, checkpoint=None)
+    return _execute(cfg, trainer_cfg, data, model, run_dir, console, checkpoint=None, policy=policy)
 
 
 def resume_training(
@@ -354,8 +355,10 @@ def _execute(
     console: Console,
     *,
     checkpoint: dict | None,
+    policy=None,
 ) -> dict:
-    """The epoch loop of a new or resumed run, its checkpoints, and the final files."""
+    """The epoch loop of a new or resumed run, its checkpoints, and the final files. A ``ppo``
+    run's policy is read from ``cfg.policy`` unless the caller has it already."""
     spec = get_task(cfg.task)
     epochs = cfg.epochs
     controller = None
@@ -370,7 +373,8 @@ def _execute(
     elif cfg.mode == "ppo":
         from esper.simic.policy import PolicyController
 
-        policy, _ = _load_policy(cfg.policy, cfg.task, spec.topology, tuple(cfg.slots))
+        if policy is None:  # a resumed run
+            policy, _ = _load_policy(cfg.policy, cfg.task, spec.topology, tuple(cfg.slots))
         controller = PolicyController(policy)
     started = time.perf_counter()
     earlier = float(checkpoint["wall_seconds"]) if checkpoint else 0.0
