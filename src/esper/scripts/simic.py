@@ -9,11 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
-from esper.scripts.train import UsageError, print_error
+from esper.scripts.train import UsageError, count_progress, print_error
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import list_tasks
 
@@ -120,17 +119,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
-    from esper.simic.training import train_policy
+    from esper.simic.training import check_output, train_policy
 
     config = config_from_args(args)
     out = Path(args.out)
-    if out.exists() and not args.resume:
-        raise UsageError(
-            f"{out} already exists; pass --resume to continue it, or choose a new --out "
-            "(nothing was overwritten)"
-        )
-    if args.resume and not out.is_file():
-        raise UsageError(f"--resume: {out} does not exist")
+    check_output(out, args.resume)  # before anything is printed
     console.print(
         f"simic: {config.episodes} episodes of {config.episode.task} in updates of "
         f"{config.episodes_per_update}, {config.workers} worker(s) -> {out}",
@@ -144,15 +137,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         soft_wrap=True,  # one line per update, whatever the terminal width
     )
     started = time.perf_counter()
-    progress = Progress(
-        TextColumn("[bold]simic[/] updates"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
+    progress = count_progress("[bold]simic[/] updates", console)
     with progress:
         bar = progress.add_task("updates", total=config.updates)
 

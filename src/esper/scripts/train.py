@@ -251,12 +251,13 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             f"unknown slot {bad[0]!r} for task {cfg.task!r}; "
             f"valid: {', '.join(host.injection_points)}"
         )
+    epochs = cfg.epochs or spec.epochs
     policy = None
     if cfg.mode == "ppo":
         policy, where = _load_policy(cfg.policy, cfg.task, spec.topology, slots)
         cfg = replace(cfg, policy=str(where))
         trained = (policy.episode.get("epochs"), policy.episode.get("width_multiplier"))
-        this_run = (cfg.epochs or spec.epochs, cfg.width_multiplier)
+        this_run = (epochs, cfg.width_multiplier)
         if None not in trained and trained != this_run:
             # Allowed (the inputs fit), but the policy never saw runs like this one.
             console.print(
@@ -268,7 +269,6 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
             )
     run_dir = _prepare_run_dir(cfg)
     model = MorphogeneticModel(host, device=cfg.device, slots=slots)
-    epochs = cfg.epochs or spec.epochs
     cfg = replace(cfg, epochs=epochs, slots=slots, run_dir=str(run_dir))
     trainer_cfg = cfg.trainer_config(spec, epochs)
     config_payload = {
@@ -425,14 +425,10 @@ def _execute(
                 )
             )
             save()  # a kill during the first epoch resumes from here
-        progress = Progress(
-            TextColumn(f"[bold]{cfg.mode}[/] {cfg.task} s{cfg.seed}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=live or not console.is_terminal,  # the live view has its own progress bar
+        progress = count_progress(
+            f"[bold]{cfg.mode}[/] {cfg.task} s{cfg.seed}",
+            console,
+            hidden=live,  # the live view has its own progress bar
         )
         with progress:
             bar = progress.add_task("epochs", total=epochs, completed=trainer.epoch)
@@ -459,6 +455,19 @@ def _execute(
     _write_json(run_dir / "summary.json", summary)
     _print_final(console, summary, run_dir)
     return summary
+
+
+def count_progress(label: str, console: Console, *, hidden: bool = False) -> Progress:
+    """A transient bar with ``done/total`` and the elapsed time, drawn only on a terminal."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=hidden or not console.is_terminal,
+    )
 
 
 def _print_epoch(console: Console, r) -> None:

@@ -142,6 +142,21 @@ def resume_policy(config: SimicConfig, path: Path) -> Policy:
     return policy
 
 
+def check_output(out: Path, resume: bool) -> None:
+    """Refuse to overwrite a policy file, or to resume one that is not there.
+
+    Raises:
+        PolicyError: ``out`` exists and ``resume`` is off, or is missing and ``resume`` is on.
+    """
+    if out.exists() and not resume:
+        raise PolicyError(
+            f"{out} already exists; pass --resume to continue it, or choose a new --out "
+            "(nothing was overwritten)"
+        )
+    if resume and not out.is_file():
+        raise PolicyError(f"{out} does not exist; there is nothing to resume")
+
+
 def train_policy(
     config: SimicConfig,
     out: str | Path,
@@ -161,15 +176,8 @@ def train_policy(
         PolicyError: ``out`` exists without ``resume``, or cannot be resumed.
     """
     out = Path(out)
-    if resume:
-        policy = resume_policy(config, out)
-    else:
-        if out.exists():
-            raise PolicyError(
-                f"{out} already exists; pass --resume to continue it, or choose a new --out "
-                "(nothing was overwritten)"
-            )
-        policy = new_policy(config)
+    check_output(out, resume)
+    policy = resume_policy(config, out) if resume else new_policy(config)
     training = policy.training
     with RolloutWorkers(
         config.episode, policy.layout, config.rent, baseline_dir(out), config.workers
