@@ -3,6 +3,7 @@ heuristic, the heuristic tuned by random search, and a PPO policy.
 
     python benchmarks/controller_eval.py --task digits --policy policy.pt --out runs/eval
     python benchmarks/controller_eval.py --task digits --controllers static,heuristic --json
+    python benchmarks/controller_eval.py --task pyref --workers 2 --out runs/eval-pyref
 
 Every controller trains the same runs (the policy's episode configuration: task, epochs, host
 width, slots) on the same held-out seeds (default 1000..1009; policies train on 0..63), and each
@@ -12,7 +13,9 @@ difference to it with a 95% bootstrap interval (positive: PPO better). The tuned
 as many training runs for its random search as the policy trained on (``--tune-budget``
 overrides), scored on training seeds only. ``--out`` keeps every run's result and the tuning
 (``results.jsonl``, ``tuning.json``), so an interrupted evaluation resumes; ``--json`` makes the
-last line one JSON object with the table's numbers.
+last line one JSON object with the table's numbers. ``--workers W`` spreads the runs (and the
+tuner's) over W processes of one torch thread each; every run depends only on its controller and
+seed, so the numbers are the same for any W.
 """
 
 from __future__ import annotations
@@ -27,20 +30,18 @@ from pathlib import Path
 from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
 from esper.simic.env import BaselineCache, EpisodeConfig
 from esper.simic.evaluate import (
-    MaskedRandomController,
+    CONTROLLERS,
+    ControllerJob,
+    EvaluationWorkers,
     RunResult,
     heuristic_config_from_dict,
     heuristic_config_to_dict,
     metric_name,
     paired_bootstrap,
-    run_controller,
     tune_heuristic,
 )
-from esper.simic.policy import Policy, PolicyController, PolicyError, shipped_policy_path
-from esper.tamiyo import HeuristicController
+from esper.simic.policy import Policy, PolicyError, shipped_policy_path
 from esper.tolaria.tasks import get_task, list_tasks
-
-CONTROLLERS = ("static", "random", "heuristic", "tuned", "ppo")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -55,6 +56,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tune-budget", type=int, default=None, help="default: PPO's episodes")
     parser.add_argument("--out", default=None, help="keep results here (resumable)")
+    parser.add_argument("--workers", type=int, default=1, help="processes, one thread each")
     parser.add_argument("--json", action="store_true", help="last line: the numbers as JSON")
     return parser.parse_args(argv)
 
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
         return _fail(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    policy = None
+    if args.workers < 1:
+        return _fail(f"--workers must be >= 1, got {args.workers}")
+    policy = path = None
     # The policy also fixes the runs every controller trains (its episode configuration), so
     # it is read whenever one is named, whichever controllers run.
     if args.policy or "ppo" in names or "tuned" in names:
@@ -90,16 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     episode = _episode(args, policy)
     out = Path(args.out) if args.out else None
     done = _load_results(out)
-    data: dict = {}
-    for name in names:
-        for seed in seeds:
-            if (name, seed) in done:
-                continue
-            controller = _controller(name, episode, seed, policy, out, args)
-            result = run_controller(episode, seed, name, controller, data)
-            done[(name, seed)] = result
+    with EvaluationWorkers(episode, path, args.workers) as workers:
+        tuned = None
+        if "tuned" in names and any(("tuned", s) not in done for s in seeds):
+            tuned = heuristic_config_to_dict(_tuned(episode, policy, out, args, workers))
+        jobs = [
+            ControllerJob(name, seed, tuned if name == "tuned" else None)
+            for name in names
+            for seed in seeds
+            if (name, seed) not in done
+        ]
+        for result in workers.run(jobs):
+            done[(result.controller, result.seed)] = result
             print(
-                f"{name} seed {seed}: {result.metric:.4f} ({result.wall_seconds:.1f} s)", flush=True
+                f"{result.controller} seed {result.seed}: {result.metric:.4f} "
+                f"({result.wall_seconds:.1f} s)",
+                flush=True,
             )
             if out is not None:
                 with (out / "results.jsonl").open("a") as f:
@@ -122,20 +132,7 @@ def _episode(args: argparse.Namespace, policy: Policy | None) -> EpisodeConfig:
     )
 
 
-def _controller(name, episode, seed, policy, out, args):
-    topology = get_task(episode.task).topology
-    if name == "static":
-        return None
-    if name == "random":
-        return MaskedRandomController(policy.layout if policy else episode.default_layout(), seed)
-    if name == "heuristic":
-        return HeuristicController(topology, seed=seed)
-    if name == "tuned":
-        return HeuristicController(topology, _tuned(episode, policy, out, args), seed=seed)
-    return PolicyController(policy)
-
-
-def _tuned(episode: EpisodeConfig, policy: Policy, out: Path | None, args):
+def _tuned(episode: EpisodeConfig, policy: Policy, out: Path | None, args, workers):
     path = out / "tuning.json" if out is not None else None
     if path is not None and path.is_file():
         return heuristic_config_from_dict(json.loads(path.read_text())["best"])
@@ -150,6 +147,7 @@ def _tuned(episode: EpisodeConfig, policy: Policy, out: Path | None, args):
         rent=float(training.get("rent", DEFAULT_PARAMETER_RENT)),
         baselines=BaselineCache(out / "baselines" if out is not None else None),
         on_trial=lambda t: print(f"  trial {t['trial']}: {t['score']:+.3f}", flush=True),
+        workers=workers,
     )
     if path is not None:
         path.write_text(

@@ -180,3 +180,17 @@ def test_growth_comparison_rows_give_mean_sample_std_and_compute():
     # Sample std of 80, 82, 84 is 2 (the population std would be 1.63).
     assert "| 82.00 ± 2.00 | 0.7000 ± 0.2000 |" in row
     assert row.endswith("| 100 | 2 | 3 |")
+
+
+def test_rollout_scaling_runs_the_same_episodes_on_every_pool():
+    proc = _run(
+        "rollout_scaling.py", "--epochs", "2", "--episodes", "3", "--workers", "1,2", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = _last_json(proc.stdout)
+    assert [r["workers"] for r in result["rows"]] == [1, 2] and result["episodes"] == 3
+    for row in result["rows"]:
+        assert row["same_episodes"] and row["seconds"] > 0 and row["speedup"] > 0
+    assert result["rows"][0]["speedup"] == 1.0
+    bad = _run("rollout_scaling.py", "--workers", "0")
+    assert bad.returncode == 2 and "--workers needs counts >= 1" in bad.stderr

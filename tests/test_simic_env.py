@@ -12,7 +12,7 @@ from esper.leyline import Action, Decision, SeedStage
 from esper.simic.actions import ActionLayout
 from esper.simic.env import BaselineCache, EpisodeConfig, GrowthEnv
 from esper.simic.observation import observation_names, observation_size, observe
-from esper.simic.reward import RewardTracker, StaticBaseline, quality
+from esper.simic.reward import CRITIC_FEATURES, RewardTracker, StaticBaseline, quality
 from esper.testing import slot_report, training_signals
 
 SLOTS = ("early", "mid", "late")
@@ -162,6 +162,33 @@ def test_growth_is_rewarded_by_what_it_changed_and_illegal_actions_are_refused(b
     assert total == pytest.approx(expected)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(0)
+
+
+def test_critic_features_are_the_return_so_far_and_the_static_twins_run():
+    baseline = StaticBaseline(per_epoch=(50.0, 60.0, 70.0), final=71.0, host_params=1000)
+    tracker = RewardTracker(baseline, rent=0.01)
+    tracker.epoch_reward(1, 50.0, 1000)
+    tracker.epoch_reward(2, 59.0, 1100)
+    features = dict(zip(CRITIC_FEATURES, tracker.critic_features(2), strict=True))
+    assert features["potential"] == pytest.approx(-2.0)  # the rewards so far
+    assert features["static_now"] == 60.0 and features["static_final"] == 71.0
+    assert features["static_to_go"] == pytest.approx(11.0)
+    assert features["static_luck"] == pytest.approx(71.0 - 60.0)  # the window covers all 3
+
+
+def test_the_environment_reports_the_critics_inputs_every_step(baselines):
+    env = GrowthEnv(SHORT, baselines=baselines)
+    _, info = env.reset(seed=3)
+    static = env._reward.baseline
+    assert info["critic_obs"].shape == (env.critic_size,) == (len(CRITIC_FEATURES),)
+    assert info["critic_obs"][1] == np.float32(static.per_epoch[0])
+    grow = env.layout.index(Decision(Action.GERMINATE, slot="late", blueprint="conv_light"))
+    total, done, action = 0.0, False, grow
+    while not done:
+        _, reward, done, _, info = env.step(action)
+        total, action = total + reward, 0
+        potential = dict(zip(CRITIC_FEATURES, info["critic_obs"], strict=True))["potential"]
+        assert potential == pytest.approx(total, abs=1e-4)
 
 
 def test_the_environment_passes_gymnasiums_checker(baselines):

@@ -131,6 +131,18 @@ def test_controller_eval_end_to_end(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0 and "seed 1000:" not in again.stdout  # every run read back
     assert json.loads(again.stdout.strip().splitlines()[-1]) == payload
+    # Two worker processes (the tuner's runs too) give the same runs and the same table.
+    spread = [*cmd[: cmd.index("--out")], "--out", str(tmp_path / "two"), "--json"]
+    two = subprocess.run(
+        [*spread, "--workers", "2"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    parallel = json.loads(two.stdout.strip().splitlines()[-1])
+    for name, entry in payload["controllers"].items():
+        timeless = {k: v for k, v in entry.items() if k != "wall"}
+        assert {k: v for k, v in parallel["controllers"][name].items() if k != "wall"} == timeless
+    tuning = json.loads((tmp_path / "two" / "tuning.json").read_text())
+    assert tuning == json.loads((out / "tuning.json").read_text())
     bad = subprocess.run(
         [sys.executable, str(SCRIPT), "--task", "digits", "--controllers", "oracle"],
         capture_output=True,
@@ -139,3 +151,12 @@ def test_controller_eval_end_to_end(tmp_path):
         env=env,
     )
     assert bad.returncode == 2 and "valid: static" in bad.stderr
+    zero = subprocess.run(
+        [sys.executable, str(SCRIPT), "--task", "digits", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert zero.returncode == 2 and "--workers must be >= 1, got 0" in zero.stderr
+    assert "Traceback" not in zero.stderr

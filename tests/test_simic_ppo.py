@@ -172,6 +172,42 @@ def test_buffers_concatenate_and_refuse_to_join_an_unfinished_episode():
         unfinished.extend(a)
 
 
+def _one_step_episodes(agent: PPO, rng: np.random.Generator, n: int) -> RolloutBuffer:
+    """``n`` one-step episodes whose reward is the critic's first input: the observation says
+    nothing about it."""
+    buffer = RolloutBuffer()
+    obs, mask = np.zeros(OBS_DIM, dtype=np.float32), np.ones(N_ACTIONS, dtype=bool)
+    for _ in range(n):
+        extra = rng.normal(size=agent.critic_dim or 1).astype(np.float32)
+        action, log_prob, value = agent.act(obs, mask, critic_obs=extra)
+        buffer.add(obs, mask, action, log_prob, value, float(extra[0]), True, extra)
+    return buffer
+
+
+def test_a_critic_with_inputs_of_its_own_leaves_the_policy_alone_and_explains_more():
+    agent = PPO(OBS_DIM, N_ACTIONS, PPOConfig(lr=3e-3), seed=4, critic_dim=2)
+    obs, mask = np.linspace(-1, 1, OBS_DIM), np.ones(N_ACTIONS, dtype=bool)
+    agent.generator.manual_seed(9)
+    with_extra = agent.act(obs, mask, critic_obs=np.array([1.0, 2.0]))
+    agent.generator.manual_seed(9)
+    without = agent.act(obs, mask)
+    assert with_extra[:2] == without[:2]  # same action, same probability
+    assert np.isfinite(with_extra[2]) and np.isnan(without[2])  # only the value needs them
+    with pytest.raises(ValueError, match="critic_obs"):
+        agent.value(obs)
+    with pytest.raises(ValueError, match="critic_obs"):
+        agent.act(obs, mask, critic_obs=np.zeros(3))
+    # Returns only the critic's inputs predict: it learns them, a plain critic cannot.
+    plain = PPO(OBS_DIM, N_ACTIONS, PPOConfig(lr=3e-3), seed=4)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        stats = agent.update(_one_step_episodes(agent, rng, 64))
+        assert stats["first_minibatch_ratio_max_dev"] < 1e-6
+        plain_stats = plain.update(_one_step_episodes(plain, rng, 64))
+    assert stats["explained_variance"] > 0.8
+    assert plain_stats["explained_variance"] < 0.2
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 
 
@@ -196,6 +232,27 @@ def test_saved_and_loaded_agent_acts_and_learns_identically(tmp_path):
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="from_state_dict"):
         _agent().load_state_dict(agent.state_dict())
+
+
+def test_checkpoints_keep_the_critics_inputs_and_format_1_still_loads(tmp_path):
+    agent = PPO(OBS_DIM, N_ACTIONS, seed=1, critic_dim=2)
+    agent.update(_one_step_episodes(agent, np.random.default_rng(0), 16))
+    agent.save(tmp_path / "a.pt")
+    loaded = PPO.load(tmp_path / "a.pt")
+    assert loaded.critic_dim == 2
+    torch.testing.assert_close(loaded.critic_rms.mean, agent.critic_rms.mean, rtol=0, atol=0)
+    obs, extra = np.ones(OBS_DIM), np.array([0.5, -1.0])
+    assert loaded.value(obs, extra) == agent.value(obs, extra)
+    # A checkpoint written before the critic had inputs of its own (format 1) still loads.
+    old = PPO(OBS_DIM, N_ACTIONS, seed=1).state_dict()
+    old["format"] = 1
+    del old["critic_dim"], old["critic_rms"]
+    restored = PPO.from_state_dict(old)
+    mask = np.ones(N_ACTIONS, dtype=bool)
+    assert restored.critic_dim == 0
+    assert restored.act(obs, mask, greedy=True) == PPO(OBS_DIM, N_ACTIONS, seed=1).act(
+        obs, mask, greedy=True
+    )
 
 
 def test_the_global_rng_is_never_used():

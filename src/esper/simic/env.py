@@ -27,7 +27,7 @@ from esper.leyline import DEFAULT_PARAMETER_RENT
 from esper.scripts.train import RunConfig, widen_task
 from esper.simic.actions import ActionLayout
 from esper.simic.observation import OBSERVATION_BOUND, observation_size, observe
-from esper.simic.reward import RewardTracker, StaticBaseline, quality
+from esper.simic.reward import CRITIC_FEATURES, RewardTracker, StaticBaseline, quality
 from esper.tolaria.tasks import build_task_host, get_task
 from esper.tolaria.trainer import Trainer
 
@@ -189,8 +189,9 @@ class GrowthEnv(gym.Env):
 
     Observation: a float32 vector (:func:`esper.simic.observation.observe`). Action: a
     ``Discrete(layout.n)`` index (:class:`ActionLayout`); an action the mask forbids raises
-    ````info``: ``action_mask``, ``epoch``, and at the end ``episode`` (the final
-    validation quality, the baseline's, parameters added, the return).
+    ``info``: ``action_mask``, ``epoch``, ``critic_obs`` (the critic-only inputs,
+    :data:`~esper.simic.reward.CRITIC_FEATURES`; ``critic_size`` of them), and at the end
+    ``episode`` (the final validation quality, the baseline's, parameters added, the return).
     """
 
     metadata = {"render_modes": []}
@@ -224,10 +225,12 @@ class GrowthEnv(gym.Env):
             -OBSERVATION_BOUND, OBSERVATION_BOUND, (size,), np.float32
         )
         self.action_space = spaces.Discrete(self.layout.n)
+        self.critic_size = len(CRITIC_FEATURES)
         self._trainer: Trainer | None = None
         self._data: dict = {}
         self._mask = np.zeros(self.layout.n, dtype=np.bool_)
         self._obs = np.zeros(size, dtype=np.float32)
+        self._critic_obs = np.zeros(self.critic_size, dtype=np.float32)
         self.run_seed: int | None = None
 
     # ------------------------------------------------------------------ gymnasium API
@@ -246,6 +249,7 @@ class GrowthEnv(gym.Env):
         signals = self._trainer.observe()
         # Epoch 1 is the static run's epoch 1: its reward is 0 by construction.
         self._reward.epoch_reward(1, self._quality(signals), signals.total_params)
+        self._critic_obs = self._reward.critic_features(1)
         return self._observe(signals), self._info()
 
     def step(self, action):
@@ -270,6 +274,7 @@ class GrowthEnv(gym.Env):
             final = quality(self.topology, val_loss, val_accuracy)
             total = trainer.model.count_parameters()["total"]
             reward = self._reward.final_reward(final, total)
+            self._critic_obs = self._reward.critic_features(trainer.epoch)
             episode = {
                 "seed": self.run_seed,
                 "return": self._reward.phi,
@@ -292,6 +297,7 @@ class GrowthEnv(gym.Env):
         reward = self._reward.epoch_reward(
             trainer.epoch, self._quality(signals), signals.total_params
         )
+        self._critic_obs = self._reward.critic_features(trainer.epoch)
         return self._observe(signals), reward, False, False, {**self._info(), **info_extra}
 
     def close(self) -> None:
@@ -316,4 +322,8 @@ class GrowthEnv(gym.Env):
 
     def _info(self) -> dict:
         epoch = self._trainer.epoch if self._trainer is not None else None
-        return {"action_mask": self._mask.copy(), "epoch": epoch}
+        return {
+            "action_mask": self._mask.copy(),
+            "epoch": epoch,
+            "critic_obs": self._critic_obs.copy(),
+        }

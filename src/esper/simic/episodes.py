@@ -30,6 +30,8 @@ def collect_episodes(
 ) -> tuple[RolloutBuffer, list[float]]:
     """Run whole episodes with the agent's current policy.
 
+    The critic's extra inputs, when the agent has any, come from ``info["critic_obs"]``.
+
     Episode ``i`` starts from ``env.reset(seed=seed + i)``. A step cut by a time limit
     (truncated, not terminated) gets ``gamma * V(next obs)`` added to its stored reward, so
     ending the episode there does not pretend the future is worth nothing.
@@ -53,14 +55,15 @@ def collect_episodes(
         total, done = 0.0, False
         while not done:
             mask = _action_mask(info, agent.n_actions)
-            action, log_prob, value = agent.act(obs, mask, greedy=greedy)
+            critic_obs = info.get("critic_obs")
+            action, log_prob, value = agent.act(obs, mask, greedy=greedy, critic_obs=critic_obs)
             next_obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             done = bool(terminated or truncated)
             stored = float(reward)
             if truncated and not terminated:
-                stored += agent.config.gamma * agent.value(next_obs)
-            buffer.add(obs, mask, action, log_prob, value, stored, done)
+                stored += agent.config.gamma * agent.value(next_obs, info.get("critic_obs"))
+            buffer.add(obs, mask, action, log_prob, value, stored, done, critic_obs)
             obs = next_obs
         episode_returns.append(total)
     return buffer, episode_returns

@@ -6,16 +6,20 @@ beat (masked-random, the heuristic tuned by random search), and paired bootstrap
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from esper.leyline import DEFAULT_PARAMETER_RENT, Decision, TrainingSignals, get_topology
 from esper.simic.actions import ActionLayout
 from esper.simic.env import BaselineCache, EpisodeConfig, fossilized, whole_run
+from esper.simic.policy import Policy, PolicyController
 from esper.simic.reward import quality
 from esper.tamiyo import HeuristicConfig, HeuristicController
 from esper.tamiyo.heuristic import SLOT_ORDERS, TIMINGS
@@ -81,6 +85,114 @@ def run_controller(
         )
 
 
+# -- many runs, on one process or several ------------------------------------------------------
+
+#: The controllers an evaluation can run, in the order tables list them.
+CONTROLLERS = ("static", "random", "heuristic", "tuned", "ppo")
+
+
+@dataclass(frozen=True)
+class ControllerJob:
+    """One run to evaluate: the controller's name, the seed, and for ``tuned`` the heuristic's
+    configuration (:func:`heuristic_config_to_dict`)."""
+
+    name: str
+    seed: int
+    heuristic: dict | None = None
+
+
+def make_controller(job: ControllerJob, config: EpisodeConfig, policy: Policy | None):
+    """The controller ``job`` names, for a run of ``config`` (None for the static host).
+
+    Raises:
+        ValueError: an unknown name, ``ppo`` without a policy, or ``tuned`` without a config.
+    """
+    topology = get_task(config.task).topology
+    if job.name == "static":
+        return None
+    if job.name == "random":
+        layout = policy.layout if policy is not None else config.default_layout()
+        return MaskedRandomController(layout, job.seed)
+    if job.name == "heuristic":
+        return HeuristicController(topology, seed=job.seed)
+    if job.name == "tuned":
+        if job.heuristic is None:
+            raise ValueError("a tuned run needs its heuristic configuration")
+        return HeuristicController(topology, heuristic_config_from_dict(job.heuristic), job.seed)
+    if job.name == "ppo":
+        if policy is None:
+            raise ValueError("a ppo run needs a policy")
+        return PolicyController(policy)
+    raise ValueError(f"unknown controller {job.name!r}; valid: {', '.join(CONTROLLERS)}")
+
+
+#: The worker process's run configuration, policy and data (set once per worker process).
+_WORKER: dict = {}
+
+
+def _start_worker(config: EpisodeConfig, policy_path: str | None) -> None:
+    torch.set_num_threads(config.threads)
+    policy = Policy.load(policy_path) if policy_path is not None else None
+    _WORKER.update(config=config, policy=policy, data={})
+
+
+def _run_in_worker(job: ControllerJob) -> RunResult:
+    config, policy = _WORKER["config"], _WORKER["policy"]
+    return run_controller(
+        config, job.seed, job.name, make_controller(job, config, policy), _WORKER["data"]
+    )
+
+
+class EvaluationWorkers:
+    """Runs :class:`ControllerJob` s on ``workers`` processes (in this process when 1). A run
+    depends only on its job, never on the process that ran it, so the results are the same
+    for any number of workers.
+
+    Args:
+        config: the run every job trains.
+        policy_path: the policy ``ppo`` jobs run (and whose action space ``random`` samples);
+            None when no job needs one.
+        workers: processes; each runs ``config.threads`` torch threads.
+    """
+
+    def __init__(
+        self, config: EpisodeConfig, policy_path: str | Path | None, workers: int = 1
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        path = None if policy_path is None else str(policy_path)
+        self.config = config
+        self._pool = None
+        if workers == 1:
+            self._policy = Policy.load(path) if path is not None else None
+            self._data: dict = {}
+        else:
+            # spawn, not fork: a forked child would inherit this process's torch thread pool.
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ctx.Pool(workers, initializer=_start_worker, initargs=(config, path))
+
+    def run(self, jobs: Sequence[ControllerJob]) -> Iterator[RunResult]:
+        """The jobs' results, in job order, each as soon as it and those before it are done."""
+        if self._pool is not None:
+            yield from self._pool.imap(_run_in_worker, list(jobs))
+            return
+        for job in jobs:
+            controller = make_controller(job, self.config, self._policy)
+            yield run_controller(self.config, job.seed, job.name, controller, self._data)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> EvaluationWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def paired_bootstrap(
     better: Sequence[float], other: Sequence[float], higher_is_better: bool, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -127,32 +239,32 @@ def tune_heuristic(
     seed: int = 0,
     baselines: BaselineCache | None = None,
     on_trial: Callable[[dict], None] | None = None,
+    workers: EvaluationWorkers | None = None,
 ) -> tuple[HeuristicConfig, list[dict]]:
     """Random search over :class:`HeuristicConfig` with ``budget`` training runs in all, scored
     on training seeds by the learned policy's own objective (validation quality against the
-    static host, minus rent per added parameter). The default config is the first trial.
+    static host, minus rent per added parameter). The default config is the first trial. With
+    ``workers``, a trial's runs go to them (the result is the same).
 
     Returns:
         The best config and every trial (config and score).
     """
     if budget < seeds_per_config:
         raise ValueError(f"a budget of {budget} runs cannot test one config on {seeds_per_config}")
-    spec = get_task(config.task)
     layout = config.default_layout()
     rng = random.Random(seed)
     baselines = baselines or BaselineCache()
-    data: dict = {}
+    own = workers is None
+    workers = EvaluationWorkers(config, None) if own else workers
     trials: list[dict] = []
     best: tuple[float, HeuristicConfig] = (float("-inf"), HeuristicConfig())
     for t in range(budget // seeds_per_config):
         candidate = HeuristicConfig() if t == 0 else sample_heuristic_config(rng, layout.blueprints)
         seeds = [rng.choice(list(train_seeds)) for _ in range(seeds_per_config)]
+        raw = heuristic_config_to_dict(candidate)
         scores = []
-        for s in seeds:
-            result = run_controller(
-                config, s, "tuned", HeuristicController(spec.topology, candidate, seed=s), data
-            )
-            static = baselines.get(config, s)
+        for result in workers.run([ControllerJob("tuned", s, raw) for s in seeds]):
+            static = baselines.get(config, result.seed)
             scores.append(
                 result.quality - static.final - rent * (result.total_params - static.host_params)
             )
@@ -161,13 +273,15 @@ def tune_heuristic(
             "trial": t,
             "score": score,
             "seeds": seeds,
-            "config": heuristic_config_to_dict(candidate),
+            "config": raw,
         }
         trials.append(trial)
         if on_trial is not None:
             on_trial(trial)
         if score > best[0]:
             best = (score, candidate)
+    if own:
+        workers.close()
     return best[1], trials
 
 

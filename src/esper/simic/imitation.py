@@ -114,14 +114,14 @@ def behaviour_clone(
     optimizer = torch.optim.Adam(agent.net.actor.parameters(), lr=lr)
     loss = torch.tensor(0.0)
     for _ in range(epochs):
-        logits, _ = agent.net(x, masks)  # (N, n_actions)
+        logits = agent.net.logits(x, masks)  # (N, n_actions)
         loss = F.cross_entropy(logits, actions)
         objective = loss - entropy_coef * masked_entropy(logits).mean()
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
     with torch.no_grad():
-        logits, _ = agent.net(x, masks)
+        logits = agent.net.logits(x, masks)
         accuracy = float((logits.argmax(dim=1) == actions).float().mean())
         entropy = float(masked_entropy(logits).mean())
     return {

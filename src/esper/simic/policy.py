@@ -145,5 +145,7 @@ class PolicyController:
         obs = observe(signals, self.layout)
         mask = self.layout.mask(signals)
         action, log_prob, value = self.policy.agent.act(obs, mask, greedy=True)
-        reason = f"policy: p={math.exp(log_prob):.2f}, value {value:+.2f}"
+        reason = f"policy: p={math.exp(log_prob):.2f}"
+        if math.isfinite(value):  # a critic that needs training's static twin has no value here
+            reason += f", value {value:+.2f}"
         return self.layout.decision(action, reason=reason)

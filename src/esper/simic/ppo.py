@@ -12,6 +12,11 @@ Two consistency rules run through the file:
   then equal the ones recomputed on the first minibatch (``first_minibatch_ratio_max_dev``).
 * Illegal actions get the most negative finite logit, never ``-inf``: their probability is
   exactly 0, while log-softmax, entropy and their gradients stay finite.
+
+The critic may see more than the actor (an asymmetric actor-critic): ``critic_dim`` extra
+inputs that only the training environment has, passed as ``critic_obs``. The value only shapes
+the advantages during training, so a policy acting where those inputs do not exist is the same
+policy; its value is then unknown (NaN).
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from esper.simic.rollout import RolloutBuffer, compute_gae, explained_variance
 #: Observations are clipped to this many standard deviations after normalisation, so one
 #: outlier cannot saturate the tanh trunk.
 OBS_CLIP = 10.0
-#: Bumped when the checkpoint layout changes.
-CHECKPOINT_FORMAT = 1
+#: Bumped when the checkpoint layout changes. Format 1 (no critic-only inputs) still loads.
+CHECKPOINT_FORMAT = 2
+_READABLE_FORMATS = (1, CHECKPOINT_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,7 @@ class ActorCritic(nn.Module):
         n_actions: number of discrete actions.
         hidden: hidden widths of each MLP.
         generator: RNG for the initial weights (the global RNG is never used when given).
+        critic_dim: extra inputs the critic reads after the observation (0: none).
     """
 
     def __init__(
@@ -197,21 +204,29 @@ class ActorCritic(nn.Module):
         n_actions: int,
         hidden: tuple[int, ...] = (64, 64),
         generator: torch.Generator | None = None,
+        critic_dim: int = 0,
     ):
         super().__init__()
-        if obs_dim < 1 or n_actions < 1:
-            raise ValueError(f"obs_dim and n_actions must be >= 1, got {obs_dim}, {n_actions}")
-        self.obs_dim, self.n_actions = obs_dim, n_actions
+        if obs_dim < 1 or n_actions < 1 or critic_dim < 0:
+            raise ValueError(
+                "obs_dim and n_actions must be >= 1 and critic_dim >= 0, got "
+                f"{obs_dim}, {n_actions}, {critic_dim}"
+            )
+        self.obs_dim, self.n_actions, self.critic_dim = obs_dim, n_actions, critic_dim
         # A small gain on the policy head starts it near uniform over the legal actions.
         self.actor = _mlp([obs_dim, *hidden, n_actions], 0.01, generator)
-        self.critic = _mlp([obs_dim, *hidden, 1], 1.0, generator)
+        self.critic = _mlp([obs_dim + critic_dim, *hidden, 1], 1.0, generator)
 
-    def forward(self, obs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, obs: Tensor, mask: Tensor, critic_obs: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Masked logits and values.
 
         Args:
             obs: ``(B, obs_dim)`` (already normalised) observations.
             mask: ``(B, n_actions)`` bool, True for legal actions.
+            critic_obs: ``(B, critic_dim)`` (normalised) critic-only inputs; needed when
+                ``critic_dim > 0``.
 
         Returns:
             ``(masked_logits (B, n_actions), value (B,))``; illegal actions' logits are
@@ -220,6 +235,10 @@ class ActorCritic(nn.Module):
         Raises:
             ValueError: wrong shapes, a non-bool mask, or a row with no legal action.
         """
+        return self.logits(obs, mask), self.value(obs, critic_obs)  # (B, n_actions), (B,)
+
+    def logits(self, obs: Tensor, mask: Tensor) -> Tensor:
+        """The policy alone: ``(B, n_actions)`` masked logits (see :meth:`forward`)."""
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"obs must be (B, {self.obs_dim}), got {tuple(obs.shape)}")
         if mask.dtype != torch.bool or tuple(mask.shape) != (obs.shape[0], self.n_actions):
@@ -232,11 +251,19 @@ class ActorCritic(nn.Module):
             rows = torch.nonzero(empty).flatten().tolist()
             raise ValueError(f"rows {rows} of the action mask allow no action")
         logits = self.actor(obs)  # (B, n_actions)
-        masked = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
-        return masked, self.critic(obs).squeeze(-1)  # (B, n_actions), (B,)
+        return logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
 
-    def value(self, obs: Tensor) -> Tensor:
-        """``(B,)`` values of ``(B, obs_dim)`` normalised observations (no mask needed)."""
+    def value(self, obs: Tensor, critic_obs: Tensor | None = None) -> Tensor:
+        """``(B,)`` values of ``(B, obs_dim)`` normalised observations (no mask needed) and,
+        when the critic has extra inputs, their ``(B, critic_dim)`` normalised values."""
+        if self.critic_dim:
+            if critic_obs is None or tuple(critic_obs.shape) != (obs.shape[0], self.critic_dim):
+                got = None if critic_obs is None else tuple(critic_obs.shape)
+                raise ValueError(
+                    f"the critic needs critic_obs of shape ({obs.shape[0]}, {self.critic_dim}), "
+                    f"got {got}"
+                )
+            obs = torch.cat([obs, critic_obs.to(obs.dtype)], dim=1)
         return self.critic(obs).squeeze(-1)
 
 
@@ -259,18 +286,28 @@ class PPO:
         n_actions: number of discrete actions.
         config: hyperparameters; defaults to :class:`PPOConfig`.
         seed: seeds the agent's generator.
+        critic_dim: critic-only inputs (see the module docstring); 0 for none.
     """
 
     def __init__(
-        self, obs_dim: int, n_actions: int, config: PPOConfig | None = None, seed: int = 0
+        self,
+        obs_dim: int,
+        n_actions: int,
+        config: PPOConfig | None = None,
+        seed: int = 0,
+        critic_dim: int = 0,
     ):
         self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
+        self.critic_dim = int(critic_dim)
         self.config = config or PPOConfig()
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.net = ActorCritic(self.obs_dim, self.n_actions, self.config.hidden, self.generator)
+        self.net = ActorCritic(
+            self.obs_dim, self.n_actions, self.config.hidden, self.generator, self.critic_dim
+        )
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.config.lr, eps=1e-5)
         self.obs_rms = RunningMeanStd((self.obs_dim,))
+        self.critic_rms = RunningMeanStd((self.critic_dim,))
         self.ret_rms = RunningMeanStd(())
 
     # -- acting --------------------------------------------------------------------------------
@@ -280,6 +317,24 @@ class PPO:
         if not self.config.normalize_observations:
             return obs
         return self.obs_rms.normalize(obs)
+
+    def normalize_critic_obs(self, critic_obs: Tensor) -> Tensor:
+        """The critic-only inputs as the critic sees them (standardised like observations)."""
+        if not self.config.normalize_observations:
+            return critic_obs
+        return self.critic_rms.normalize(critic_obs)
+
+    def _critic_tensor(self, critic_obs: np.ndarray | None) -> Tensor | None:
+        """``(1, critic_dim)`` normalised critic inputs, or None when the critic has none or
+        they were not given."""
+        if not self.critic_dim or critic_obs is None:
+            return None
+        x = torch.as_tensor(np.asarray(critic_obs, dtype=np.float32))
+        if tuple(x.shape) != (self.critic_dim,):
+            raise ValueError(
+                f"critic_obs must have shape ({self.critic_dim},), got {tuple(x.shape)}"
+            )
+        return self.normalize_critic_obs(x)[None]
 
     def _return_scale(self) -> float:
         """Critic outputs are returns divided by this."""
@@ -293,7 +348,11 @@ class PPO:
 
     @torch.no_grad()
     def act(
-        self, obs: np.ndarray, mask: np.ndarray, greedy: bool = False
+        self,
+        obs: np.ndarray,
+        mask: np.ndarray,
+        greedy: bool = False,
+        critic_obs: np.ndarray | None = None,
     ) -> tuple[int, float, float]:
         """Choose an action for one observation.
 
@@ -301,10 +360,12 @@ class PPO:
             obs: ``(obs_dim,)`` raw observation.
             mask: ``(n_actions,)`` bool, True for legal actions.
             greedy: take the most probable legal action instead of sampling.
+            critic_obs: ``(critic_dim,)`` raw critic-only inputs (ignored when the critic has
+                none). Without them the action is the same; only the value is unknown.
 
         Returns:
             ``(action, log_prob, value)``: the log-prob under the masked policy and the value in
-            return units.
+            return units (NaN when the critic needs ``critic_obs`` and got none).
 
         Raises:
             TypeError: ``mask`` is not boolean.
@@ -315,7 +376,13 @@ class PPO:
         if mask_arr.dtype != np.bool_:
             raise TypeError(f"mask must be a bool array, got dtype {mask_arr.dtype}")
         legal = torch.from_numpy(mask_arr.copy())
-        logits, value = self.net(self.normalize_obs(x)[None], legal[None])
+        x = self.normalize_obs(x)[None]
+        extra = self._critic_tensor(critic_obs)
+        logits = self.net.logits(x, legal[None])
+        if self.critic_dim and extra is None:
+            value = torch.full((1,), math.nan)
+        else:
+            value = self.net.value(x, extra)
         log_p = F.log_softmax(logits[0], dim=-1)  # (n_actions,)
         if greedy:
             # -inf (not finfo.min) here, so even a tie can only pick a legal action.
@@ -327,10 +394,11 @@ class PPO:
         return action, float(log_p[action]), float(value[0]) * self._return_scale()
 
     @torch.no_grad()
-    def value(self, obs: np.ndarray) -> float:
-        """Value (in return units) of one raw observation."""
+    def value(self, obs: np.ndarray, critic_obs: np.ndarray | None = None) -> float:
+        """Value (in return units) of one raw observation (and its critic-only inputs, which a
+        critic that has them needs)."""
         x = self.normalize_obs(self._obs_tensor(obs))[None]
-        return float(self.net.value(x)[0]) * self._return_scale()
+        return float(self.net.value(x, self._critic_tensor(critic_obs))[0]) * self._return_scale()
 
     # -- learning ------------------------------------------------------------------------------
 
@@ -362,6 +430,11 @@ class PPO:
                 f"buffer has obs width {batch.obs.shape[1]} and {batch.mask.shape[1]} actions; "
                 f"the agent expects {self.obs_dim} and {self.n_actions}"
             )
+        if self.critic_dim and batch.critic_obs.shape[1] != self.critic_dim:
+            raise ValueError(
+                f"buffer has {batch.critic_obs.shape[1]} critic inputs per step; the critic "
+                f"expects {self.critic_dim}"
+            )
         advantages, returns = compute_gae(
             batch.rewards, batch.values, batch.dones, buffer.last_value, cfg.gamma, cfg.gae_lambda
         )
@@ -373,6 +446,9 @@ class PPO:
         scale = self._return_scale()
         targets, old_values = returns / scale, batch.values / scale  # (T,)
         obs = self.normalize_obs(batch.obs)  # (T, obs_dim), statistics frozen since collection
+        critic_obs = (
+            self.normalize_critic_obs(batch.critic_obs) if self.critic_dim else None
+        )  # (T, critic_dim)
 
         n = len(buffer)
         size = min(cfg.minibatch_size, n)
@@ -388,7 +464,8 @@ class PPO:
             for start in range(0, n, size):
                 idx = order[start : start + size]
                 mb = self._minibatch_loss(
-                    obs[idx], batch.mask[idx], batch.actions[idx], batch.log_probs[idx],
+                    obs[idx], None if critic_obs is None else critic_obs[idx],
+                    batch.mask[idx], batch.actions[idx], batch.log_probs[idx],
                     advantages[idx], targets[idx], old_values[idx],
                 )  # fmt: skip
                 if evaluated == 0:
@@ -409,6 +486,8 @@ class PPO:
 
         if cfg.normalize_observations:
             self.obs_rms.update(batch.obs)
+            if self.critic_dim:
+                self.critic_rms.update(batch.critic_obs)
         stats = {key: value / evaluated for key, value in sums.items()}
         stats.update(
             explained_variance=ev,
@@ -422,6 +501,7 @@ class PPO:
     def _minibatch_loss(
         self,
         obs: Tensor,
+        critic_obs: Tensor | None,
         mask: Tensor,
         actions: Tensor,
         old_log_probs: Tensor,
@@ -431,7 +511,7 @@ class PPO:
     ) -> dict[str, Any]:
         """The PPO loss of one minibatch (a tensor, ``loss``) and its diagnostics (floats)."""
         cfg = self.config
-        logits, values = self.net(obs, mask)  # (M, n_actions), (M,)
+        logits, values = self.net(obs, mask, critic_obs)  # (M, n_actions), (M,)
         log_p = F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)  # (M,)
         log_ratio = log_p - old_log_probs
         ratio = log_ratio.exp()
@@ -474,11 +554,13 @@ class PPO:
             "format": CHECKPOINT_FORMAT,
             "obs_dim": self.obs_dim,
             "n_actions": self.n_actions,
+            "critic_dim": self.critic_dim,
             "seed": self.seed,
             "config": config,
             "network": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "obs_rms": self.obs_rms.state_dict(),
+            "critic_rms": self.critic_rms.state_dict(),
             "ret_rms": self.ret_rms.state_dict(),
             "generator": self.generator.get_state(),
         }
@@ -489,21 +571,29 @@ class PPO:
         Raises:
             ValueError: the checkpoint's format, shapes or config differ from this agent's.
         """
-        if state.get("format") != CHECKPOINT_FORMAT:
+        if state.get("format") not in _READABLE_FORMATS:
             raise ValueError(
-                f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}; "
+                f"checkpoint format {state.get('format')!r} is not one of {_READABLE_FORMATS}; "
                 "it was written by another version of esper.simic.ppo"
             )
-        saved = (state["obs_dim"], state["n_actions"], _config_from_dict(state["config"]))
-        if saved != (self.obs_dim, self.n_actions, self.config):
+        saved = (
+            state["obs_dim"],
+            state["n_actions"],
+            _critic_dim(state),
+            _config_from_dict(state["config"]),
+        )
+        if saved != (self.obs_dim, self.n_actions, self.critic_dim, self.config):
             raise ValueError(
-                f"checkpoint is for obs_dim={saved[0]}, n_actions={saved[1]}, {saved[2]}; this "
-                f"agent has obs_dim={self.obs_dim}, n_actions={self.n_actions}, {self.config}. "
+                f"checkpoint is for obs_dim={saved[0]}, n_actions={saved[1]}, "
+                f"critic_dim={saved[2]}, {saved[3]}; this agent has obs_dim={self.obs_dim}, "
+                f"n_actions={self.n_actions}, critic_dim={self.critic_dim}, {self.config}. "
                 "Use PPO.from_state_dict to rebuild the saved agent."
             )
         self.net.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.obs_rms.load_state_dict(state["obs_rms"])
+        if self.critic_dim:
+            self.critic_rms.load_state_dict(state["critic_rms"])
         self.ret_rms.load_state_dict(state["ret_rms"])
         self.generator.set_state(state["generator"])
         self.seed = int(state["seed"])
@@ -512,7 +602,11 @@ class PPO:
     def from_state_dict(cls, state: dict[str, Any]) -> PPO:
         """A new agent built from a checkpoint's construction arguments, then restored."""
         agent = cls(
-            state["obs_dim"], state["n_actions"], _config_from_dict(state["config"]), state["seed"]
+            state["obs_dim"],
+            state["n_actions"],
+            _config_from_dict(state["config"]),
+            state["seed"],
+            _critic_dim(state),
         )
         agent.load_state_dict(state)
         return agent
@@ -526,6 +620,11 @@ class PPO:
     def load(cls, path: str | os.PathLike) -> PPO:
         """Rebuild the agent saved at ``path`` (loaded with ``weights_only=True``)."""
         return cls.from_state_dict(torch.load(path, weights_only=True))
+
+
+def _critic_dim(state: dict[str, Any]) -> int:
+    """A checkpoint's critic-only inputs (format 1 had none)."""
+    return int(state.get("critic_dim", 0))
 
 
 def _config_from_dict(data: dict[str, Any]) -> PPOConfig:

@@ -17,13 +17,32 @@ with phi_0 = 0, so they telescope exactly to the return: nothing pays for waitin
 seeds (a culled seed's parameters leave and its quality effect with it), or for a counterfactual
 (which is only observed, never rewarded). Until the first germination the grown run is the static
 run, so every reward before it is exactly zero.
+
+The critic (never the policy) also sees what only the training environment knows: the potential
+so far and the static host's run on the same seed (:meth:`RewardTracker.critic_features`). A
+policy acting in a real run has no static twin to compare against, so these inputs are for the
+value estimate alone; they let it tell a seed whose static run ended lucky from one that ended
+unlucky, which is most of an episode's return on a small validation split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from esper.leyline import DEFAULT_PARAMETER_RENT, get_topology
+
+#: The critic-only inputs, in the order :meth:`RewardTracker.critic_features` gives them.
+CRITIC_FEATURES = (
+    "potential",  # the return so far
+    "static_now",  # the static host's quality after the same epoch
+    "static_final",  # the static host's final quality (the return's reference)
+    "static_to_go",  # how much the static host still gains: static_final - static_now
+    "static_luck",  # static_final minus the mean of its last epochs: the reference's noise
+)
+#: Epochs averaged for ``static_luck``.
+LUCK_WINDOW = 5
 
 
 def quality(topology: str, val_loss: float, val_accuracy: float) -> float:
@@ -83,6 +102,15 @@ class RewardTracker:
     def final_reward(self, quality_final: float, total_params: int) -> float:
         """The last reward: the final model against the static host's final model."""
         return self._advance(self.potential(quality_final, self.baseline.final, total_params))
+
+    def critic_features(self, epoch: int) -> np.ndarray:
+        """The critic's privileged inputs after ``epoch`` (1-based), named by
+        :data:`CRITIC_FEATURES` (float32)."""
+        per_epoch = self.baseline.per_epoch
+        now = per_epoch[min(epoch, len(per_epoch)) - 1]
+        final = self.baseline.final
+        recent = float(np.mean(per_epoch[-LUCK_WINDOW:]))
+        return np.array([self.phi, now, final, final - now, final - recent], dtype=np.float32)
 
     def _advance(self, phi: float) -> float:
         reward, self.phi = phi - self.phi, phi

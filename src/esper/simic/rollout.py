@@ -71,10 +71,12 @@ def explained_variance(predictions: Tensor, targets: Tensor) -> float:
 
 @dataclass
 class Batch:
-    """A rollout as tensors: obs ``(T, obs_dim)`` raw, mask ``(T, n_actions)`` bool, and ``(T,)``
-    actions (int64), log-probs, values, rewards (float32) and dones (bool)."""
+    """A rollout as tensors: obs ``(T, obs_dim)`` raw, critic_obs ``(T, critic_dim)`` raw
+    (``critic_dim`` may be 0), mask ``(T, n_actions)`` bool, and ``(T,)`` actions (int64),
+    log-probs, values, rewards (float32) and dones (bool)."""
 
     obs: Tensor
+    critic_obs: Tensor
     mask: Tensor
     actions: Tensor
     log_probs: Tensor
@@ -85,9 +87,10 @@ class Batch:
 
 @dataclass(eq=False)  # numpy fields have no single truth value; compare ``to_batch()`` instead
 class RolloutBuffer:
-    """Steps in the order they happened: obs (raw, before normalisation), the legal-action
-    mask the policy saw, the action, its log-prob under the masked policy, the value, the reward
-    and whether the episode ended there.
+    """Steps in the order they happened: obs (raw, before normalisation), the critic-only
+    inputs (an empty array where there are none), the legal-action mask the policy saw, the
+    action, its log-prob under the masked policy, the value, the reward and whether the episode
+    ended there.
 
     ``last_value`` is the value of the state after the last step, used only when the last step is
     not done (a buffer cut mid-episode). Buffers of whole episodes concatenate with
@@ -95,6 +98,7 @@ class RolloutBuffer:
     """
 
     obs: list[np.ndarray] = field(default_factory=list)
+    critic_obs: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     actions: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
@@ -115,9 +119,21 @@ class RolloutBuffer:
         value: float,
         reward: float,
         done: bool,
+        critic_obs: np.ndarray | None = None,
     ) -> None:
-        """Append one step (copies of ``obs`` and ``mask`` are kept)."""
+        """Append one step (copies of ``obs``, ``mask`` and ``critic_obs`` are kept).
+
+        Raises:
+            ValueError: ``critic_obs`` has another length than the buffer's earlier steps'.
+        """
+        extra = np.array([] if critic_obs is None else critic_obs, dtype=np.float32).ravel()
+        if self.critic_obs and extra.shape != self.critic_obs[0].shape:
+            raise ValueError(
+                f"critic_obs of length {extra.shape[0]} after steps with "
+                f"{self.critic_obs[0].shape[0]}"
+            )
         self.obs.append(np.array(obs, dtype=np.float32))
+        self.critic_obs.append(extra)
         self.masks.append(np.array(mask, dtype=np.bool_))
         self.actions.append(int(action))
         self.log_probs.append(float(log_prob))
@@ -133,7 +149,14 @@ class RolloutBuffer:
         """
         if len(self) and not self.dones[-1]:
             raise ValueError("cannot extend a buffer whose last episode is unfinished")
+        if (
+            self.critic_obs
+            and other.critic_obs
+            and (self.critic_obs[0].shape != other.critic_obs[0].shape)
+        ):
+            raise ValueError("cannot join buffers with different numbers of critic inputs")
         self.obs += other.obs
+        self.critic_obs += other.critic_obs
         self.masks += other.masks
         self.actions += other.actions
         self.log_probs += other.log_probs
@@ -160,6 +183,7 @@ class RolloutBuffer:
             raise ValueError("the rollout buffer is empty")
         return Batch(
             obs=torch.from_numpy(np.stack(self.obs)),
+            critic_obs=torch.from_numpy(np.stack(self.critic_obs)),
             mask=torch.from_numpy(np.stack(self.masks)),
             actions=torch.tensor(self.actions, dtype=torch.int64),
             log_probs=torch.tensor(self.log_probs, dtype=torch.float32),

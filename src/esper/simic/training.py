@@ -21,6 +21,7 @@ from esper.simic.imitation import behaviour_clone
 from esper.simic.observation import observation_size
 from esper.simic.policy import Policy, PolicyError
 from esper.simic.ppo import PPO, PPOConfig
+from esper.simic.reward import CRITIC_FEATURES
 from esper.simic.workers import EpisodeJob, RolloutWorkers, merge, summarize
 from esper.tolaria.tasks import get_task
 
@@ -115,7 +116,14 @@ def baseline_dir(policy_path: Path) -> Path:
 def new_policy(config: SimicConfig) -> Policy:
     spec = get_task(config.episode.task)
     layout = config.episode.default_layout()
-    agent = PPO(observation_size(layout), layout.n, config.ppo, seed=config.seed)
+    # The critic also reads what only training has (the static twin's run): see reward.py.
+    agent = PPO(
+        observation_size(layout),
+        layout.n,
+        config.ppo,
+        seed=config.seed,
+        critic_dim=len(CRITIC_FEATURES),
+    )
     return Policy(
         agent,
         spec.name,

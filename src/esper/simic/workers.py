@@ -47,13 +47,13 @@ def run_episode(env: GrowthEnv, agent: PPO, job: EpisodeJob, greedy: bool = Fals
     names = env.layout.names()
     done = False
     while not done:
-        mask = info["action_mask"]
-        action, log_prob, value = agent.act(obs, mask, greedy=greedy)
+        mask, critic_obs = info["action_mask"], info["critic_obs"]
+        action, log_prob, value = agent.act(obs, mask, greedy=greedy, critic_obs=critic_obs)
         kind = names[action].split(":")[0]
         kinds[kind] = kinds.get(kind, 0) + 1
         next_obs, reward, terminated, truncated, info = env.step(action)
         done = bool(terminated or truncated)
-        buffer.add(obs, mask, action, log_prob, value, float(reward), done)
+        buffer.add(obs, mask, action, log_prob, value, float(reward), done, critic_obs)
         obs = next_obs
     return EpisodeResult(buffer, {**info["episode"], "actions": kinds})
 
