@@ -57,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     config = SimicConfig(episode, episodes=args.episodes, episodes_per_update=args.episodes)
     policy = new_policy(config)
     jobs = jobs_for_update(config, 0)
-    rows = []
+    print(
+        f"# {args.task}, {episode.resolved_epochs()} epochs, width x{args.width_multiplier:g}: "
+        f"{len(jobs)} episodes per arm, {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    print("| workers | first pass s | seconds | episodes/s | speed-up | same episodes |")
+    print("| --- | --- | --- | --- | --- | --- |", flush=True)
+    rows: list[dict] = []
+    single: float | None = None
     with tempfile.TemporaryDirectory() as baselines:
         # Untimed: the static baselines of the jobs' seeds, on the widest pool.
         with RolloutWorkers(episode, policy.layout, config.rent, baselines, max(counts)) as w:
@@ -70,29 +78,23 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 results = w.run(policy.agent, jobs)
                 seconds = time.perf_counter() - started
-            rows.append(
-                {
-                    "workers": count,
-                    "first_pass_s": round(cold, 2),
-                    "seconds": round(seconds, 2),
-                    "episodes_per_s": round(len(jobs) / seconds, 3),
-                    "same_episodes": [r.info for r in results] == [r.info for r in reference],
-                }
+            if count == 1 and single is None:
+                single = seconds  # the speed-up's reference
+            row = {
+                "workers": count,
+                "first_pass_s": round(cold, 2),
+                "seconds": round(seconds, 2),
+                "episodes_per_s": round(len(jobs) / seconds, 3),
+                "speedup": round(single / seconds, 3) if single else None,
+                "same_episodes": [r.info for r in results] == [r.info for r in reference],
+            }
+            rows.append(row)
+            speedup = f"{row['speedup']:.2f}" if row["speedup"] else "—"
+            print(
+                f"| {count} | {row['first_pass_s']:.2f} | {row['seconds']:.2f} | "
+                f"{row['episodes_per_s']:.3f} | {speedup} | {row['same_episodes']} |",
+                flush=True,
             )
-    base = rows[0]["seconds"] * rows[0]["workers"] if rows[0]["workers"] == 1 else None
-    print(
-        f"# {args.task}, {episode.resolved_epochs()} epochs, width x{args.width_multiplier:g}: "
-        f"{len(jobs)} episodes per arm, {os.cpu_count()} CPUs"
-    )
-    print("| workers | first pass s | seconds | episodes/s | speed-up | same episodes |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for row in rows:
-        speedup = f"{base / row['seconds']:.2f}" if base else "—"
-        row["speedup"] = round(base / row["seconds"], 3) if base else None
-        print(
-            f"| {row['workers']} | {row['first_pass_s']:.2f} | {row['seconds']:.2f} | "
-            f"{row['episodes_per_s']:.3f} | {speedup} | {row['same_episodes']} |"
-        )
     if args.json:
         print(json.dumps({"task": args.task, "episodes": len(jobs), "rows": rows}))
     return 0 if all(r["same_episodes"] for r in rows) else 1
