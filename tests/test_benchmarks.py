@@ -194,3 +194,22 @@ def test_rollout_scaling_runs_the_same_episodes_on_every_pool():
     assert result["rows"][0]["speedup"] == 1.0
     bad = _run("rollout_scaling.py", "--workers", "0")
     assert bad.returncode == 2 and "--workers needs counts >= 1" in bad.stderr
+
+
+def test_run_overhead_compares_a_grown_run_with_its_final_architecture_trained_from_the_start():
+    # Seed 1 of stock digits fossilizes one seed (measured); 1 repetition keeps it short.
+    proc = _run("run_overhead.py", "--task", "digits", "--seeds", "1", "--reps", "1", "--json")
+    result = _last_json(proc.stdout)
+    passed = result["checks"]["grown_train_flops_at_most_equivalent"]
+    assert proc.returncode == (0 if passed else 1), proc.stderr[-2000:]
+    rows, runs = result["rows"], result["per_seed"]["1"]
+    assert runs["grown"]["architecture"], "the grown run kept no seed"
+    assert runs["equivalent"]["architecture"] == runs["grown"]["architecture"]
+    assert rows["static"]["params"] < rows["equivalent"]["params"] <= rows["grown"]["params"]
+    # The static-equivalent trains its seeds from the first epoch: more FLOPs than the host.
+    assert rows["equivalent"]["train_flops"] > rows["static"]["train_flops"]
+    assert 0 < rows["counterfactual"]["eval_flops"] < rows["grown"]["eval_flops"]
+    assert runs["static"]["counterfactual_flops"] == 0
+    assert "| static-equivalent |" in proc.stdout and "counterfactual passes" in proc.stdout
+    bad = _run("run_overhead.py", "--task", "nope")
+    assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr

@@ -106,3 +106,34 @@ def test_a_host_with_seeds_in_every_stage_at_once_agrees_with_an_independent_cou
     before = trainer.train_flops.total
     trainer.train_epoch()
     assert trainer.train_flops.total - before < before
+
+
+def test_counterfactual_passes_are_counted_apart_and_cost_one_validation_pass_per_seed():
+    from esper.testing import drive_to
+
+    torch.manual_seed(0)
+    host = CNNHost(num_classes=4, n_blocks=3, base_channels=4, pool_layers=2, in_channels=1)
+    model = MorphogeneticModel(host, slots=["early", "mid", "late"])
+    drive_to(model, "early", SeedStage.BLENDING)
+    drive_to(model, "mid", SeedStage.PROBATIONARY)
+    drive_to(model, "late", SeedStage.TRAINING)  # no output yet: no counterfactual
+    trainer = Trainer(model, toy_image_task(133), TrainerConfig(batch_size=16, lr=0.05))
+    trainer.observe()
+    epoch = trainer.end_epoch()
+    # One validation pass with every seed, one per seed that shapes the output with it off.
+    with FlopCounterMode(display=False) as mode:
+        for name in ("early", "mid"):
+            with model.force_alpha(0.0, slots=[name]):
+                trainer.evaluate()
+    assert epoch.counterfactual_flops == pytest.approx(mode.get_total_flops(), rel=1e-9)
+    assert 0 < epoch.counterfactual_flops < epoch.eval_flops
+    assert epoch.counterfactual_seconds > 0
+    # A static run measures no counterfactual.
+    static = Trainer(
+        MorphogeneticModel(CNNHost(4, 3, 4, 2, 1), slots=["mid"]),
+        toy_image_task(133),
+        TrainerConfig(batch_size=16, lr=0.05),
+    )
+    static.observe()
+    plain = static.end_epoch()
+    assert plain.counterfactual_flops == 0 and plain.counterfactual_seconds == 0

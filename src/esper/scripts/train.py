@@ -445,9 +445,9 @@ def _execute(
             TelemetryEvent(
                 TelemetryEventType.RUN_COMPLETED,
                 epoch=epochs,
-                # Wall-clock time stays out of the event log, so a resumed run's log equals
-                # an uninterrupted one's; summary.json has it.
-                data={k: v for k, v in summary.items() if k not in ("seeds", "wall_seconds")},
+                # Wall-clock times stay out of the event log, so a resumed run's log equals
+                # an uninterrupted one's; summary.json has them.
+                data={k: v for k, v in summary.items() if k not in _NOT_IN_EVENTS},
             )
         )
         trainer.close()
@@ -486,6 +486,11 @@ def widen_task(spec, factor: float):
     return replace(spec, host_config=widened)
 
 
+#: Summary keys left out of the run_completed event (wall-clock times, and the seeds, which
+#: have events of their own).
+_NOT_IN_EVENTS = ("seeds", "wall_seconds", "counterfactual_seconds")
+
+
 def _summary(cfg: RunConfig, epochs: int, trainer: Trainer, wall: float) -> dict:
     hist = trainer.history
     last = hist[-1]
@@ -520,6 +525,9 @@ def _summary(cfg: RunConfig, epochs: int, trainer: Trainer, wall: float) -> dict
         # parameters trained summed over epochs.
         "train_flops": round(trainer.train_flops.total),
         "eval_flops": round(trainer.eval_flops.total),
+        # The counterfactual passes' part of eval_flops and of the wall time.
+        "counterfactual_flops": round(sum(h.counterfactual_flops for h in hist)),
+        "counterfactual_seconds": round(sum(h.counterfactual_seconds for h in hist), 3),
         "param_epochs": sum(h.params for h in hist),
         "wall_seconds": round(wall, 3),
         "seeds": seeds,

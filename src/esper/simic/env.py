@@ -11,7 +11,7 @@ by a :class:`BaselineCache`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +98,16 @@ class EpisodeConfig:
 
 
 def build_run(
-    config: EpisodeConfig, seed: int, data_cache: dict | None = None, controller=None
+    config: EpisodeConfig,
+    seed: int,
+    data_cache: dict | None = None,
+    controller=None,
+    prepare: Callable[[MorphogeneticModel], None] | None = None,
 ) -> Trainer:
     """A fresh trainer for ``seed``, built as ``esper train`` builds it, so a run with no growth
-    is the static run bit for bit. Without ``controller`` decisions come through ``apply``."""
+    is the static run bit for bit. Without ``controller`` decisions come through ``apply``.
+    ``prepare`` changes the model (for example puts seeds in it) before the trainer and its
+    optimizers are built."""
     run = config.run_config(seed)
     spec = get_task(run.task)
     torch.set_num_threads(run.threads)
@@ -116,6 +122,8 @@ def build_run(
     host_spec = spec if run.width_multiplier == 1.0 else widen_task(spec, run.width_multiplier)
     host = build_task_host(host_spec, data)
     model = MorphogeneticModel(host, device=run.device, slots=config.resolved_slots())
+    if prepare is not None:
+        prepare(model)
     epochs = config.resolved_epochs()
     return Trainer(model, data, run.trainer_config(spec, epochs), controller=controller)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -64,6 +65,9 @@ class EpochResult:
     eval_flops: float = 0.0
     #: Parameters (host and seeds) trained during this epoch.
     params: int = 0
+    #: The counterfactual passes' share of ``eval_flops``, and their wall time.
+    counterfactual_flops: float = 0.0
+    counterfactual_seconds: float = 0.0
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -87,6 +91,8 @@ class _EpochState:
     train_flops: float
     eval_flops: float
     params: int
+    counterfactual_flops: float
+    counterfactual_seconds: float
 
 
 class Trainer:
@@ -242,14 +248,16 @@ class Trainer:
         model.train(was_training)
         return (loss_sum / max(n, 1)).item(), 100.0 * correct.item() / max(n, 1)
 
-    def counterfactuals(self, val_accuracy: float) -> None:
+    def counterfactuals(self, val_accuracy: float) -> int:
         """For each seed that affects the output: accuracy with it minus accuracy with its own
-        alpha forced to 0 (every other seed as it is)."""
+        alpha forced to 0 (every other seed as it is). Returns how many were measured."""
+        measured = 0
         for name, slot in self.model.seed_slots.items():
             if slot.seed is None or slot.stage not in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
                 continue
             with self.model.force_alpha(0.0, slots=[name]):
                 _, without = self.evaluate()
+            measured += 1
             contribution = val_accuracy - without
             self.model.record_counterfactual(name, contribution)
             self.emit(
@@ -262,6 +270,7 @@ class Trainer:
                     "accuracy_without": without,
                 },
             )
+        return measured
 
     # ------------------------------------------------------------------ the steps
 
@@ -284,7 +293,10 @@ class Trainer:
             self._rollback(reason, val_loss)
             val_loss, val_acc = self.evaluate()
         self.last_val_accuracy = val_acc
-        self.counterfactuals(val_acc)
+        counterfactual_start = (time.perf_counter(), self.eval_flops.total)
+        measured = self.counterfactuals(val_acc)
+        counterfactual_seconds = time.perf_counter() - counterfactual_start[0] if measured else 0.0
+        counterfactual_flops = self.eval_flops.total - counterfactual_start[1]
         self.model.record_validation(val_acc)
         self.model.step_epoch()
         self._pending = _EpochState(
@@ -296,6 +308,8 @@ class Trainer:
             train_flops=self.train_flops.total - train_before,
             eval_flops=self.eval_flops.total - eval_before,
             params=params,
+            counterfactual_flops=counterfactual_flops,
+            counterfactual_seconds=counterfactual_seconds,
         )
         signals = self.tracker.update(
             epoch=self.epoch,
@@ -420,6 +434,8 @@ class Trainer:
             train_flops=p.train_flops,
             eval_flops=p.eval_flops,
             params=p.params,
+            counterfactual_flops=p.counterfactual_flops,
+            counterfactual_seconds=p.counterfactual_seconds,
         )
         self.history.append(result)
         counts = self.model.count_parameters()
