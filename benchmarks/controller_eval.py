@@ -1,5 +1,5 @@
 """Growth controllers compared on held-out seeds: static host, masked-random, the default
-heuristic, the heuristic tuned by random search, and a PPO policy.
+heuristic, the heuristic tuned by random search, behaviour cloning alone, and a PPO policy.
 
     python benchmarks/controller_eval.py --task digits --policy policy.pt --out runs/eval
     python benchmarks/controller_eval.py --task digits --controllers static,heuristic --json
@@ -11,19 +11,23 @@ final model is measured once on the task's test split. The table gives, per cont
 sample std of the test metric, mean final parameters and wall time per run, and PPO's paired
 difference to it with a 95% bootstrap interval (positive: PPO better). The tuned heuristic gets
 as many training runs for its random search as the policy trained on (``--tune-budget``
-overrides), scored on training seeds only. ``--out`` keeps every run's result and the tuning
-(``results.jsonl``, ``tuning.json``), so an interrupted evaluation resumes; ``--json`` makes the
-last line one JSON object with the table's numbers. ``--workers W`` spreads the runs (and the
-tuner's) over W processes of one torch thread each; every run depends only on its controller and
-seed, so the numbers are the same for any W.
+overrides), scored on training seeds only. For a policy warm-started by behaviour cloning,
+``bc`` is that policy before any PPO update, rebuilt from the training configuration saved in
+the policy file and checked against the cloning statistics recorded then. ``--out`` keeps every
+run's result and the tuning (``results.jsonl``, ``tuning.json``), so an interrupted evaluation
+resumes; ``--json`` makes the last line one JSON object with the table's numbers.
+``--workers W`` spreads the runs (and the tuner's) over W processes of one torch thread each;
+every run depends only on its controller and seed, so the numbers are the same for any W.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from esper.simic.evaluate import (
     tune_heuristic,
 )
 from esper.simic.policy import Policy, PolicyError, shipped_policy_path
+from esper.simic.training import behaviour_cloned
 from esper.tolaria.tasks import get_task, list_tasks
 
 
@@ -48,7 +53,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help=f"one of: {', '.join(list_tasks())}")
     parser.add_argument("--seeds", default=",".join(str(s) for s in range(1000, 1010)))
-    parser.add_argument("--controllers", default=",".join(CONTROLLERS))
+    parser.add_argument(
+        "--controllers",
+        default=None,
+        help=f"comma-separated, of {', '.join(CONTROLLERS)} (default: all; bc only for a "
+        "policy warm-started by behaviour cloning)",
+    )
     parser.add_argument("--policy", default=None, help="default: the policy shipped for --task")
     parser.add_argument("--epochs", type=int, default=None, help="default: the policy's")
     parser.add_argument(
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.task not in list_tasks():
         return _fail(f"unknown task {args.task!r}; valid: {', '.join(list_tasks())}")
-    names = [c for c in args.controllers.split(",") if c]
+    names = [c for c in (args.controllers or ",".join(CONTROLLERS)).split(",") if c]
     unknown = [c for c in names if c not in CONTROLLERS]
     if unknown or not names:
         return _fail(f"unknown controller {unknown[:1]}; valid: {', '.join(CONTROLLERS)}")
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = path = None
     # The policy also fixes the runs every controller trains (its episode configuration), so
     # it is read whenever one is named, whichever controllers run.
-    if args.policy or "ppo" in names or "tuned" in names:
+    if args.policy or {"ppo", "bc", "tuned"} & set(names):
         path = Path(args.policy) if args.policy else shipped_policy_path(args.task)
         try:
             policy = Policy.load(path)
@@ -91,10 +101,23 @@ def main(argv: list[str] | None = None) -> int:
             policy.check_fits(args.task, spec.topology, policy.layout.slots, str(path))
         except PolicyError as exc:
             return _fail(str(exc))
+    if args.controllers is None and not (policy and policy.training.get("bc")):
+        names.remove("bc")  # nothing was cloned: there is no cloned policy to run
     episode = _episode(args, policy)
     out = Path(args.out) if args.out else None
     done = _load_results(out)
-    with EvaluationWorkers(episode, path, args.workers) as workers:
+    with contextlib.ExitStack() as stack:
+        paths = {"ppo": path} if path is not None else {}
+        if "bc" in names and any(("bc", s) not in done for s in seeds):
+            folder = out or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            paths["bc"] = folder / "bc-policy.pt"
+            if not paths["bc"].is_file():
+                print("rebuilding the behaviour-cloned policy", flush=True)
+                try:
+                    behaviour_cloned(policy, args.workers).save(paths["bc"])
+                except PolicyError as exc:
+                    return _fail(str(exc))
+        workers = stack.enter_context(EvaluationWorkers(episode, paths, args.workers))
         tuned = None
         if "tuned" in names and any(("tuned", s) not in done for s in seeds):
             tuned = heuristic_config_to_dict(_tuned(episode, policy, out, args, workers))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from esper.leyline import SeedStage
 from esper.simic.actions import ActionLayout
@@ -23,7 +24,8 @@ from esper.simic.evaluate import (
     tune_heuristic,
 )
 from esper.simic.imitation import behaviour_clone, demonstrate
-from esper.simic.training import SimicConfig, new_policy, train_policy
+from esper.simic.policy import Policy, PolicyError
+from esper.simic.training import SimicConfig, behaviour_cloned, new_policy, train_policy
 from esper.tamiyo import HeuristicConfig
 from esper.testing import slot_report, training_signals
 
@@ -81,6 +83,48 @@ def test_training_clones_before_its_first_update(tmp_path):
     policy = train_policy(config, tmp_path / "p.pt", on_update=rows.append)
     assert rows[0]["update"] == 0 and "bc" in rows[0] and rows[1]["update"] == 1
     assert policy.training["bc"]["steps"] == 8
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_cloned_policy_is_rebuilt_exactly_and_evaluated_beside_ppo(tmp_path):
+    config = SimicConfig(
+        EpisodeConfig("digits", epochs=3, width_multiplier=0.5),
+        episodes=4,
+        episodes_per_update=2,
+        bc_episodes=2,
+    )
+    path = tmp_path / "p.pt"
+
+    def stop_after_cloning(row):
+        if row["update"] == 0:
+            raise _Stop
+
+    with pytest.raises(_Stop):  # the file now holds the policy as cloning left it
+        train_policy(config, path, on_update=stop_after_cloning)
+    cloned = Policy.load(path)
+    trained = train_policy(config, path, resume=True)
+    rebuilt = behaviour_cloned(trained)
+    for name, tensor in cloned.agent.net.actor.state_dict().items():
+        torch.testing.assert_close(rebuilt.agent.net.actor.state_dict()[name], tensor)
+        moved = trained.agent.net.actor.state_dict()[name]
+        assert not torch.equal(moved, tensor) or name.endswith("bias")  # PPO moved the policy
+    torch.testing.assert_close(rebuilt.agent.obs_rms.mean, cloned.agent.obs_rms.mean)
+    assert rebuilt.training["updates"] == 0 and rebuilt.training["bc"] == cloned.training["bc"]
+    with pytest.raises(PolicyError, match="not warm-started"):
+        behaviour_cloned(new_policy(SimicConfig(SHORT, episodes=1)))
+    # The benchmark runs it as the "bc" controller, and PPO is compared with it.
+    cmd = [sys.executable, str(SCRIPT), "--task", "digits", "--policy", str(path), "--json"]
+    cmd += ["--seeds", "1000", "--controllers", "bc,ppo", "--out", str(tmp_path / "eval")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(payload["controllers"]) == {"bc", "ppo"}
+    assert "ppo_minus_this" in payload["controllers"]["bc"]
+    assert (tmp_path / "eval" / "bc-policy.pt").is_file()
 
 
 def test_tuned_heuristic_searches_from_the_default_config():
@@ -151,6 +195,15 @@ def test_controller_eval_end_to_end(tmp_path):
         env=env,
     )
     assert bad.returncode == 2 and "valid: static" in bad.stderr
+    no_clone = subprocess.run(
+        [*cmd[: cmd.index("--out")], "--controllers", "bc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert no_clone.returncode == 2 and "not warm-started" in no_clone.stderr
+    assert "Traceback" not in no_clone.stderr
     zero = subprocess.run(
         [sys.executable, str(SCRIPT), "--task", "digits", "--workers", "0"],
         capture_output=True,

@@ -87,8 +87,11 @@ def run_controller(
 
 # -- many runs, on one process or several ------------------------------------------------------
 
-#: The controllers an evaluation can run, in the order tables list them.
-CONTROLLERS = ("static", "random", "heuristic", "tuned", "ppo")
+#: The controllers an evaluation can run, in the order tables list them. ``bc`` is the policy
+#: as behaviour cloning left it, before PPO (for a policy warm-started that way).
+CONTROLLERS = ("static", "random", "heuristic", "tuned", "bc", "ppo")
+#: The controllers that run a policy file.
+POLICY_CONTROLLERS = ("bc", "ppo")
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,20 @@ class ControllerJob:
     heuristic: dict | None = None
 
 
-def make_controller(job: ControllerJob, config: EpisodeConfig, policy: Policy | None):
+def make_controller(job: ControllerJob, config: EpisodeConfig, policies: dict[str, Policy]):
     """The controller ``job`` names, for a run of ``config`` (None for the static host).
+    ``policies`` holds the policy each of :data:`POLICY_CONTROLLERS` runs; ``random`` samples
+    ``ppo``'s action space when there is one.
 
     Raises:
-        ValueError: an unknown name, ``ppo`` without a policy, or ``tuned`` without a config.
+        ValueError: an unknown name, a policy controller without its policy, or ``tuned``
+            without a config.
     """
     topology = get_task(config.task).topology
     if job.name == "static":
         return None
     if job.name == "random":
+        policy = policies.get("ppo")
         layout = policy.layout if policy is not None else config.default_layout()
         return MaskedRandomController(layout, job.seed)
     if job.name == "heuristic":
@@ -119,10 +126,10 @@ def make_controller(job: ControllerJob, config: EpisodeConfig, policy: Policy | 
         if job.heuristic is None:
             raise ValueError("a tuned run needs its heuristic configuration")
         return HeuristicController(topology, heuristic_config_from_dict(job.heuristic), job.seed)
-    if job.name == "ppo":
-        if policy is None:
-            raise ValueError("a ppo run needs a policy")
-        return PolicyController(policy)
+    if job.name in POLICY_CONTROLLERS:
+        if job.name not in policies:
+            raise ValueError(f"a {job.name} run needs a policy")
+        return PolicyController(policies[job.name])
     raise ValueError(f"unknown controller {job.name!r}; valid: {', '.join(CONTROLLERS)}")
 
 
@@ -130,16 +137,16 @@ def make_controller(job: ControllerJob, config: EpisodeConfig, policy: Policy | 
 _WORKER: dict = {}
 
 
-def _start_worker(config: EpisodeConfig, policy_path: str | None) -> None:
+def _start_worker(config: EpisodeConfig, policy_paths: dict[str, str]) -> None:
     torch.set_num_threads(config.threads)
-    policy = Policy.load(policy_path) if policy_path is not None else None
-    _WORKER.update(config=config, policy=policy, data={})
+    policies = {name: Policy.load(path) for name, path in policy_paths.items()}
+    _WORKER.update(config=config, policies=policies, data={})
 
 
 def _run_in_worker(job: ControllerJob) -> RunResult:
-    config, policy = _WORKER["config"], _WORKER["policy"]
+    config, policies = _WORKER["config"], _WORKER["policies"]
     return run_controller(
-        config, job.seed, job.name, make_controller(job, config, policy), _WORKER["data"]
+        config, job.seed, job.name, make_controller(job, config, policies), _WORKER["data"]
     )
 
 
@@ -150,26 +157,29 @@ class EvaluationWorkers:
 
     Args:
         config: the run every job trains.
-        policy_path: the policy ``ppo`` jobs run (and whose action space ``random`` samples);
-            None when no job needs one.
+        policy_paths: the policy file each of :data:`POLICY_CONTROLLERS` runs (``ppo``'s also
+            gives ``random`` its action space); leave out those no job needs.
         workers: processes; each runs ``config.threads`` torch threads.
     """
 
     def __init__(
-        self, config: EpisodeConfig, policy_path: str | Path | None, workers: int = 1
+        self,
+        config: EpisodeConfig,
+        policy_paths: dict[str, str | Path] | None = None,
+        workers: int = 1,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        path = None if policy_path is None else str(policy_path)
+        paths = {name: str(path) for name, path in (policy_paths or {}).items()}
         self.config = config
         self._pool = None
         if workers == 1:
-            self._policy = Policy.load(path) if path is not None else None
+            self._policies = {name: Policy.load(path) for name, path in paths.items()}
             self._data: dict = {}
         else:
             # spawn, not fork: a forked child would inherit this process's torch thread pool.
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(workers, initializer=_start_worker, initargs=(config, path))
+            self._pool = ctx.Pool(workers, initializer=_start_worker, initargs=(config, paths))
 
     def run(self, jobs: Sequence[ControllerJob]) -> Iterator[RunResult]:
         """The jobs' results, in job order, each as soon as it and those before it are done."""
@@ -177,7 +187,7 @@ class EvaluationWorkers:
             yield from self._pool.imap(_run_in_worker, list(jobs))
             return
         for job in jobs:
-            controller = make_controller(job, self.config, self._policy)
+            controller = make_controller(job, self.config, self._policies)
             yield run_controller(self.config, job.seed, job.name, controller, self._data)
 
     def close(self) -> None:
@@ -255,7 +265,7 @@ def tune_heuristic(
     rng = random.Random(seed)
     baselines = baselines or BaselineCache()
     own = workers is None
-    workers = EvaluationWorkers(config, None) if own else workers
+    workers = EvaluationWorkers(config) if own else workers
     trials: list[dict] = []
     best: tuple[float, HeuristicConfig] = (float("-inf"), HeuristicConfig())
     for t in range(budget // seeds_per_config):

@@ -98,6 +98,29 @@ class SimicConfig:
             "ppo": {**asdict(self.ppo), "hidden": list(self.ppo.hidden)},
         }
 
+    @classmethod
+    def from_dict(cls, raw: dict, episodes: int, workers: int = 1) -> SimicConfig:
+        """The configuration :meth:`to_dict` wrote (it leaves out ``episodes`` and
+        ``workers``, which are given here)."""
+        episode = raw["episode"]
+        return cls(
+            episode=EpisodeConfig(
+                task=episode["task"],
+                epochs=episode["epochs"],
+                width_multiplier=episode["width_multiplier"],
+                slots=tuple(episode["slots"]) if episode.get("slots") else None,
+                max_seeds=episode.get("max_seeds"),
+            ),
+            episodes=episodes,
+            episodes_per_update=raw["episodes_per_update"],
+            workers=workers,
+            seed=raw["seed"],
+            train_seeds=raw["train_seeds"],
+            rent=raw["rent"],
+            bc_episodes=raw["bc_episodes"],
+            ppo=PPOConfig(**{**raw["ppo"], "hidden": tuple(raw["ppo"]["hidden"])}),
+        )
+
 
 def jobs_for_update(config: SimicConfig, update: int) -> list[EpisodeJob]:
     """The episodes of update ``update``: training seeds drawn from the pool and sampler seeds,
@@ -150,6 +173,45 @@ def resume_policy(config: SimicConfig, path: Path) -> Policy:
     return policy
 
 
+def demonstration_seeds(config: SimicConfig) -> list[int]:
+    """The training seeds the heuristic is cloned on."""
+    return [s % config.train_seeds for s in range(config.bc_episodes)]
+
+
+def behaviour_cloned(policy: Policy, workers: int = 1) -> Policy:
+    """``policy`` as behaviour cloning left it, before any PPO update: rebuilt from the training
+    configuration saved in it (the agent's initial weights, the heuristic's demonstrations and
+    the cloning are all deterministic) and checked against the cloning statistics recorded then.
+
+    Raises:
+        PolicyError: the policy was not warm-started by cloning, or the clone cannot be
+            reproduced (another version of the code, say).
+    """
+    raw, recorded = policy.training.get("config"), policy.training.get("bc")
+    if not raw or not recorded or not raw.get("bc_episodes"):
+        raise PolicyError(
+            "the policy was not warm-started by behaviour cloning (--bc-episodes), so there is "
+            "no cloned policy to evaluate"
+        )
+    config = SimicConfig.from_dict(raw, episodes=max(1, int(policy.training.get("episodes", 1))))
+    clone = new_policy(config)
+    with RolloutWorkers(config.episode, clone.layout, config.rent, None, workers) as pool:
+        demos = pool.demonstrate(demonstration_seeds(config))
+    stats = behaviour_clone(clone.agent, demos)
+    # Thread counts may move the last bits of the network's float arithmetic.
+    same = all(
+        np.isclose(stats[k], recorded[k], rtol=1e-4, atol=1e-6)
+        for k in ("steps", "loss", "accuracy", "entropy")
+    )
+    if not same:
+        raise PolicyError(
+            f"could not reproduce the behaviour-cloned policy: cloning gave {stats}, the "
+            f"training recorded {recorded}"
+        )
+    clone.training = {"config": raw, "bc": stats, "updates": 0, "episodes": 0, "history": []}
+    return clone
+
+
 def check_output(out: Path, resume: bool) -> None:
     """Refuse to overwrite a policy file, or to resume one that is not there.
 
@@ -191,7 +253,7 @@ def train_policy(
         config.episode, policy.layout, config.rent, baseline_dir(out), config.workers
     ) as workers:
         if config.bc_episodes and "bc" not in training:
-            seeds = [s % config.train_seeds for s in range(config.bc_episodes)]
+            seeds = demonstration_seeds(config)
             training["bc"] = behaviour_clone(policy.agent, workers.demonstrate(seeds))
             policy.save(out)
             if on_update is not None:
