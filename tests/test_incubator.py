@@ -227,3 +227,41 @@ def test_loading_a_checkpoint_drops_gains_gathered_before_it():
     model.load_state_dict(saved)
     model.seed_slots["mid"].step_epoch()
     assert model.seed_slots["mid"].state.metrics.incubation_gain is None
+
+
+def test_the_shadow_pass_writes_no_slot_buffer_and_reads_only_those_forward_never_writes():
+    """A shadow pass shares a slot's read-only buffers instead of copying them; that is safe
+    only while no forward writes them, and a gated blend's record of the alpha it used must
+    still come from the real forward, not from a shadow."""
+    from esper.kasmina.slot import SeedSlot
+    from esper.testing import drive_to
+
+    torch.manual_seed(0)
+    model = MorphogeneticModel(CNNHost(10, 3, 4), slots=["early", "mid", "late"])
+    drive_to(model, "early", SeedStage.TRAINING)
+    drive_to(model, "mid", SeedStage.BLENDING, blend="gated")  # downstream of the shadow
+    drive_to(model, "late", SeedStage.TRAINING)
+    x, y = _data("cnn")
+    model.train()
+    with torch.no_grad():
+        model(x)  # the real forward alone
+    alpha_used = model.seed_slots["mid"]._alpha_used.clone()
+    for slot in model.seed_slots.values():
+        slot._alpha_used.fill_(-1.0)
+    read_only = {
+        (name, b): getattr(slot, b).clone()
+        for name, slot in model.seed_slots.items()
+        for b in SeedSlot.FORWARD_READ_ONLY_BUFFERS
+    }
+    out, shadows = model.forward_with_shadows(x)  # forward only: no backward, no loss
+    assert set(shadows) == {"early", "late"}
+    for (name, b), before in read_only.items():
+        assert torch.equal(getattr(model.seed_slots[name], b), before), (name, b)
+    # The gated slot's record is the real forward's, not the shadow's (which ran it on other
+    # features): the shadow wrote into a copy.
+    assert torch.equal(model.seed_slots["mid"]._alpha_used, alpha_used)
+    frozen = model._frozen_tensors()
+    assert not any(
+        k.endswith(tuple(f".{b}" for b in SeedSlot.FORWARD_READ_ONLY_BUFFERS)) for k in frozen
+    )
+    assert "model.seed_slots.mid._alpha_used" in frozen

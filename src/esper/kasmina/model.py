@@ -179,13 +179,22 @@ class MorphogeneticModel(nn.Module):
     def _frozen_tensors(self) -> dict[str, torch.Tensor]:
         """Every parameter detached and every buffer copied, by every name it has, for a shadow
         pass. Tied weights (a transformer's head and embedding) appear under each name with one
-        detached tensor, so none of them stays live in the pass."""
+        detached tensor, so none of them stays live in the pass. A slot's buffers that no
+        forward writes (``SeedSlot.FORWARD_READ_ONLY_BUFFERS``) are left out: the pass reads
+        the real ones, and copying them every step was a third of the shadow pass's overhead on
+        a small CPU model."""
         detached: dict[int, torch.Tensor] = {}
         frozen = {}
-        for name, p in self.named_parameters(remove_duplicate=False):
-            frozen[f"model.{name}"] = detached.setdefault(id(p), p.detach())
-        for name, b in self.named_buffers(remove_duplicate=False):
-            frozen[f"model.{name}"] = detached.setdefault(id(b), b.clone())
+        # One walk of the module tree for parameters and buffers alike (named_parameters and
+        # named_buffers each walk it again).
+        for prefix, module in self.named_modules(remove_duplicate=False):
+            base = f"model.{prefix}." if prefix else "model."
+            for name, p in module.named_parameters(recurse=False, remove_duplicate=False):
+                frozen[base + name] = detached.setdefault(id(p), p.detach())
+            skip = module.FORWARD_READ_ONLY_BUFFERS if isinstance(module, SeedSlot) else ()
+            for name, b in module.named_buffers(recurse=False, remove_duplicate=False):
+                if name not in skip:
+                    frozen[base + name] = detached.setdefault(id(b), b.clone())
         return frozen
 
     def incubation_loss(

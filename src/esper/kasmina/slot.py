@@ -84,6 +84,12 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         ValueError: unknown topology (the message lists the valid ones), or a step count < 1.
     """
 
+    #: Buffers no forward writes: ``alpha_tensor`` changes only through ``set_alpha``,
+    #: ``_gain_sum`` in ``incubation_loss`` and ``_leak_sq`` in backward hooks. A shadow pass
+    #: may read the real ones instead of copies (``_alpha_used``, written by a gated forward,
+    #: is not among them).
+    FORWARD_READ_ONLY_BUFFERS = frozenset({"alpha_tensor", "_gain_sum", "_leak_sq"})
+
     def __init__(
         self,
         name: str,
