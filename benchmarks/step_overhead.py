@@ -180,7 +180,8 @@ class _RunFrom(nn.Module):
 
 def _shadow_run(net: StaticEquivalent, frozen: dict, h: torch.Tensor, start: int) -> torch.Tensor:
     params = {f"net.{n}": t for n, t in frozen.items()}
-    return functional_call(_RunFrom(net), params, (h, start), strict=False)
+    # As the model does: the dict names every tensor, so no walk of the tree for tied weights.
+    return functional_call(_RunFrom(net), params, (h, start), strict=False, tie_weights=False)
 
 
 def build_morphogenetic(

@@ -168,9 +168,15 @@ class MorphogeneticModel(nn.Module):
             return output, {}
         frozen = self._frozen_tensors()
         downstream = _Downstream(self)
+        # tie_weights=False: ``frozen`` already names every alias of a tied tensor, so
+        # functional_call need not walk the module tree again to find them.
         shadows = {
             slot.name: functional_call(
-                downstream, frozen, (slot.shadow_features(at), index + 1), strict=False
+                downstream,
+                frozen,
+                (slot.shadow_features(at), index + 1),
+                strict=False,
+                tie_weights=False,
             )
             for index, slot, at in incubating
         }
