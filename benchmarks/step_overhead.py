@@ -36,17 +36,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
 import datetime
 import gc
 import json
 import math
 import os
 import platform
+import pstats
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -335,6 +338,50 @@ def compare_stage(cfg: BenchConfig, stage: SeedStage, mode: str) -> dict:
     return _time_steps(cfg, "static", static, "morph", morph, x, y)
 
 
+#: The stages ``--profile`` can profile, with the static equivalent's mode for each.
+PROFILED = {
+    "training": (SeedStage.TRAINING, "training"),
+    "blending": (SeedStage.BLENDING, "blending"),
+    "fossilized": (SeedStage.FOSSILIZED, "fossilized"),
+}
+
+
+def profile_stage(cfg: BenchConfig, name: str, top: int = 12) -> str:
+    """Where a step's time goes: ``cfg.reps`` training steps of the static equivalent and of
+    the morphogenetic model in stage ``name``, each under ``cProfile`` after ``cfg.warmup``
+    untimed steps; the functions with the most own time, per arm, and the time per step
+    (profiling slows both arms alike, so compare the rows, not the absolute times)."""
+    stage, mode = PROFILED[name]
+    morph = build_morphogenetic(cfg, stage)
+    static = build_static(morph, mode)
+    x, y = _data(cfg, torch.device(cfg.device))
+    check_equivalent(static, morph, x, y)
+    lines = []
+    for label, net in (("static", static), ("morph", morph)):
+        step = make_train_step(net, _sgd(net, cfg.lr), x, y)
+        for _ in range(cfg.warmup):
+            step()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(cfg.reps):
+            step()
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        per_step = 1e3 * stats.total_tt / cfg.reps
+        lines.append(f"## {label}: {per_step:.3f} ms per step under the profiler")
+        lines.append("| own ms/step | total ms/step | calls/step | function |")
+        lines.append("| --- | --- | --- | --- |")
+        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+        for (path, line, func), (_, calls, own, total, _) in rows:
+            where = f"{Path(path).name}:{line}({func})" if line else func
+            lines.append(
+                f"| {1e3 * own / cfg.reps:.3f} | {1e3 * total / cfg.reps:.3f} | "
+                f"{calls / cfg.reps:g} | `{where}` |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def compare_cost(cfg: BenchConfig, stage: SeedStage) -> dict:
     """The bare host (A: same weights, no slots) against the model in ``stage`` (B): what the
     stage costs per step, seeds and (in TRAINING) the shadow pass included."""
@@ -462,7 +509,9 @@ def _device_name(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}"
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, tuple[str, ...], bool]:
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[BenchConfig, tuple[str, ...], bool, str | None]:
     """The command line as ``(config, rows to run, whether to print JSON)``."""
     d = BenchConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -490,6 +539,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, tuple[str, .
         help=f"rows to measure (default: all of {', '.join(ROWS)})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILED),
+        default=None,
+        help="instead of timing, profile one stage's steps (cProfile, --reps steps per arm)",
+    )
     a = p.parse_args(argv)
     for name in ("batch", "image", "width", "blocks", "reps"):
         if getattr(a, name) < 1:
@@ -508,11 +563,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, tuple[str, .
         threads=a.threads,
         seed=a.seed,
     )
-    return cfg, tuple(a.rows), a.json
+    return cfg, tuple(a.rows), a.json, a.profile
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, rows, as_json = parse_args(argv)
+    cfg, rows, as_json, profile = parse_args(argv)
+    if profile is not None:
+        torch.set_num_threads(cfg.threads or torch.get_num_threads())
+        print(profile_stage(cfg, profile))
+        return 0
     result = run(cfg, rows=rows)
     if as_json:
         print(json.dumps(result), flush=True)

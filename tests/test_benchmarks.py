@@ -54,6 +54,18 @@ def test_step_overhead_json_has_the_required_keys():
     assert result["config"]["batch"] == 2
 
 
+def test_step_overhead_profiles_a_stage_per_arm():
+    proc = _run("step_overhead.py", *TINY, "--profile", "training")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for arm in ("static", "morph"):
+        assert f"## {arm}: " in proc.stdout
+    assert "| own ms/step | total ms/step | calls/step | function |" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) == 2 * 12  # the 12 functions with the most own time, per arm
+    bad = _run("step_overhead.py", "--profile", "dormant")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_step_overhead_rejects_bad_sizes():
     proc = _run("step_overhead.py", "--batch", "0")
     assert proc.returncode != 0
