@@ -187,29 +187,18 @@ def test_controller_eval_end_to_end(tmp_path):
         assert {k: v for k, v in parallel["controllers"][name].items() if k != "wall"} == timeless
     tuning = json.loads((tmp_path / "two" / "tuning.json").read_text())
     assert tuning == json.loads((out / "tuning.json").read_text())
-    bad = subprocess.run(
-        [sys.executable, str(SCRIPT), "--task", "digits", "--controllers", "oracle"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert bad.returncode == 2 and "valid: static" in bad.stderr
-    no_clone = subprocess.run(
-        [*cmd[: cmd.index("--out")], "--controllers", "bc"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert no_clone.returncode == 2 and "not warm-started" in no_clone.stderr
-    assert "Traceback" not in no_clone.stderr
-    zero = subprocess.run(
-        [sys.executable, str(SCRIPT), "--task", "digits", "--workers", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert zero.returncode == 2 and "--workers must be >= 1, got 0" in zero.stderr
-    assert "Traceback" not in zero.stderr
+    # Bad input: one line on stderr, exit 2, no traceback.
+    for argv, message in (
+        (["--task", "digits", "--controllers", "oracle"], "valid: static"),
+        ([*cmd[2 : cmd.index("--out")], "--controllers", "bc"], "not warm-started"),
+        (["--task", "digits", "--workers", "0"], "--workers must be >= 1, got 0"),
+    ):
+        refused = subprocess.run(
+            [sys.executable, str(SCRIPT), *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert refused.returncode == 2 and message in refused.stderr, argv
+        assert "Traceback" not in refused.stderr
