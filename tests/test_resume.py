@@ -226,7 +226,12 @@ def test_a_bad_checkpoint_is_one_line_exit_2_and_nothing_changes(short_run, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "checkpoint.pt" in err
+    if damage == "missing":  # a run directory without a checkpoint: stopped in its first epoch
+        assert "stopped before its first checkpoint" in err and "config.json" in err
     assert _snapshot(short_run) == before
+    # A folder that is not a run directory at all says so.
+    assert main(["train", "--resume", str(short_run.parent)]) == 2
+    assert "is this a run directory?" in capsys.readouterr().err
 
 
 def test_resume_refuses_other_flags_and_missing_folders(tmp_path, capsys):

@@ -45,6 +45,13 @@ def read_run_checkpoint(run_dir: Path) -> dict:
     """
     path = run_dir / CHECKPOINT_NAME
     if not path.is_file():
+        if (run_dir / "config.json").is_file():
+            # A run directory whose run was stopped before its first epoch ended.
+            raise ResumeError(
+                f"{path}: the run stopped before its first checkpoint (written after each "
+                "epoch), so there is nothing to resume; start it again with the settings in "
+                f"{run_dir / 'config.json'} and a new --run-dir"
+            )
         raise ResumeError(f"{path}: no checkpoint to resume from (is this a run directory?)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
