@@ -28,7 +28,7 @@ import json
 import statistics
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
@@ -145,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _episode(args: argparse.Namespace, policy: Policy | None) -> EpisodeConfig:
-    saved = policy.episode if policy is not None else {}
-    return EpisodeConfig(
-        task=args.task,
-        epochs=args.epochs or saved.get("epochs"),
-        width_multiplier=args.width_multiplier or saved.get("width_multiplier", 1.0),
-        slots=tuple(saved["slots"]) if saved.get("slots") else None,
-        max_seeds=saved.get("max_seeds"),
+    # The policy's runs (its task is --task: check_fits said so), unless flags say otherwise.
+    saved = EpisodeConfig.from_dict(policy.episode) if policy is not None else None
+    base = saved or EpisodeConfig(args.task)
+    return replace(
+        base,
+        epochs=args.epochs or base.epochs,
+        width_multiplier=args.width_multiplier or base.width_multiplier,
     )
 
 

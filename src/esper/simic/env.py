@@ -96,6 +96,17 @@ class EpisodeConfig:
             "max_seeds": self.max_seeds,
         }
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> EpisodeConfig:
+        """The configuration :meth:`to_dict` wrote (a policy file keeps one)."""
+        return cls(
+            task=raw["task"],
+            epochs=raw.get("epochs"),
+            width_multiplier=raw.get("width_multiplier", 1.0),
+            slots=tuple(raw["slots"]) if raw.get("slots") else None,
+            max_seeds=raw.get("max_seeds"),
+        )
+
 
 def build_run(
     config: EpisodeConfig,

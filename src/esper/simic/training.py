@@ -102,15 +102,8 @@ class SimicConfig:
     def from_dict(cls, raw: dict, episodes: int, workers: int = 1) -> SimicConfig:
         """The configuration :meth:`to_dict` wrote (it leaves out ``episodes`` and
         ``workers``, which are given here)."""
-        episode = raw["episode"]
         return cls(
-            episode=EpisodeConfig(
-                task=episode["task"],
-                epochs=episode["epochs"],
-                width_multiplier=episode["width_multiplier"],
-                slots=tuple(episode["slots"]) if episode.get("slots") else None,
-                max_seeds=episode.get("max_seeds"),
-            ),
+            episode=EpisodeConfig.from_dict(raw["episode"]),
             episodes=episodes,
             episodes_per_update=raw["episodes_per_update"],
             workers=workers,

@@ -293,10 +293,10 @@ class Trainer:
             self._rollback(reason, val_loss)
             val_loss, val_acc = self.evaluate()
         self.last_val_accuracy = val_acc
-        counterfactual_start = (time.perf_counter(), self.eval_flops.total)
+        started, eval_flops_before = time.perf_counter(), self.eval_flops.total
         measured = self.counterfactuals(val_acc)
-        counterfactual_seconds = time.perf_counter() - counterfactual_start[0] if measured else 0.0
-        counterfactual_flops = self.eval_flops.total - counterfactual_start[1]
+        counterfactual_seconds = time.perf_counter() - started if measured else 0.0
+        counterfactual_flops = self.eval_flops.total - eval_flops_before
         self.model.record_validation(val_acc)
         self.model.step_epoch()
         self._pending = _EpochState(
