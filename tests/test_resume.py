@@ -90,6 +90,14 @@ def _train_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "esper.cli", "train", *args]
 
 
+def _train_ok(*args: str) -> None:
+    """Run ``esper train ARGS`` to the end and require it to succeed."""
+    done = subprocess.run(
+        _train_cmd(*args), env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
@@ -148,14 +156,7 @@ def _kill_when(run_dir: Path, needle: str, extra: list[str], mode: str = "heuris
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    done = subprocess.run(
-        _train_cmd("heuristic", "--epochs", str(EPOCHS), "--run-dir", str(run_dir)),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    _train_ok("heuristic", "--epochs", str(EPOCHS), "--run-dir", str(run_dir))
     return run_dir
 
 
@@ -168,10 +169,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_a_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, needle):
     run_dir = tmp_path / "run"
     _kill_when(run_dir, needle, [])
-    resumed = subprocess.run(
-        _train_cmd("--resume", str(run_dir)), env=_env(), capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    _train_ok("--resume", str(run_dir))
     _assert_same_run(uninterrupted, run_dir)
     assert not list(run_dir.glob(".*.tmp"))
 
@@ -180,10 +178,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_pat
 def test_resume_with_sparse_checkpoints_replays_the_lost_epochs(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     _kill_when(run_dir, '"to": "BLENDING"', ["--checkpoint-every", "5"])
-    resumed = subprocess.run(
-        _train_cmd("--resume", str(run_dir)), env=_env(), capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    _train_ok("--resume", str(run_dir))
     _assert_same_run(uninterrupted, run_dir)
 
 
@@ -318,18 +313,8 @@ def test_a_killed_run_under_a_policy_resumes_under_it(tmp_path):
     """The shipped digits policy drives the run; a resumed run reads it again and ends as the
     uninterrupted one."""
     straight = tmp_path / "straight"
-    done = subprocess.run(
-        _train_cmd("ppo", "--epochs", str(EPOCHS), "--run-dir", str(straight)),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    _train_ok("ppo", "--epochs", str(EPOCHS), "--run-dir", str(straight))
     run_dir = tmp_path / "run"
     _kill_when(run_dir, '"to": "TRAINING"', [], mode="ppo")
-    resumed = subprocess.run(
-        _train_cmd("--resume", str(run_dir)), env=_env(), capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    _train_ok("--resume", str(run_dir))
     _assert_same_run(straight, run_dir)
