@@ -249,7 +249,6 @@ class GrowthEnv(gym.Env):
         self._data: dict = {}
         self._mask = np.zeros(self.layout.n, dtype=np.bool_)
         self._obs = np.zeros(size, dtype=np.float32)
-        self._critic_obs = np.zeros(self.critic_size, dtype=np.float32)
         self.run_seed: int | None = None
 
     # ------------------------------------------------------------------ gymnasium API
@@ -268,7 +267,6 @@ class GrowthEnv(gym.Env):
         signals = self._trainer.observe()
         # Epoch 1 is the static run's epoch 1: its reward is 0 by construction.
         self._reward.epoch_reward(1, self._quality(signals), signals.total_params)
-        self._critic_obs = self._reward.critic_features(1)
         return self._observe(signals), self._info()
 
     def step(self, action):
@@ -293,7 +291,6 @@ class GrowthEnv(gym.Env):
             final = quality(self.topology, val_loss, val_accuracy)
             total = trainer.model.count_parameters()["total"]
             reward = self._reward.final_reward(final, total)
-            self._critic_obs = self._reward.critic_features(trainer.epoch)
             episode = {
                 "seed": self.run_seed,
                 "return": self._reward.phi,
@@ -316,7 +313,6 @@ class GrowthEnv(gym.Env):
         reward = self._reward.epoch_reward(
             trainer.epoch, self._quality(signals), signals.total_params
         )
-        self._critic_obs = self._reward.critic_features(trainer.epoch)
         return self._observe(signals), reward, False, False, {**self._info(), **info_extra}
 
     def close(self) -> None:
@@ -340,9 +336,11 @@ class GrowthEnv(gym.Env):
         return self._obs
 
     def _info(self) -> dict:
-        epoch = self._trainer.epoch if self._trainer is not None else None
+        """Called while the run is open (after each reward), so the critic's inputs are those
+        of the epoch just observed."""
+        epoch = self._trainer.epoch
         return {
             "action_mask": self._mask.copy(),
             "epoch": epoch,
-            "critic_obs": self._critic_obs.copy(),
+            "critic_obs": self._reward.critic_features(epoch),
         }
