@@ -203,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": seeds,
             "reps": args.reps,
             "rows": rows,
-            "per_seed": {
-                str(s): {arm: {k: v for k, v in r.items()} for arm, r in runs.items()}
-                for s, runs in per_seed.items()
-            },
+            "per_seed": {str(s): runs for s, runs in per_seed.items()},
             "checks": checks,
         }
         print(json.dumps(payload))
