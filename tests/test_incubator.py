@@ -260,7 +260,7 @@ def test_the_shadow_pass_writes_no_slot_buffer_and_reads_only_those_forward_neve
     # The gated slot's record is the real forward's, not the shadow's (which ran it on other
     # features): the shadow wrote into a copy.
     assert torch.equal(model.seed_slots["mid"]._alpha_used, alpha_used)
-    frozen = model._frozen_tensors()
+    frozen = model._frozen_tensors(prefix="model.")
     assert not any(
         k.endswith(tuple(f".{b}" for b in SeedSlot.FORWARD_READ_ONLY_BUFFERS)) for k in frozen
     )

@@ -65,7 +65,8 @@ class GatedBlend(BlendAlgorithm):
     ``alpha(x) = r + r * (1 - r) * (2 * g(x) - 1)``: it equals ``r`` when the gate is neutral
     (it starts so: zero weights), stays in ``[r**2, r * (2 - r)]``, and is exactly 0 at ``r = 0``
     and exactly 1 at ``r = 1``. Image features (``BCHW``) are pooled per sample; sequence
-    features (``BTC``) are gated per position so no token's alpha depends on later tokens.
+    features (``BTC``) are gated per position so no token's alpha depends on later tokens; flat
+    features (``BC``) are gated per sample.
 
     Raises:
         ValueError: unknown ``topology`` (the message lists the valid ones).
@@ -85,7 +86,7 @@ class GatedBlend(BlendAlgorithm):
         if self.layout == "BCHW":
             g = torch.sigmoid(self.gate(x.mean(dim=(2, 3))))[:, :, None, None]  # (B, 1, 1, 1)
         else:
-            g = torch.sigmoid(self.gate(x))  # (B, T, 1)
+            g = torch.sigmoid(self.gate(x))  # (B, T, 1), or (B, 1) for flat features
         return ramp + ramp * (1.0 - ramp) * (2.0 * g - 1.0)
 
 

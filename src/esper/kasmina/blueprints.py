@@ -2,7 +2,7 @@
 
 Every blueprint is shape-preserving and residual-style, and starts as (or near) the identity so a
 new seed does not jolt the stream it joins. CNN seeds see (B, C, H, W); transformer seeds see
-(B, T, C).
+(B, T, C); MLP seeds see flat (B, C).
 """
 
 from __future__ import annotations
@@ -277,3 +277,26 @@ def _tf_mlp(width: int) -> nn.Module:
             nn.Linear(4 * width, width),
         )
     )
+
+
+# --- MLP (flat features) ----------------------------------------------------------------------
+
+
+@register_blueprint("mlp", "noop", "identity; no parameters")
+def _mlp_noop(width: int) -> nn.Module:
+    return Identity()
+
+
+@register_blueprint("mlp", "norm", "x + scale * LayerNorm(x)")
+def _mlp_norm(width: int) -> nn.Module:
+    return ScaledNormResidual(nn.LayerNorm(width), width, channel_dim=-1)
+
+
+@register_blueprint("mlp", "lora", "x + up(down(x)), rank 8, up zero-initialized")
+def _mlp_lora(width: int) -> nn.Module:
+    return LowRankResidual(width)
+
+
+@register_blueprint("mlp", "mlp", "x + fc2(gelu(fc1(ln(x)))), 4x hidden, fc2 zero-init")
+def _mlp_mlp(width: int) -> nn.Module:
+    return _tf_mlp(width)

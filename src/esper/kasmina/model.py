@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -12,22 +11,15 @@ from torch import nn
 from torch.func import functional_call
 
 from esper._atomic import atomic_path
+from esper.kasmina.api import MorphogeneticMixin, SlotDict
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.hosts import build_host
-from esper.kasmina.lifecycle import SlotStepReport
 from esper.kasmina.slot import SeedSlot
-from esper.kasmina.telemetry import capture_telemetry
 from esper.leyline import (
-    DEFAULT_BLEND_ALGORITHM,
     DEFAULT_BLENDING_STEPS,
     DEFAULT_EMBARGO_EPOCHS,
     DEFAULT_PROBATION_EPOCHS,
-    GateResult,
-    LifecycleListener,
-    SeedStage,
-    SeedStateReport,
-    affects_output,
 )
 
 CHECKPOINT_FORMAT = 1
@@ -46,7 +38,7 @@ class _Downstream(nn.Module):
         return self.model._run_from(h, start)
 
 
-class MorphogeneticModel(nn.Module):
+class MorphogeneticModel(MorphogeneticMixin, nn.Module):
     """A host network whose injection points can grow seeds.
 
     Args:
@@ -108,7 +100,7 @@ class MorphogeneticModel(nn.Module):
         }
         # Forward order: by position, ties broken by the host's own point order.
         ordered = [name for name in points if name in slots]
-        self.seed_slots = nn.ModuleDict(
+        self.seed_slots = SlotDict(
             {
                 name: SeedSlot(name, points[name], self.topology, gates=gates, **self.slot_settings)
                 for name in ordered
@@ -166,7 +158,7 @@ class MorphogeneticModel(nn.Module):
         output = self._run_from(self.host.stem(x), 0, taps=incubating)
         if not incubating or not torch.is_grad_enabled():
             return output, {}
-        frozen = self._frozen_tensors()
+        frozen = self._frozen_tensors(prefix="model.")
         downstream = _Downstream(self)
         # tie_weights=False: ``frozen`` already names every alias of a tied tensor, so
         # functional_call need not walk the module tree again to find them.
@@ -181,244 +173,6 @@ class MorphogeneticModel(nn.Module):
             for index, slot, at in incubating
         }
         return output, shadows
-
-    def _frozen_tensors(self) -> dict[str, torch.Tensor]:
-        """Every parameter detached and every buffer copied, by every name it has, for a shadow
-        pass. Tied weights (a transformer's head and embedding) appear under each name with one
-        detached tensor, so none of them stays live in the pass. A slot's buffers that no
-        forward writes (``SeedSlot.FORWARD_READ_ONLY_BUFFERS``) are left out: the pass reads
-        the real ones, and copying them every step was a third of the shadow pass's overhead on
-        a small CPU model."""
-        detached: dict[int, torch.Tensor] = {}
-        frozen = {}
-        # One walk of the module tree for parameters and buffers alike (named_parameters and
-        # named_buffers each walk it again).
-        for prefix, module in self.named_modules(remove_duplicate=False):
-            base = f"model.{prefix}." if prefix else "model."
-            for name, p in module.named_parameters(recurse=False, remove_duplicate=False):
-                frozen[base + name] = detached.setdefault(id(p), p.detach())
-            skip = module.FORWARD_READ_ONLY_BUFFERS if isinstance(module, SeedSlot) else ()
-            for name, b in module.named_buffers(recurse=False, remove_duplicate=False):
-                if name not in skip:
-                    frozen[base + name] = detached.setdefault(id(b), b.clone())
-        return frozen
-
-    def incubation_loss(
-        self,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
-        output: torch.Tensor,
-        shadows: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
-        """The loss that trains the seeds in TRAINING: ``loss_fn`` summed over their shadow
-        outputs (0 when there are none).
-
-        It also records, per seed and on the device (no synchronisation), the batch's
-        *incubation gain* ``loss_fn(output) - loss_fn(shadow)``; ``step_epoch`` averages an
-        epoch of them into the seed's ``incubation_gain``, which G2 and G5 read.
-
-        Args:
-            loss_fn: maps a network output to a scalar loss (e.g. ``lambda out: F.cross_entropy(
-                out, y)``); called once on ``output`` (without gradient) and once per shadow.
-            output: the first result of :meth:`forward_with_shadows` for the same batch.
-            shadows: its second result.
-
-        Raises:
-            ValueError: a shadow names a slot that is not incubating.
-        """
-        total = torch.zeros((), device=output.device, dtype=torch.float32)
-        if not shadows:
-            return total
-        with torch.no_grad():
-            baseline = loss_fn(output.detach()).float()
-        for name, shadow in shadows.items():
-            slot = self._slot(name)
-            if not slot.incubating:
-                raise ValueError(
-                    f"slot {name!r} is {slot.stage.name}; only a seed in TRAINING has a shadow"
-                )
-            loss = loss_fn(shadow)
-            slot._add_incubation_gain(baseline - loss.detach().float())
-            total = total + loss
-        return total
-
-    # ------------------------------------------------------------------ events
-
-    def subscribe(self, listener: LifecycleListener) -> LifecycleListener:
-        """Call ``listener(event)`` for every lifecycle event of every slot.
-
-        Events arrive as they happen, in a deterministic order (within one ``step_epoch`` or
-        capture: slot by slot, in forward order). A listener that raises stops the operation
-        that emitted the event.
-
-        Args:
-            listener: any callable taking one event; subscribing it twice changes nothing.
-
-        Returns:
-            ``listener``, so this works as a decorator.
-
-        Raises:
-            TypeError: ``listener`` is not callable.
-        """
-        return self._listeners.subscribe(listener)
-
-    def unsubscribe(self, listener: LifecycleListener) -> None:
-        """Stop calling ``listener``.
-
-        Raises:
-            ValueError: ``listener`` is not subscribed to this model.
-        """
-        self._listeners.unsubscribe(listener)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def _slot(self, slot: str) -> SeedSlot:
-        if slot not in self.seed_slots:
-            raise ValueError(
-                f"unknown slot {slot!r}; this model's slots: {', '.join(self.seed_slots)}"
-            )
-        return self.seed_slots[slot]
-
-    def germinate_seed(
-        self,
-        blueprint_id: str,
-        seed_id: str,
-        *,
-        slot: str,
-        blend_algorithm_id: str = DEFAULT_BLEND_ALGORITHM,
-    ) -> GateResult:
-        """Grow a seed of ``blueprint_id`` in ``slot``; see :meth:`SeedSlot.germinate`."""
-        return self._slot(slot).germinate(
-            blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id
-        )
-
-    def cull_seed(self, *, slot: str, reason: str = "") -> None:
-        """Remove the seed in ``slot``; see :meth:`SeedSlot.cull`.
-
-        Args:
-            slot: the slot's name.
-            reason: why, in words; carried by the ``StageChanged`` event.
-
-        Raises:
-            ValueError: unknown slot.
-            IllegalTransitionError: nothing to cull, or the seed is FOSSILIZED.
-        """
-        self._slot(slot).cull(reason=reason)
-
-    def fossilize_seed(self, *, slot: str) -> GateResult:
-        """Fossilize the seed in ``slot`` through G5.
-
-        Raises:
-            GateFailedError: G5 refused; the message lists the failed checks.
-        """
-        return self._slot(slot).fossilize()
-
-    def advance_stage(self, target: SeedStage, *, slot: str) -> GateResult:
-        return self._slot(slot).advance_stage(target)
-
-    def step_epoch(self) -> dict[str, SlotStepReport]:
-        """Advance every slot's mechanical lifecycle by one epoch."""
-        return {name: slot.step_epoch() for name, slot in self.seed_slots.items()}
-
-    def record_validation(self, accuracy: float) -> list[str]:
-        """Record this epoch's validation accuracy into every slot that holds a seed.
-
-        Args:
-            accuracy: validation accuracy in percent.
-
-        Returns:
-            The slots that recorded it, in forward order.
-
-        Raises:
-            TypeError, ValueError: ``accuracy`` is not a finite number.
-        """
-        return [name for name, s in self.seed_slots.items() if s.record_validation(accuracy)]
-
-    def record_counterfactual(self, slot: str, contribution: float) -> None:
-        """Record the measured contribution (points) of the seed in ``slot``; see
-        :meth:`SeedSlot.record_counterfactual`.
-
-        Raises:
-            ValueError: unknown slot, a slot without a seed, or a non-finite contribution.
-        """
-        self._slot(slot).record_counterfactual(contribution)
-
-    def capture_gradient_telemetry(self) -> None:
-        """Capture gradient telemetry on every slot holding a seed (call after backward).
-
-        The host's gradient norm is computed once and every slot's numbers come back to the
-        host in a single synchronisation.
-        """
-        capture_telemetry(self.seed_slots.values(), list(self.host_parameters()))
-
-    def host_tensor_ptrs(self) -> frozenset[int]:
-        """Storage addresses of the host's parameters and buffers, for the structural check that
-        no seed shares a tensor with the host."""
-        params, buffers = self._host_own_tensors()
-        return frozenset(t.data_ptr() for t in (*params, *buffers) if t.numel())
-
-    def _host_own_tensors(self) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
-        # Cached: walking the module tree at every telemetry capture cost more than the rest of
-        # the capture. Dropped wherever tensors may be replaced: .to()/.cuda(), load_state_dict.
-        if self._host_tensors is None:
-            self._host_tensors = (list(self.host.parameters()), list(self.host.buffers()))
-        return self._host_tensors
-
-    def _apply(self, fn, *args, **kwargs):
-        self._host_tensors = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self._host_tensors = None
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    @contextlib.contextmanager
-    def force_alpha(self, value: float, slots: Iterable[str] | None = None) -> Iterator[None]:
-        """Blend every (or the named) seed that affects the output with a fixed alpha."""
-        names = list(slots) if slots is not None else list(self.seed_slots)
-        with contextlib.ExitStack() as stack:
-            for name in names:
-                slot = self._slot(name)
-                if slot.seed is not None and slot.stage in (
-                    SeedStage.BLENDING,
-                    SeedStage.PROBATIONARY,
-                ):
-                    stack.enter_context(slot.force_alpha(value))
-            yield
-
-    # ------------------------------------------------------------------ accessors
-
-    def host_parameters(self) -> Iterator[nn.Parameter]:
-        """The host's parameters, including those of fossilized seeds (now part of the host),
-        stacked ones included."""
-        yield from self._host_own_tensors()[0]
-        for slot in self.seed_slots.values():
-            for module in slot.host_side_modules():
-                yield from module.parameters()
-
-    def seed_parameters(self, slot: str | None = None) -> list[nn.Parameter]:
-        """Parameters of live (not fossilized) seeds and their blend gates, for one slot or all."""
-        names = [slot] if slot is not None else list(self.seed_slots)
-        params: list[nn.Parameter] = []
-        for name in names:
-            s = self._slot(name)
-            if s.stage != SeedStage.FOSSILIZED:
-                params.extend(s.seed_parameters())
-        return params
-
-    def active_seed_slots(self) -> list[str]:
-        """Slots whose seed currently affects the output (BLENDING, PROBATIONARY, FOSSILIZED)."""
-        return [
-            n for n, s in self.seed_slots.items() if s.seed is not None and affects_output(s.stage)
-        ]
-
-    def slot_reports(self) -> list[SeedStateReport]:
-        return [slot.report() for slot in self.seed_slots.values()]
-
-    def count_parameters(self) -> dict[str, int]:
-        """``{"host": ..., "seeds": ..., "total": ...}`` (fossilized seeds count as host)."""
-        host = sum(p.numel() for p in self.host_parameters())
-        seeds = sum(p.numel() for p in self.seed_parameters())
-        return {"host": host, "seeds": seeds, "total": host + seeds}
 
     # ------------------------------------------------------------------ checkpoints
 

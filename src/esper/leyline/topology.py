@@ -15,8 +15,8 @@ class Topology:
 
     Attributes:
         name: registry key (``"cnn"``, ``"transformer"``).
-        layout: feature layout at an injection point: ``"BCHW"`` (channels-first images) or
-            ``"BTC"`` (sequences, features last).
+        layout: feature layout at an injection point: ``"BCHW"`` (channels-first images),
+            ``"BTC"`` (sequences, features last) or ``"BC"`` (flat features).
         keeps_isolation_while_blending: whether a seed's input stays detached in
             BLENDING/PROBATIONARY. CNN seeds keep it; transformer seeds co-adapt with the host.
         growth_order: which dormant slot a controller grows first: ``"shallowest_first"``
@@ -39,7 +39,7 @@ class Topology:
 
     def probe_shape(self, width: int) -> tuple[int, ...]:
         """A small feature shape with ``width`` features, for shape probes of new seeds."""
-        return (2, width, 4, 4) if self.layout == "BCHW" else (2, 4, width)
+        return {"BCHW": (2, width, 4, 4), "BTC": (2, 4, width), "BC": (2, width)}[self.layout]
 
     def widen(self, host_config: dict, factor: float) -> dict:
         """A copy of ``host_config`` with its width scaled by ``factor`` (rounded; kept a
@@ -79,6 +79,18 @@ _TOPOLOGY_LIST = (
         width_key="n_embd",
         width_multiple_of="n_head",
         output_key="vocab_size",
+    ),
+    # Flat features (B, C): an MLP's hidden layer, a pooled embedding. No built-in host has
+    # this layout; it exists for slots injected into a user's model. Isolation is kept while
+    # blending, as for images: no measurement yet says co-adaptation pays here.
+    Topology(
+        name="mlp",
+        layout="BC",
+        keeps_isolation_while_blending=True,
+        growth_order="shallowest_first",
+        width_key="width",
+        width_multiple_of=None,
+        output_key="num_classes",
     ),
 )
 _TOPOLOGY_REGISTRY = {t.name: t for t in _TOPOLOGY_LIST}

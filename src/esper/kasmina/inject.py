@@ -1,0 +1,376 @@
+"""Seed slots in any ``nn.Module``: :func:`inject_slots` puts a slot after each targeted module.
+
+A slot sits on its target's output through a forward hook, so the user's modules, forward and
+``state_dict`` keys stay as they were; the slots live under ``model.seed_slots`` and the model
+gains the API of :class:`~esper.kasmina.api.MorphogeneticMixin` (its class becomes a subclass of
+its own class, as ``torch.distributed.fsdp.fully_shard`` does).
+
+The shadow pass cannot start in the middle of an arbitrary forward, so it replays the whole
+forward under ``torch.func.functional_call`` with every host tensor detached (buffers on copies):
+the modules before the incubating slot recompute what the real pass computed, the slot's output
+is replaced by its seed's output on the real pass's features (computed outside the replay, with
+live seed parameters), and what follows runs as it would with the seed blended in at alpha 1. Gradient reaches the seed alone, as in the built-in hosts' shadow pass;
+the replayed prefix is the price of not knowing the forward's structure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from esper.kasmina.api import SLOTS_ATTRIBUTE, MorphogeneticMixin, SlotDict
+from esper.kasmina.events import Listeners
+from esper.kasmina.gates import GateConfig, QualityGates
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import (
+    DEFAULT_BLENDING_STEPS,
+    DEFAULT_EMBARGO_EPOCHS,
+    DEFAULT_PROBATION_EPOCHS,
+    TOPOLOGIES,
+    get_topology,
+)
+
+#: Feature rank -> the topology whose layout it is (channels-first images, sequences, flat).
+_TOPOLOGY_BY_RANK = {4: "cnn", 3: "transformer", 2: "mlp"}
+#: Layout names a user may give instead of a topology.
+_TOPOLOGY_BY_LAYOUT = {get_topology(t).layout: t for t in TOPOLOGIES}
+#: Names the injected model gains; a model that already has one of them is refused.
+_ADDED_ATTRIBUTES = (SLOTS_ATTRIBUTE, "slot_targets", "slot_settings")
+
+
+class InjectionError(ValueError):
+    """A target cannot take a slot; the message names it. The model was left unchanged."""
+
+
+# ---------------------------------------------------------------------- routing
+
+
+@dataclass
+class _Tap:
+    """The real pass of ``forward_with_shadows``: incubating slots record their features."""
+
+    taps: list = field(default_factory=list)
+
+
+@dataclass
+class _Shadow:
+    """A shadow replay for ``slot``: its output is replaced by ``features``, its seed's output on
+    the real pass's features, computed outside the replay so the seed's parameters stay live."""
+
+    slot: SeedSlot
+    features: torch.Tensor
+
+
+class _SlotRoute:
+    """The forward hook on one target: its output's first element through the target's slots,
+    in order. ``owner`` is held in a tuple, as ``SeedSlot._owner`` is, so copies map it."""
+
+    def __init__(self, target: str, slots: tuple[SeedSlot, ...], owner: nn.Module) -> None:
+        self.target = target
+        self.slots = slots
+        self._owner = (owner,)
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        if isinstance(output, tuple):
+            return (self._through(output[0]), *output[1:])
+        return self._through(output)
+
+    def _through(self, h: torch.Tensor) -> torch.Tensor:
+        mode = self._owner[0]._route_mode
+        for slot in self.slots:
+            if mode is None:
+                h = slot(h)
+            elif isinstance(mode, _Shadow):
+                h = mode.features if slot is mode.slot else slot(h)
+            else:
+                h = slot.forward_fossils(h)
+                if slot.incubating:
+                    mode.taps.append((slot, h))
+                h = slot.forward_seed(h)
+        return h
+
+
+class InjectedModel(MorphogeneticMixin):
+    """What :func:`inject_slots` adds to a model's class: the shadow pass over its own forward.
+
+    Attributes:
+        slot_targets: ``{slot name: dotted name of the module it follows}``, in forward order.
+        slot_settings: the slots' lifecycle settings, as given to :func:`inject_slots`.
+        topology: the slots' topology when they all share one, else ``"mixed"`` (unless the
+            model had a ``topology`` of its own).
+    """
+
+    def forward_with_shadows(self, *args, **kwargs) -> tuple[object, dict[str, object]]:
+        """``(self(*args, **kwargs), shadows)``: for every seed in TRAINING, the model's output
+        with that seed blended in at alpha 1 and every host tensor detached (see the module's
+        docstring). Train on ``loss(output) + model.incubation_loss(loss_fn, output, shadows)``.
+        ``shadows`` is empty when no seed is in TRAINING or gradients are disabled."""
+        tap = _Tap()
+        self._route_mode = tap
+        try:
+            output = self(*args, **kwargs)
+        finally:
+            self._route_mode = None
+        if not tap.taps or not torch.is_grad_enabled():
+            return output, {}
+        frozen = self._frozen_tensors()
+        shadows = {}
+        for slot, features in tap.taps:
+            self._route_mode = _Shadow(slot, slot.shadow_features(features))
+            try:
+                shadows[slot.name] = functional_call(
+                    self, frozen, args, kwargs, strict=False, tie_weights=False
+                )
+            finally:
+                self._route_mode = None
+        return output, shadows
+
+
+_INJECTED_CLASSES: dict[type, type] = {}
+
+
+def _injected_class(cls: type) -> type:
+    """One subclass per user class, so two injected models of a class share their type."""
+    if cls not in _INJECTED_CLASSES:
+        _INJECTED_CLASSES[cls] = type(f"Morphogenetic{cls.__name__}", (InjectedModel, cls), {})
+    return _INJECTED_CLASSES[cls]
+
+
+# ---------------------------------------------------------------------- injection
+
+
+def _resolve_targets(model: nn.Module, targets) -> dict[str, str]:
+    """``{slot name: module name}`` from a regex, a list of names or a ``{slot: module}`` map."""
+    modules = dict(model.named_modules())
+    modules.pop("", None)
+    kind = type(model).__name__
+    listed = ", ".join(list(modules)[:20]) + (", ..." if len(modules) > 20 else "")
+    if isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error as exc:
+            raise InjectionError(f"inject_slots: targets {targets!r} is not a regex: {exc}") from None
+        found = {name: name for name in modules if pattern.fullmatch(name)}
+        if not found:
+            raise InjectionError(
+                f"inject_slots: target regex {targets!r} matches no module of {kind}; "
+                f"modules: {listed}"
+            )
+        return found
+    if isinstance(targets, Mapping):
+        resolved = {str(slot): str(target) for slot, target in targets.items()}
+    elif isinstance(targets, Iterable):
+        resolved = {str(t): str(t) for t in targets}
+        if len(resolved) != len(list(targets)):
+            raise InjectionError(f"inject_slots: targets repeat a name: {list(targets)}")
+    else:
+        raise InjectionError(
+            "inject_slots: targets must be a regex, a list of module names or a "
+            f"{{slot name: module name}} dict, got {type(targets).__name__}"
+        )
+    if not resolved:
+        raise InjectionError("inject_slots: targets is empty; name at least one module")
+    for slot, target in resolved.items():
+        if target not in modules:
+            raise InjectionError(
+                f"inject_slots: target {target!r} matches no module of {kind}; modules: {listed}"
+            )
+        if not slot or "/" in slot:
+            raise InjectionError(f"inject_slots: slot name {slot!r} must be non-empty, no '/'")
+    return resolved
+
+
+def _first_tensor(output) -> torch.Tensor | None:
+    first = output[0] if isinstance(output, tuple) and output else output
+    return first if isinstance(first, torch.Tensor) else None
+
+
+def _probe(model: nn.Module, targets: set[str], example_input) -> dict[str, list]:
+    """Run one forward on ``example_input`` in eval mode without gradient and return, per target
+    module, the shapes of its outputs (``None`` for an output that is not a tensor), in call
+    order; the dict's order is the order targets first ran. The model's modes, buffers and RNG
+    are untouched (eval mode draws no dropout)."""
+    calls: dict[str, list] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name in targets:
+
+            def record(_module, _args, output, _name=name):
+                first = _first_tensor(output)
+                shape = tuple(first.shape) if first is not None and first.is_floating_point() else None
+                calls.setdefault(_name, []).append(shape)
+
+            handles.append(module.register_forward_hook(record))
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            if isinstance(example_input, Mapping):
+                model(**example_input)
+            elif isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            else:
+                model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return calls
+
+
+def _topology_from(target: str, shapes: list) -> tuple[int, str]:
+    """Width and topology of ``target`` from its probed output shapes, or why it cannot."""
+    if len(set(shapes)) > 1:
+        raise InjectionError(
+            f"inject_slots: target {target!r}: its output changes shape across calls "
+            f"({', '.join(map(str, shapes))}); a slot needs one feature shape"
+        )
+    if len(shapes) > 1:
+        raise InjectionError(
+            f"inject_slots: target {target!r} runs {len(shapes)} times in one forward; a slot "
+            "needs a module that runs once"
+        )
+    shape = shapes[0]
+    if shape is None:
+        raise InjectionError(
+            f"inject_slots: target {target!r} does not output a floating-point tensor (or a "
+            "tuple starting with one)"
+        )
+    if len(shape) not in _TOPOLOGY_BY_RANK:
+        raise InjectionError(
+            f"inject_slots: target {target!r} outputs shape {shape}; a slot takes (B, C, H, W), "
+            "(B, T, C) or (B, C) features"
+        )
+    topology = _TOPOLOGY_BY_RANK[len(shape)]
+    return shape[1] if len(shape) != 3 else shape[2], topology
+
+
+def _explicit_topology(target: str, layout: str) -> str:
+    if layout in TOPOLOGIES:
+        return layout
+    if layout in _TOPOLOGY_BY_LAYOUT:
+        return _TOPOLOGY_BY_LAYOUT[layout]
+    valid = ", ".join([*TOPOLOGIES, *_TOPOLOGY_BY_LAYOUT])
+    raise InjectionError(f"inject_slots: layout {layout!r} for {target!r} is unknown; valid: {valid}")
+
+
+def inject_slots(
+    model: nn.Module,
+    targets: str | Iterable[str] | Mapping[str, str],
+    example_input=None,
+    *,
+    widths: Mapping[str, int] | None = None,
+    layouts: Mapping[str, str] | None = None,
+    gate_config: GateConfig | None = None,
+    blending_steps: int = DEFAULT_BLENDING_STEPS,
+    probation_epochs: int = DEFAULT_PROBATION_EPOCHS,
+    embargo_epochs: int = DEFAULT_EMBARGO_EPOCHS,
+) -> nn.Module:
+    """Add a seed slot after each targeted module of ``model``, in place, and return ``model``.
+
+    The model keeps its forward, call signature, modules and ``state_dict`` keys, and gains
+    Esper's model API (``seed_slots``, ``germinate_seed(..., slot=)``, ``advance_stage``,
+    ``forward_with_shadows``, ``incubation_loss``, ``capture_gradient_telemetry``,
+    ``step_epoch``, ``host_parameters`` ...). With no seeds its output is exactly what it was.
+    To reload a checkpoint: rebuild the model, inject the same targets, ``load_state_dict``.
+
+    Args:
+        model: any ``nn.Module``.
+        targets: a regex matched in full against module names (``r"layer\\d"``), a list of module
+            names (``["layer2", "body.0"]``; each slot is named after its module), or a
+            ``{slot name: module name}`` dict (several slots may follow one module, in order).
+        example_input: one input for a probe forward (a tensor, a tuple of positional
+            arguments or a dict of keyword arguments) that finds each target's feature width and
+            layout (4-D channels-first, 3-D sequence ``(B, T, C)``, 2-D flat) and the slots'
+            forward order. Run in eval mode without gradient: nothing in the model changes.
+        widths, layouts: per slot name, instead of probing (both needed for every slot when
+            ``example_input`` is None); a layout is ``"BCHW"``, ``"BTC"``, ``"BC"`` or a topology
+            name (``"cnn"``, ``"transformer"``, ``"mlp"``).
+        gate_config, blending_steps, probation_epochs, embargo_epochs: as for
+            :class:`~esper.kasmina.model.MorphogeneticModel`.
+
+    Returns:
+        ``model`` itself, now an instance of a subclass of its class.
+
+    Raises:
+        InjectionError: a target matches nothing, runs more than once per forward or changes
+            shape across calls, does not output floating-point features of a known layout, or
+            the model already has slots; one line naming the target. The model is unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        raise InjectionError(f"inject_slots: model must be an nn.Module, got {type(model).__name__}")
+    taken = [name for name in _ADDED_ATTRIBUTES if hasattr(model, name)]
+    if taken:
+        raise InjectionError(
+            f"inject_slots: {type(model).__name__} already has {', '.join(taken)} (slots were "
+            "injected already, or the names are its own); inject every target in one call"
+        )
+    resolved = _resolve_targets(model, targets)
+    widths, layouts = dict(widths or {}), dict(layouts or {})
+    spec: dict[str, tuple[int, str]] = {}
+    order = list(resolved)
+    if example_input is not None:
+        calls = _probe(model, set(resolved.values()), example_input)
+        for slot, target in resolved.items():
+            if target not in calls:
+                raise InjectionError(
+                    f"inject_slots: target {target!r} did not run in the probe forward; a slot "
+                    "needs a module the forward calls"
+                )
+            spec[slot] = _topology_from(target, calls[target])
+        ran = list(calls)
+        order = sorted(resolved, key=lambda s: ran.index(resolved[s]))  # stable: dict order ties
+    for slot, target in resolved.items():
+        if slot in widths or slot in layouts or slot not in spec:
+            if slot not in widths or slot not in layouts:
+                raise InjectionError(
+                    f"inject_slots: slot {slot!r} needs example_input, or both widths[{slot!r}] "
+                    "and layouts[{slot!r}]"
+                )
+            width = widths[slot]
+            if not isinstance(width, int) or width < 1:
+                raise InjectionError(f"inject_slots: width for {slot!r} must be an int >= 1")
+            spec[slot] = (width, _explicit_topology(target, layouts[slot]))
+    for extra in sorted((set(widths) | set(layouts)) - set(resolved)):
+        raise InjectionError(f"inject_slots: widths/layouts name {extra!r}, which is not a slot")
+
+    # Everything is checked: from here on the model changes.
+    gates = QualityGates(gate_config)
+    settings = {
+        "blending_steps": blending_steps,
+        "probation_epochs": probation_epochs,
+        "embargo_epochs": embargo_epochs,
+    }
+    slots = SlotDict()
+    for name in order:
+        width, topology = spec[name]
+        slots[name] = SeedSlot(name, width, topology, gates=gates, **settings)
+    reference = next(iter(model.parameters()), None)
+    if reference is not None:
+        slots.to(reference.device)
+    model.__class__ = _injected_class(type(model))
+    model.seed_slots = slots
+    model._listeners = Listeners()
+    model._host_tensors = None
+    model._route_mode = None
+    model.slot_targets = {name: resolved[name] for name in order}
+    model.slot_settings = settings
+    if not hasattr(model, "topology"):  # a host that names its own (the built-in ones) keeps it
+        topologies = {slot.topology for slot in slots.values()}
+        model.topology = topologies.pop() if len(topologies) == 1 else "mixed"
+    by_target: dict[str, list[SeedSlot]] = {}
+    for name in order:
+        by_target.setdefault(resolved[name], []).append(slots[name])
+    modules = dict(model.named_modules())
+    for target, target_slots in by_target.items():
+        modules[target].register_forward_hook(_SlotRoute(target, tuple(target_slots), model))
+    for slot in slots.values():
+        slot.attach(model)
+    slots.train(model.training)
+    return model
