@@ -9,8 +9,9 @@ The shadow pass cannot start in the middle of an arbitrary forward, so it replay
 forward under ``torch.func.functional_call`` with every host tensor detached (buffers on copies):
 the modules before the incubating slot recompute what the real pass computed, the slot's output
 is replaced by its seed's output on the real pass's features (computed outside the replay, with
-live seed parameters), and what follows runs as it would with the seed blended in at alpha 1. Gradient reaches the seed alone, as in the built-in hosts' shadow pass;
-the replayed prefix is the price of not knowing the forward's structure.
+live seed parameters), and what follows runs as it would with the seed blended in at alpha 1.
+Gradient reaches the seed alone, as in the built-in hosts' shadow pass; the replayed prefix is
+the price of not knowing the forward's structure.
 """
 
 from __future__ import annotations
@@ -154,7 +155,9 @@ def _resolve_targets(model: nn.Module, targets) -> dict[str, str]:
         try:
             pattern = re.compile(targets)
         except re.error as exc:
-            raise InjectionError(f"inject_slots: targets {targets!r} is not a regex: {exc}") from None
+            raise InjectionError(
+                f"inject_slots: targets {targets!r} is not a regex: {exc}"
+            ) from None
         found = {name: name for name in modules if pattern.fullmatch(name)}
         if not found:
             raise InjectionError(
@@ -202,7 +205,9 @@ def _probe(model: nn.Module, targets: set[str], example_input) -> dict[str, list
 
             def record(_module, _args, output, _name=name):
                 first = _first_tensor(output)
-                shape = tuple(first.shape) if first is not None and first.is_floating_point() else None
+                shape = (
+                    tuple(first.shape) if first is not None and first.is_floating_point() else None
+                )
                 calls.setdefault(_name, []).append(shape)
 
             handles.append(module.register_forward_hook(record))
@@ -257,7 +262,9 @@ def _explicit_topology(target: str, layout: str) -> str:
     if layout in _TOPOLOGY_BY_LAYOUT:
         return _TOPOLOGY_BY_LAYOUT[layout]
     valid = ", ".join([*TOPOLOGIES, *_TOPOLOGY_BY_LAYOUT])
-    raise InjectionError(f"inject_slots: layout {layout!r} for {target!r} is unknown; valid: {valid}")
+    raise InjectionError(
+        f"inject_slots: layout {layout!r} for {target!r} is unknown; valid: {valid}"
+    )
 
 
 def inject_slots(
@@ -304,7 +311,9 @@ def inject_slots(
             the model already has slots; one line naming the target. The model is unchanged.
     """
     if not isinstance(model, nn.Module):
-        raise InjectionError(f"inject_slots: model must be an nn.Module, got {type(model).__name__}")
+        raise InjectionError(
+            f"inject_slots: model must be an nn.Module, got {type(model).__name__}"
+        )
     taken = [name for name in _ADDED_ATTRIBUTES if hasattr(model, name)]
     if taken:
         raise InjectionError(
