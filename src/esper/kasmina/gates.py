@@ -12,9 +12,12 @@ from esper.leyline import (
     DEFAULT_G3_MIN_ALPHA,
     DEFAULT_G3_MIN_BLENDING_EPOCHS,
     DEFAULT_G5_MAX_ACCURACY_DROP,
+    DEFAULT_G5_MAX_LOSS_RISE,
     DEFAULT_G5_MIN_CONTRIBUTION,
+    DEFAULT_G5_MIN_CONTRIBUTION_LOSS,
     DEFAULT_G5_MIN_INCUBATION_GAIN,
     DEFAULT_MAX_ISOLATION_VIOLATIONS,
+    QUALITY_UNITS,
     GateLevel,
     GateResult,
     SeedStage,
@@ -47,8 +50,24 @@ class GateConfig:
     g5_min_incubation_gain: float = DEFAULT_G5_MIN_INCUBATION_GAIN
     g5_max_accuracy_drop: float = DEFAULT_G5_MAX_ACCURACY_DROP
     g3_require_ramp_complete: bool = True
+    unit: str = "points"
+
+    @classmethod
+    def for_loss(cls, **overrides) -> GateConfig:
+        """Gates for a task measured in validation loss (a regression or language model
+        without an accuracy): ``unit="loss"`` and G5's thresholds on the loss's scale."""
+        values = {
+            "unit": "loss",
+            "g5_min_contribution": DEFAULT_G5_MIN_CONTRIBUTION_LOSS,
+            "g5_max_accuracy_drop": DEFAULT_G5_MAX_LOSS_RISE,
+        }
+        return cls(**{**values, **overrides})
 
     def __post_init__(self) -> None:
+        if self.unit not in QUALITY_UNITS:
+            raise ValueError(
+                f"GateConfig.unit must be one of {', '.join(QUALITY_UNITS)}, got {self.unit!r}"
+            )
         for name in (
             "g2_min_training_epochs",
             "max_isolation_violations",
@@ -127,6 +146,7 @@ class QualityGates:
             checks_passed=passed,
             checks_failed=failed,
             message=f"{level.name} -> {target.name} {verdict}",
+            unit=self.config.unit,
         )
 
     # Each check is (name, ok, reason-if-failed).
@@ -204,17 +224,23 @@ class QualityGates:
         known = c is not None
         before, now = m.accuracy_before_blending, m.current_val_accuracy
         drop = None if before is None or now is None else before - now
+        unit = cfg.unit
+        # In loss units the recorded quality is the negative loss: a drop is a rise in loss.
+        worse = "accuracy fell" if unit == "points" else "loss rose"
+        digits = 2 if unit == "points" else 4
         return [
             self._incubation_check(state, cfg.g5_min_incubation_gain),
             (
                 "contribution",
                 known and c >= cfg.g5_min_contribution,
-                f"{c:.2f} < {cfg.g5_min_contribution} points" if known else "not measured yet",
+                f"{c:.{digits}f} < {cfg.g5_min_contribution} {unit}"
+                if known
+                else "not measured yet",
             ),
             (
                 "accuracy_held",
                 drop is None or drop <= cfg.g5_max_accuracy_drop,
-                f"validation accuracy fell {drop:.2f} points since blending began "
+                f"validation {worse} {drop:.{digits}f} {unit} since blending began "
                 f"(> {cfg.g5_max_accuracy_drop})"
                 if drop is not None
                 else "",

@@ -25,6 +25,14 @@ DEFAULT_G5_MIN_CONTRIBUTION = 1.0
 #: G5: validation accuracy may fall at most this many points below its value when the seed
 #: entered BLENDING (the last epoch the host ran without it).
 DEFAULT_G5_MAX_ACCURACY_DROP = 0.5
+#: The same two G5 thresholds for a task measured in loss (``GateConfig.for_loss``): a seed
+#: must lower the validation loss by this much (nats for cross-entropy)...
+DEFAULT_G5_MIN_CONTRIBUTION_LOSS = 0.005
+#: ...and the validation loss may rise at most this much since the seed entered BLENDING.
+DEFAULT_G5_MAX_LOSS_RISE = 0.01
+#: Units a quality can be measured in: accuracy points (higher is better) or loss, reported as
+#: its negative so that, here too, a positive contribution helps.
+QUALITY_UNITS = ("points", "loss")
 
 # --- Lifecycle -------------------------------------------------------------------------------
 #: Epochs the alpha ramp takes from 0 to exactly 1 (one ramp step per ``step_epoch``).
@@ -77,6 +85,8 @@ DEFAULT_RECENT_LOSS_EPOCHS = 3
 DEFAULT_CULL_AFTER_EPOCHS = 5
 #: ...that lost more than this many points is culled.
 DEFAULT_CULL_IF_ACCURACY_DROPS = 2.0
+#: The same for a task measured in loss: culled once the validation loss rose this much.
+DEFAULT_CULL_IF_LOSS_RISES = 0.04
 #: A seed still incubating after this many epochs (G2 never passed) is culled to free its slot.
 DEFAULT_CULL_STALLED_AFTER_EPOCHS = 10
 #: Penalty added to a blueprint's score each time one of its seeds is culled.

@@ -28,6 +28,8 @@ class GateResult:
         checks_passed: names of the checks that passed.
         checks_failed: names of the checks that failed, each with a short reason.
         message: one human-readable line.
+        unit: what ``score`` and the thresholds in ``checks_failed`` are measured in for G5:
+            ``"points"`` (validation accuracy) or ``"loss"`` (validation loss).
     """
 
     gate: GateLevel
@@ -36,3 +38,4 @@ class GateResult:
     checks_passed: tuple[str, ...] = field(default_factory=tuple)
     checks_failed: tuple[str, ...] = field(default_factory=tuple)
     message: str = ""
+    unit: str = "points"

@@ -1,6 +1,7 @@
 """Tolaria: the training side: tasks and data, the epoch loop as steps, optimizers, the governor."""
 
 from esper.tolaria.config import TrainerConfig
+from esper.tolaria.data import LoaderData, TaskData
 from esper.tolaria.governor import Governor
 from esper.tolaria.optim import GrowthOptimizers
 from esper.tolaria.records import LifecycleRecorder, SeedRecord
@@ -12,8 +13,10 @@ __all__ = [
     "Governor",
     "GrowthOptimizers",
     "LifecycleRecorder",
+    "LoaderData",
     "SeedRecord",
     "SignalTracker",
+    "TaskData",
     "Trainer",
     "TrainerConfig",
 ]

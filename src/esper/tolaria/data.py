@@ -18,7 +18,7 @@ import io
 import pickle
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -75,6 +75,43 @@ class TaskData:
                 raise ValueError(f"TaskData: the {split} split is empty")
         if self.num_classes < 1:
             raise ValueError(f"TaskData: num_classes must be >= 1, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class LoaderData:
+    """The user's own batches, for :class:`~esper.tolaria.trainer.Trainer`: each split is a
+    ``torch.utils.data.DataLoader`` or any iterable that yields ``(inputs, targets)`` pairs
+    afresh every time it is iterated (a list of batches will do; a one-shot generator will
+    not). The training split is visited once per epoch in the loader's own order.
+
+    Attributes:
+        train: training batches.
+        val: validation batches (gates, counterfactuals and controllers read these).
+        test: held-out batches for the final report only, or None.
+
+    Raises:
+        TypeError: a split is not iterable, or is a one-shot iterator.
+    """
+
+    train: Iterable
+    val: Iterable
+    test: Iterable | None = None
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val", "test"):
+            loader = getattr(self, split)
+            if loader is None and split == "test":
+                continue
+            if not isinstance(loader, Iterable):
+                raise TypeError(
+                    f"LoaderData: {split} must be a DataLoader or an iterable of (inputs, "
+                    f"targets) batches, got {type(loader).__name__}"
+                )
+            if isinstance(loader, Iterator):
+                raise TypeError(
+                    f"LoaderData: {split} is a one-shot iterator ({type(loader).__name__}); "
+                    "give something that can be iterated every epoch (a DataLoader, a list)"
+                )
 
 
 def iterate_batches(

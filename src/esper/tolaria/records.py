@@ -63,6 +63,7 @@ def gate_data(result: GateResult) -> dict:
         "score": result.score,
         "checks_failed": list(result.checks_failed),
         "message": result.message,
+        "unit": result.unit,
     }
 
 

@@ -37,7 +37,7 @@ from esper.leyline import (
     is_valid_transition,
 )
 from esper.tolaria.config import TrainerConfig
-from esper.tolaria.data import iterate_batches
+from esper.tolaria.data import LoaderData, iterate_batches
 from esper.tolaria.flops import FlopMeter, model_structure
 from esper.tolaria.governor import Governor
 from esper.tolaria.optim import GrowthOptimizers
@@ -79,6 +79,21 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == targets).sum()
 
 
+def _on(device: torch.device, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` of a loader's batch, on ``device``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise ValueError(
+            f"a training batch must be an (inputs, targets) pair, got {type(batch).__name__}"
+        )
+    return batch[0].to(device), batch[1].to(device)
+
+
+def quality_unit(model) -> str:
+    """The unit the model's gates measure quality in (``GateConfig.unit``): ``"points"`` of
+    validation accuracy, or ``"loss"`` for a task without an accuracy."""
+    return next(iter(model.seed_slots.values())).gates.config.unit
+
+
 @dataclass
 class _EpochState:
     """What ``observe`` measured, held until ``end_epoch`` closes the epoch."""
@@ -96,15 +111,26 @@ class _EpochState:
 
 
 class Trainer:
-    """Trains a :class:`MorphogeneticModel` under a controller (None for a static run).
+    """Trains a morphogenetic model under a controller (None for a static run).
 
     Args:
-        model: the model (its device is used for the data).
-        data: a task's tensors (``train_x``, ``train_y``, ``val_x``, ``val_y``).
+        model: a :class:`MorphogeneticModel` or any model given slots by ``inject_slots`` (its
+            device is used for the data).
+        data: a task's tensors (:class:`~esper.tolaria.data.TaskData`), or the user's own
+            batches (:class:`~esper.tolaria.data.LoaderData`: ``DataLoader``s or any
+            re-iterable of ``(inputs, targets)`` pairs).
         config: how to train (learning rates, schedule, batch sizes, governor thresholds...).
         controller: decides growth each epoch; ``None`` trains the host alone.
         hub: a telemetry hub (anything with ``emit(event)``), or None.
         tracker: builds the controller's signals; a fresh :class:`SignalTracker` when None.
+        loss_fn: ``loss_fn(output, targets)`` -> a scalar mean loss; cross-entropy over the last
+            dimension when None.
+
+    The model's gates say what quality is (``GateConfig.unit``): validation accuracy in points,
+    or, with ``GateConfig.for_loss()``, the validation loss (for a regression or any task
+    without an accuracy; the accuracy is then not computed and reads NaN). Counterfactual
+    contributions, G5 and the controller's signals are in that unit; in loss units a quality is
+    the negative loss, so a positive contribution still helps.
     """
 
     def __init__(
@@ -116,8 +142,11 @@ class Trainer:
         controller=None,
         hub=None,
         tracker: SignalTracker | None = None,
+        loss_fn=None,
     ) -> None:
         self.config = config = config or TrainerConfig()
+        self.loss_fn = loss_fn or task_loss
+        self.unit = quality_unit(model)
         self.model = model
         self.device = next(model.parameters()).device
         self.controller = controller
@@ -155,12 +184,15 @@ class Trainer:
         )
         model.subscribe(self.recorder)
         model.subscribe(self.tracker.on_lifecycle)
-        self.train_x, self.train_y = data.train_x.to(self.device), data.train_y.to(self.device)
-        self.val_x, self.val_y = data.val_x.to(self.device), data.val_y.to(self.device)
         # The test split is for reports only: nothing in the loop, gates or controller reads it.
-        self.test_x = self.test_y = None
-        if data.test_x is not None:
-            self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
+        self.loaders = data if isinstance(data, LoaderData) else None
+        self.train_x = self.train_y = self.val_x = self.val_y = self.test_x = self.test_y = None
+        if self.loaders is None:
+            self.train_x, self.train_y = data.train_x.to(self.device), data.train_y.to(self.device)
+            self.val_x, self.val_y = data.val_x.to(self.device), data.val_y.to(self.device)
+            if data.test_x is not None:
+                self.test_x = data.test_x.to(self.device)
+                self.test_y = data.test_y.to(self.device)
 
     @property
     def records(self) -> dict[str, SeedRecord]:
@@ -190,21 +222,15 @@ class Trainer:
         n_batches, n_targets = 0, 0
         capture = stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
         structure = model_structure(model, training=True)
-        for xb, yb in iterate_batches(
-            self.train_x,
-            self.train_y,
-            self.config.batch_size,
-            self.generator,
-            shuffle=True,
-            limit=self.config.epoch_samples,
-        ):
+        loss_fn, accuracy = self.loss_fn, self.unit == "points"
+        for xb, yb in self._batches("train"):
             opt.zero_grad()
             with self.train_flops.count(structure, xb.shape[0]):
                 logits, shadows = model.forward_with_shadows(xb)
-                loss = task_loss(logits, yb)
+                loss = loss_fn(logits, yb)
                 if shadows:
                     incubation = model.incubation_loss(
-                        lambda out, yb=yb: task_loss(out, yb), logits, shadows
+                        lambda out, yb=yb: loss_fn(out, yb), logits, shadows
                     )
                     (loss + incubation).backward()
                 else:
@@ -213,11 +239,38 @@ class Trainer:
                 model.capture_gradient_telemetry()
             opt.step()
             loss_sum += loss.detach()
-            correct += _correct(logits.detach(), yb)
+            if accuracy:
+                correct += _correct(logits.detach(), yb)
             n_batches += 1
             n_targets += yb.numel()
             self.global_step += 1
-        return (loss_sum / max(n_batches, 1)).item(), 100.0 * correct.item() / max(n_targets, 1)
+        return (loss_sum / max(n_batches, 1)).item(), self._accuracy(correct, n_targets)
+
+    def _accuracy(self, correct: torch.Tensor, n: int) -> float:
+        return 100.0 * correct.item() / max(n, 1) if self.unit == "points" else math.nan
+
+    def _batches(self, split: str):
+        """``(inputs, targets)`` on the device: the training split shuffled by the run's
+        generator (or in the loader's own order), evaluation splits in order."""
+        if self.loaders is not None:
+            loader = getattr(self.loaders, split)
+            return (_on(self.device, batch) for batch in loader)
+        if split == "train":
+            return iterate_batches(
+                self.train_x,
+                self.train_y,
+                self.config.batch_size,
+                self.generator,
+                shuffle=True,
+                limit=self.config.epoch_samples,
+            )
+        x, y = (self.val_x, self.val_y) if split == "val" else (self.test_x, self.test_y)
+        return iterate_batches(x, y, self.config.eval_batch_size, None, shuffle=False)
+
+    def quality(self, loss: float, accuracy: float) -> float:
+        """What gates and controllers compare, in :attr:`unit`: accuracy in points, or the
+        negative loss (so that higher is better in both)."""
+        return accuracy if self.unit == "points" else -loss
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> tuple[float, float]:
@@ -228,8 +281,8 @@ class Trainer:
         """
         if split not in ("val", "test"):
             raise ValueError(f"unknown split {split!r}; valid: val, test")
-        x, y = (self.val_x, self.val_y) if split == "val" else (self.test_x, self.test_y)
-        if x is None:
+        missing = self.loaders.test is None if self.loaders is not None else self.test_x is None
+        if split == "test" and missing:
             raise ValueError("this task has no test split")
         model = self.model
         was_training = model.training
@@ -237,39 +290,41 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n = 0
-        batches = iterate_batches(x, y, self.config.eval_batch_size, None, shuffle=False)
         structure = model_structure(model, training=False)
-        for xb, yb in batches:
+        loss_fn, accuracy = self.loss_fn, self.unit == "points"
+        for xb, yb in self._batches(split):
             with self.eval_flops.count(structure, xb.shape[0]):
                 logits = model(xb)
-            loss_sum += task_loss(logits, yb) * yb.numel()
-            correct += _correct(logits, yb)
+            loss_sum += loss_fn(logits, yb) * yb.numel()
+            if accuracy:
+                correct += _correct(logits, yb)
             n += yb.numel()
         model.train(was_training)
-        return (loss_sum / max(n, 1)).item(), 100.0 * correct.item() / max(n, 1)
+        return (loss_sum / max(n, 1)).item(), self._accuracy(correct, n)
 
-    def counterfactuals(self, val_accuracy: float) -> int:
-        """For each seed that affects the output: accuracy with it minus accuracy with its own
-        alpha forced to 0 (every other seed as it is). Returns how many were measured."""
+    def counterfactuals(self, val_quality: float) -> int:
+        """For each seed that affects the output: quality (:meth:`quality`) with it minus
+        quality with its own alpha forced to 0 (every other seed as it is). Returns how many
+        were measured."""
         measured = 0
+        name_of = "accuracy" if self.unit == "points" else "loss"
+        sign = 1.0 if self.unit == "points" else -1.0  # the event reports the loss itself
         for name, slot in self.model.seed_slots.items():
             if slot.seed is None or slot.stage not in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
                 continue
             with self.model.force_alpha(0.0, slots=[name]):
-                _, without = self.evaluate()
+                without = self.quality(*self.evaluate())
             measured += 1
-            contribution = val_accuracy - without
+            contribution = val_quality - without
             self.model.record_counterfactual(name, contribution)
-            self.emit(
-                E.COUNTERFACTUAL_EVALUATED,
-                slot=name,
-                seed_id=slot.state.seed_id,
-                data={
-                    "contribution": contribution,
-                    "accuracy_with": val_accuracy,
-                    "accuracy_without": without,
-                },
-            )
+            data = {
+                "contribution": contribution,
+                f"{name_of}_with": sign * val_quality,
+                f"{name_of}_without": sign * without,
+            }
+            if self.unit != "points":
+                data["unit"] = self.unit
+            self.emit(E.COUNTERFACTUAL_EVALUATED, slot=name, seed_id=slot.state.seed_id, data=data)
         return measured
 
     # ------------------------------------------------------------------ the steps
@@ -292,12 +347,13 @@ class Trainer:
             reason = f"non-finite validation loss {val_loss}"
             self._rollback(reason, val_loss)
             val_loss, val_acc = self.evaluate()
-        self.last_val_accuracy = val_acc
+        quality = self.quality(val_loss, val_acc)
+        self.last_val_accuracy = quality
         started, eval_flops_before = time.perf_counter(), self.eval_flops.total
-        measured = self.counterfactuals(val_acc)
+        measured = self.counterfactuals(quality)
         counterfactual_seconds = time.perf_counter() - started if measured else 0.0
         counterfactual_flops = self.eval_flops.total - eval_flops_before
-        self.model.record_validation(val_acc)
+        self.model.record_validation(quality)
         self.model.step_epoch()
         self._pending = _EpochState(
             train_loss,
@@ -315,7 +371,7 @@ class Trainer:
             epoch=self.epoch,
             train_loss=train_loss,
             val_loss=val_loss,
-            val_accuracy=val_acc,
+            val_accuracy=quality,
             topology=self.model.topology,
             slots=tuple(self.model.slot_reports()),
             blueprints=tuple(list_blueprints(self.model.topology)),
