@@ -281,6 +281,25 @@ class MorphogeneticMixin:
 
     # ------------------------------------------------------------------ accessors
 
+    def host_state_dict(self) -> dict[str, torch.Tensor]:
+        """The host's own entries of ``state_dict`` (nothing under ``seed_slots``): what a
+        rollback restores besides the fossils."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(_SLOTS_PREFIX)}
+
+    def load_host_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`host_state_dict` output; every host entry must be there.
+
+        Raises:
+            RuntimeError: a host entry is missing or an entry is not the host's.
+        """
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(_SLOTS_PREFIX)]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"host state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+
+
     def host_parameters(self) -> Iterator[nn.Parameter]:
         """The host's parameters, including those of fossilized seeds (now part of the host),
         stacked ones included."""

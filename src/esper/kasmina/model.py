@@ -174,6 +174,15 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
         }
         return output, shadows
 
+    def host_state_dict(self) -> dict[str, torch.Tensor]:
+        # The host module's own keys (no ``host.`` prefix): the form governor snapshots in
+        # trainer checkpoints have always had.
+        return self.host.state_dict()
+
+    def load_host_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._host_tensors = None
+        self.host.load_state_dict(state)
+
     # ------------------------------------------------------------------ checkpoints
 
     def architecture(self) -> dict:

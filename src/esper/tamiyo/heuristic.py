@@ -12,12 +12,14 @@ from esper.leyline import (
     DEFAULT_BLUEPRINT_CULL_PENALTY,
     DEFAULT_CULL_AFTER_EPOCHS,
     DEFAULT_CULL_IF_ACCURACY_DROPS,
+    DEFAULT_CULL_IF_LOSS_RISES,
     DEFAULT_CULL_STALLED_AFTER_EPOCHS,
     DEFAULT_G2_MIN_TRAINING_EPOCHS,
     DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION,
     DEFAULT_PLATEAU_EPOCHS,
     DEFAULT_RELATIVE_GROWTH_SHARE,
     DEFAULT_TIMING,
+    QUALITY_UNITS,
     Action,
     Decision,
     Outcome,
@@ -31,6 +33,7 @@ from esper.leyline import (
 _PREFERENCE = {
     "cnn": ("conv_light", "depthwise", "attention", "conv_heavy", "norm"),
     "transformer": ("mlp", "attention", "lora", "norm"),
+    "mlp": ("mlp", "lora", "norm"),
 }
 _INCUBATING = (SeedStage.GERMINATED, SeedStage.TRAINING)
 SLOT_ORDERS = ("auto", "deepest_first", "shallowest_first")
@@ -67,8 +70,20 @@ class HeuristicConfig:
     #: after ``plateau_epochs`` epochs without an accuracy gain, once the host has stabilized.
     timing: str = DEFAULT_TIMING
     relative_share: float = DEFAULT_RELATIVE_GROWTH_SHARE
+    #: What the trainer's qualities are measured in (the model's ``GateConfig.unit``):
+    #: ``cull_if_accuracy_drops`` and the reasons given are in it.
+    unit: str = "points"
+
+    @classmethod
+    def for_loss(cls, **overrides) -> HeuristicConfig:
+        """For a model whose gates measure loss (``GateConfig.for_loss()``): the cull threshold
+        on the loss's scale."""
+        values = {"unit": "loss", "cull_if_accuracy_drops": DEFAULT_CULL_IF_LOSS_RISES}
+        return cls(**{**values, **overrides})
 
     def __post_init__(self) -> None:
+        if self.unit not in QUALITY_UNITS:
+            raise ValueError(f"unknown unit {self.unit!r}; valid: {', '.join(QUALITY_UNITS)}")
         if self.timing not in TIMINGS:
             raise ValueError(f"unknown timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
         if not 0.0 < self.relative_share < 1.0:
@@ -134,6 +149,8 @@ class HeuristicController:
         self._rng.setstate(state["rng"])
 
     def decide(self, signals: TrainingSignals) -> Decision:
+        unit = self.config.unit
+        quality = "accuracy" if unit == "points" else "quality (negative loss)"
         for report in signals.slots:
             m = report.metrics
             if report.stage == SeedStage.PROBATIONARY and m.counterfactual_contribution is not None:
@@ -148,12 +165,12 @@ class HeuristicController:
                     )
                 if c > 0:
                     return Decision(
-                        Action.FOSSILIZE, slot=report.slot, reason=f"contribution {c:+.2f} points"
+                        Action.FOSSILIZE, slot=report.slot, reason=f"contribution {c:+.2f} {unit}"
                     )
                 return Decision(
                     Action.CULL,
                     slot=report.slot,
-                    reason=f"contribution {c:+.2f} points is not positive",
+                    reason=f"contribution {c:+.2f} {unit} is not positive",
                 )
         for report in signals.slots:
             m = report.metrics
@@ -165,7 +182,7 @@ class HeuristicController:
                     Action.CULL,
                     slot=report.slot,
                     reason=f"{m.epochs_in_current_stage} epochs in {report.stage.name}, "
-                    f"accuracy {m.improvement_since_stage_start:+.2f} points",
+                    f"{quality} {m.improvement_since_stage_start:+.2f} {unit}",
                 )
         stalled = self.config.cull_stalled_after_epochs
         for report in signals.slots:

@@ -56,7 +56,7 @@ class Governor:
         if not all_finite(model.host_parameters()):
             return
         self.snapshot = {
-            "host": copy.deepcopy(model.host.state_dict()),
+            "host": copy.deepcopy(model.host_state_dict()),
             # Per slot, every host-side seed, oldest first (stacked fossils, then a FOSSILIZED
             # seed): that order survives stacking, so a restore matches modules by position.
             "fossilized": {
@@ -73,7 +73,7 @@ class Governor:
                 model.cull_seed(slot=name, reason=f"governor rollback: {reason}")
                 culled.append(name)
         if self.snapshot is not None:
-            model.host.load_state_dict(self.snapshot["host"])
+            model.load_host_state_dict(self.snapshot["host"])
             for name, saved in self.snapshot["fossilized"].items():
                 # Seeds fossilized after the snapshot have no saved state and keep their own.
                 modules = model.seed_slots[name].host_side_modules()
