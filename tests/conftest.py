@@ -6,6 +6,9 @@ too); they are re-exported here so test files can keep writing ``from conftest i
 
 from __future__ import annotations
 
+import gzip
+
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +27,7 @@ from esper.testing import (
     pass_g2_metrics,
     perturb_seed,
 )
+from esper.tolaria.fashion import FASHION_FILES
 
 __all__ = [
     "CNN_HOSTS",
@@ -97,3 +101,28 @@ def cnn_input() -> torch.Tensor:
 def tf_input() -> torch.Tensor:
     """A (4, 8) batch of token ids below 17."""
     return TINY_HOSTS["tf1"].inputs()
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim])
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def tiny_fashion(tmp_path):
+    """200 training and 40 test images of 28x28, written as the package ships them (gzip)."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (200, 28, 28)),
+        "train_labels": np.arange(200) % 10,
+        "test_images": rng.integers(0, 256, (40, 28, 28)),
+        "test_labels": np.arange(40) % 10,
+    }
+    for key, stem in FASHION_FILES.items():
+        raw = idx_bytes(arrays[key])
+        if key == "test_labels":  # one file uncompressed: both forms are read
+            (tmp_path / stem).write_bytes(raw)
+        else:
+            (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(raw))
+    return tmp_path, arrays

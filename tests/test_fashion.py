@@ -3,49 +3,24 @@ official test set as the test split, and a missing package said in one line."""
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import idx_bytes
 from esper.cli import main
 from esper.tolaria.data import TaskData
-from esper.tolaria.fashion import FASHION_DIR, FASHION_FILES, read_idx
+from esper.tolaria.fashion import FASHION_DIR, read_idx
 from esper.tolaria.tasks import get_task
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, array.ndim])
-    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-@pytest.fixture
-def tiny_fashion(tmp_path):
-    """200 training and 40 test images of 28x28, written as the package ships them (gzip)."""
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train_images": rng.integers(0, 256, (200, 28, 28)),
-        "train_labels": np.arange(200) % 10,
-        "test_images": rng.integers(0, 256, (40, 28, 28)),
-        "test_labels": np.arange(40) % 10,
-    }
-    for key, stem in FASHION_FILES.items():
-        raw = _idx_bytes(arrays[key])
-        if key == "test_labels":  # one file uncompressed: both forms are read
-            (tmp_path / stem).write_bytes(raw)
-        else:
-            (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(raw))
-    return tmp_path, arrays
 
 
 def test_read_idx_round_trips_and_refuses_a_short_file(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-    (tmp_path / "a").write_bytes(_idx_bytes(array))
+    (tmp_path / "a").write_bytes(idx_bytes(array))
     assert np.array_equal(read_idx(tmp_path / "a"), array)
-    (tmp_path / "b").write_bytes(_idx_bytes(array)[:-1])
+    (tmp_path / "b").write_bytes(idx_bytes(array)[:-1])
     with pytest.raises(ValueError, match="header says"):
         read_idx(tmp_path / "b")
     (tmp_path / "c").write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)  # float IDX
