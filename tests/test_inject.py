@@ -354,3 +354,40 @@ def test_a_deep_copy_routes_through_its_own_slots():
     twin.eval()
     assert model.seed_slots["body.1"].seed is None
     assert not torch.equal(twin(x), model(x))
+
+
+def test_a_hugging_face_gpt2_keeps_the_incubator_exact():
+    """Optional: only where ``transformers`` is installed (never a dependency of Esper)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        vocab_size=50,
+        n_positions=16,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    plain = copy.deepcopy(model)
+    x = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(2))
+    inject_slots(model, r"transformer\.h\.\d+", example_input=x)
+    assert list(model.seed_slots) == ["transformer.h.0", "transformer.h.1"]
+    assert {s.width for s in model.seed_slots.values()} == {32}
+    model.germinate_seed("mlp", "s0", slot="transformer.h.0")
+    model.advance_stage(SeedStage.TRAINING, slot="transformer.h.0")
+    model.train()
+    plain.train()
+    out, shadows = model.forward_with_shadows(x)
+    loss_fn = lambda o: _loss(o.logits, y)  # noqa: E731
+    (loss_fn(out) + model.incubation_loss(loss_fn, out, shadows)).backward()
+    ref = plain(x)
+    loss_fn(ref).backward()
+    assert torch.equal(out.logits, ref.logits)
+    host = dict(model.named_parameters())
+    for name, p in plain.named_parameters():
+        assert torch.equal(host[name].grad, p.grad), name
+    assert all(p.grad is not None for p in model.seed_parameters("transformer.h.0"))
