@@ -57,6 +57,7 @@ from torch import nn
 from torch.func import functional_call
 
 from esper.kasmina import CNNHost, MorphogeneticModel
+from esper.kasmina.routes import strip_routes
 from esper.leyline import SeedStage
 from esper.testing import image_batch, make_train_step, model_at_stage
 
@@ -212,7 +213,9 @@ def build_static(model: MorphogeneticModel, mode: str, alpha: float = 0.5) -> St
     """The static equivalent of ``model`` for ``mode``, with copies of its weights."""
     seeds = {name: copy.deepcopy(model.seed_slots[name].seed) for name in SLOTS}
     positions = model.host.injection_positions
-    static = StaticEquivalent(copy.deepcopy(model.host), seeds, positions, mode, alpha)
+    # A copy of the host carries the model's slot routes (forward hooks): strip them.
+    host = strip_routes(copy.deepcopy(model.host))
+    static = StaticEquivalent(host, seeds, positions, mode, alpha)
     return static.to(model.seed_slots[SLOTS[0]].alpha_tensor.device)
 
 
@@ -386,7 +389,7 @@ def compare_cost(cfg: BenchConfig, stage: SeedStage) -> dict:
     """The bare host (A: same weights, no slots) against the model in ``stage`` (B): what the
     stage costs per step, seeds and (in TRAINING) the shadow pass included."""
     morph = build_morphogenetic(cfg, stage)
-    bare = copy.deepcopy(morph.host)
+    bare = strip_routes(copy.deepcopy(morph.host))
     x, y = _data(cfg, torch.device(cfg.device))
     return _time_steps(cfg, "host", bare, "morph", morph, x, y)
 

@@ -330,6 +330,35 @@ def test_a_module_whose_output_changes_shape_across_calls_is_refused(target, mat
     _unchanged(model, before, Reused)
 
 
+class Alternating(nn.Module):
+    """Its output's width alternates from one call to the next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x if self.calls % 2 else torch.cat([x, x], dim=1)
+
+
+class UsesAlternating(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Alternating()
+
+    def forward(self, x):
+        return self.inner(x).sum(dim=1)
+
+
+def test_a_module_whose_shape_changes_between_forwards_is_refused():
+    model = UsesAlternating()
+    with pytest.raises(InjectionError, match="'inner'.*changes shape across calls"):
+        inject_slots(model, ["inner"], torch.randn(2, 4))
+    assert not hasattr(model, "seed_slots")
+    assert type(model) is UsesAlternating
+
+
 def test_a_second_injection_is_refused():
     model, _, x, _, _ = _build("mlp")
     with pytest.raises(InjectionError, match="already has seed_slots"):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from esper.kasmina.lifecycle import SlotStepReport
+from esper.kasmina.routes import BYPASS
 from esper.kasmina.slot import SeedSlot
 from esper.kasmina.telemetry import capture_telemetry
 from esper.leyline import (
@@ -266,6 +267,17 @@ class MorphogeneticMixin:
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @contextlib.contextmanager
+    def disable_slots(self) -> Iterator[None]:
+        """Run the host alone: inside the block every slot passes its features through, so the
+        output is the host's without any seed, fossils included (like PEFT's
+        ``disable_adapter``). Nothing is changed when the block exits."""
+        saved, self._route_mode = self._route_mode, BYPASS
+        try:
+            yield
+        finally:
+            self._route_mode = saved
+
+    @contextlib.contextmanager
     def force_alpha(self, value: float, slots: Iterable[str] | None = None) -> Iterator[None]:
         """Blend every (or the named) seed that affects the output with a fixed alpha."""
         names = list(slots) if slots is not None else list(self.seed_slots)
@@ -298,7 +310,6 @@ class MorphogeneticMixin:
             raise RuntimeError(
                 f"host state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-
 
     def host_parameters(self) -> Iterator[nn.Parameter]:
         """The host's parameters, including those of fossilized seeds (now part of the host),

@@ -5,6 +5,8 @@ A host exposes:
 * ``topology``: ``"cnn"`` or ``"transformer"``;
 * ``injection_points``: ordered ``{name: feature width}``, in forward order;
 * ``injection_positions``: ``{name: k}``, the point sits after the first ``k`` blocks;
+* ``injection_targets``: ``{name: module name}``, the module whose output is point ``name``
+  (the slot is installed there as a forward hook, as ``inject_slots`` does in any model);
 * ``stem(x)``, ``run_blocks(h, start, end)`` and ``head(h)``: the segments, so that
   ``head(run_blocks(stem(x), 0, n_blocks)) == forward(x)``;
 * ``config``: its construction arguments as plain data, so a checkpoint can rebuild it.
@@ -100,6 +102,9 @@ class CNNHost(nn.Module):
         self.injection_points = {
             name: widths[pos - 1]
             for name, pos in sorted(self.injection_positions.items(), key=lambda kv: kv[1])
+        }
+        self.injection_targets = {
+            name: f"blocks.{pos - 1}" for name, pos in self.injection_positions.items()
         }
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,6 +234,11 @@ class TransformerHost(nn.Module):
         self.injection_points = {
             name: n_embd
             for name, _ in sorted(self.injection_positions.items(), key=lambda kv: kv[1])
+        }
+        # Position 0 is the stem's output, which its dropout module produces.
+        self.injection_targets = {
+            name: f"blocks.{pos - 1}" if pos else "drop"
+            for name, pos in self.injection_positions.items()
         }
 
     @staticmethod

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -27,6 +26,7 @@ from torch.func import functional_call
 from esper.kasmina.api import SLOTS_ATTRIBUTE, MorphogeneticMixin, SlotDict
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import GateConfig, QualityGates
+from esper.kasmina.routes import RouteShadow, RouteTap, install_routes
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import (
     DEFAULT_BLENDING_STEPS,
@@ -48,52 +48,7 @@ class InjectionError(ValueError):
     """A target cannot take a slot; the message names it. The model was left unchanged."""
 
 
-# ---------------------------------------------------------------------- routing
-
-
-@dataclass
-class _Tap:
-    """The real pass of ``forward_with_shadows``: incubating slots record their features."""
-
-    taps: list = field(default_factory=list)
-
-
-@dataclass
-class _Shadow:
-    """A shadow replay for ``slot``: its output is replaced by ``features``, its seed's output on
-    the real pass's features, computed outside the replay so the seed's parameters stay live."""
-
-    slot: SeedSlot
-    features: torch.Tensor
-
-
-class _SlotRoute:
-    """The forward hook on one target: its output's first element through the target's slots,
-    in order. ``owner`` is held in a tuple, as ``SeedSlot._owner`` is, so copies map it."""
-
-    def __init__(self, target: str, slots: tuple[SeedSlot, ...], owner: nn.Module) -> None:
-        self.target = target
-        self.slots = slots
-        self._owner = (owner,)
-
-    def __call__(self, module: nn.Module, args: tuple, output):
-        if isinstance(output, tuple):
-            return (self._through(output[0]), *output[1:])
-        return self._through(output)
-
-    def _through(self, h: torch.Tensor) -> torch.Tensor:
-        mode = self._owner[0]._route_mode
-        for slot in self.slots:
-            if mode is None:
-                h = slot(h)
-            elif isinstance(mode, _Shadow):
-                h = mode.features if slot is mode.slot else slot(h)
-            else:
-                h = slot.forward_fossils(h)
-                if slot.incubating:
-                    mode.taps.append((slot, h))
-                h = slot.forward_seed(h)
-        return h
+# ---------------------------------------------------------------------- the model
 
 
 class InjectedModel(MorphogeneticMixin):
@@ -111,7 +66,7 @@ class InjectedModel(MorphogeneticMixin):
         with that seed blended in at alpha 1 and every host tensor detached (see the module's
         docstring). Train on ``loss(output) + model.incubation_loss(loss_fn, output, shadows)``.
         ``shadows`` is empty when no seed is in TRAINING or gradients are disabled."""
-        tap = _Tap()
+        tap = RouteTap()
         self._route_mode = tap
         try:
             output = self(*args, **kwargs)
@@ -122,7 +77,7 @@ class InjectedModel(MorphogeneticMixin):
         frozen = self._frozen_tensors()
         shadows = {}
         for slot, features in tap.taps:
-            self._route_mode = _Shadow(slot, slot.shadow_features(features))
+            self._route_mode = RouteShadow(slot, slot.shadow_features(features))
             try:
                 shadows[slot.name] = functional_call(
                     self, frozen, args, kwargs, strict=False, tie_weights=False
@@ -194,10 +149,10 @@ def _first_tensor(output) -> torch.Tensor | None:
 
 
 def _probe(model: nn.Module, targets: set[str], example_input) -> dict[str, list]:
-    """Run one forward on ``example_input`` in eval mode without gradient and return, per target
-    module, the shapes of its outputs (``None`` for an output that is not a tensor), in call
-    order; the dict's order is the order targets first ran. The model's modes, buffers and RNG
-    are untouched (eval mode draws no dropout)."""
+    """Run two forwards on ``example_input`` in eval mode without gradient and return, per
+    target module, the shapes of its outputs (``None`` for an output that is not a tensor), in
+    call order; the dict's order is the order targets first ran. The model's modes, buffers and
+    RNG are untouched (eval mode draws no dropout)."""
     calls: dict[str, list] = {}
     handles = []
     for name, module in model.named_modules():
@@ -215,12 +170,15 @@ def _probe(model: nn.Module, targets: set[str], example_input) -> dict[str, list
     try:
         model.eval()
         with torch.no_grad():
-            if isinstance(example_input, Mapping):
-                model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
+            # Twice: a module whose output shape changes from one call to the next shows it
+            # even when each forward calls it once.
+            for _ in range(2):
+                if isinstance(example_input, Mapping):
+                    model(**example_input)
+                elif isinstance(example_input, (tuple, list)):
+                    model(*example_input)
+                else:
+                    model(example_input)
     finally:
         for handle in handles:
             handle.remove()
@@ -230,16 +188,17 @@ def _probe(model: nn.Module, targets: set[str], example_input) -> dict[str, list
 
 
 def _topology_from(target: str, shapes: list) -> tuple[int, str]:
-    """Width and topology of ``target`` from its probed output shapes, or why it cannot."""
+    """Width and topology of ``target`` from its output shapes over the probe's two forwards,
+    or why it cannot take a slot."""
     if len(set(shapes)) > 1:
         raise InjectionError(
             f"inject_slots: target {target!r}: its output changes shape across calls "
             f"({', '.join(map(str, shapes))}); a slot needs one feature shape"
         )
-    if len(shapes) > 1:
+    if len(shapes) > 2:
         raise InjectionError(
-            f"inject_slots: target {target!r} runs {len(shapes)} times in one forward; a slot "
-            "needs a module that runs once"
+            f"inject_slots: target {target!r} runs {len(shapes) // 2} times in one forward; a "
+            "slot needs a module that runs once"
         )
     shape = shapes[0]
     if shape is None:
@@ -292,10 +251,11 @@ def inject_slots(
         targets: a regex matched in full against module names (``r"layer\\d"``), a list of module
             names (``["layer2", "body.0"]``; each slot is named after its module), or a
             ``{slot name: module name}`` dict (several slots may follow one module, in order).
-        example_input: one input for a probe forward (a tensor, a tuple of positional
-            arguments or a dict of keyword arguments) that finds each target's feature width and
-            layout (4-D channels-first, 3-D sequence ``(B, T, C)``, 2-D flat) and the slots'
-            forward order. Run in eval mode without gradient: nothing in the model changes.
+        example_input: one input for a probe (a tensor, a tuple of positional arguments or a
+            dict of keyword arguments) that finds each target's feature width and layout (4-D
+            channels-first, 3-D sequence ``(B, T, C)``, 2-D flat) and the slots' forward order.
+            The probe runs two forwards in eval mode without gradient: nothing in the model
+            changes.
         widths, layouts: per slot name, instead of probing (both needed for every slot when
             ``example_input`` is None); a layout is ``"BCHW"``, ``"BTC"``, ``"BC"`` or a topology
             name (``"cnn"``, ``"transformer"``, ``"mlp"``).
@@ -373,13 +333,6 @@ def inject_slots(
     if not hasattr(model, "topology"):  # a host that names its own (the built-in ones) keeps it
         topologies = {slot.topology for slot in slots.values()}
         model.topology = topologies.pop() if len(topologies) == 1 else "mixed"
-    by_target: dict[str, list[SeedSlot]] = {}
-    for name in order:
-        by_target.setdefault(resolved[name], []).append(slots[name])
-    modules = dict(model.named_modules())
-    for target, target_slots in by_target.items():
-        modules[target].register_forward_hook(_SlotRoute(target, tuple(target_slots), model))
-    for slot in slots.values():
-        slot.attach(model)
+    install_routes(model, model, {name: resolved[name] for name in order})
     slots.train(model.training)
     return model

@@ -1,4 +1,10 @@
-"""MorphogeneticModel: a host plus one SeedSlot per requested injection point."""
+"""MorphogeneticModel: a built-in host plus one SeedSlot per requested injection point.
+
+The slots sit on the host's modules through the same routes :func:`~esper.kasmina.inject.
+inject_slots` installs in any model; the forward is the host's own. What a built-in host adds is
+the ability to run from an injection point to the head (``run_blocks``/``head``), so its shadow
+pass starts at the incubating slot instead of replaying the layers before it.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from esper.kasmina.api import MorphogeneticMixin, SlotDict
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.hosts import build_host
+from esper.kasmina.routes import RouteTap, install_routes
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import (
     DEFAULT_BLENDING_STEPS,
@@ -34,8 +41,8 @@ class _Downstream(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, h: torch.Tensor, start: int) -> torch.Tensor:
-        return self.model._run_from(h, start)
+    def forward(self, h: torch.Tensor, slot: str) -> torch.Tensor:
+        return self.model._run_after(h, slot)
 
 
 class MorphogeneticModel(MorphogeneticMixin, nn.Module):
@@ -43,7 +50,8 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
 
     Args:
         host: a host from :mod:`esper.kasmina.hosts` (``CNNHost``, ``TransformerHost``) or any
-            module offering the same segment interface.
+            module offering the same interface (``injection_points``, ``injection_targets``,
+            ``injection_positions``, ``run_blocks``, ``head``).
         device: where the model lives.
         slots: injection points that get a slot, e.g. ``["early", "mid", "late"]``.
         gate_config: gate thresholds (defaults from leyline).
@@ -106,9 +114,9 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
                 for name in ordered
             }
         )
-        self._plan = tuple((name, host.injection_positions[name]) for name in ordered)
-        for slot in self.seed_slots.values():
-            slot.attach(self)
+        self._positions = {name: host.injection_positions[name] for name in ordered}
+        self._route_mode = None
+        install_routes(self, host, {name: host.injection_targets[name] for name in ordered})
         self.to(device)
 
     # ------------------------------------------------------------------ forward
@@ -116,26 +124,17 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The host with its seeds as their stages say; a seed in TRAINING does not run (see
         :meth:`forward_with_shadows` for the pass that trains it)."""
-        return self._run_from(self.host.stem(x), 0)
+        return self.host(x)
 
-    def _run_from(self, h: torch.Tensor, start: int, taps: list | None = None) -> torch.Tensor:
-        """The network from just before slot ``start`` of the plan to the head's output (``h``
-        is the features the blocks before that slot take; 0 starts after the stem). With
-        ``taps``, every incubating slot appends ``(index, slot, features after its fossils)``."""
-        host = self.host
-        done = self._plan[start - 1][1] if start > 0 else 0
-        for index, (name, position) in enumerate(self._plan[start:], start):
-            h = host.run_blocks(h, done, position)
-            done = position
-            slot = self.seed_slots[name]
-            if taps is None:
-                h = slot(h)
-                continue
-            h = slot.forward_fossils(h)
-            if slot.incubating:
-                taps.append((index, slot, h))
-            h = slot.forward_seed(h)
-        return host.head(host.run_blocks(h, done, host.n_blocks))
+    def _run_after(self, h: torch.Tensor, name: str) -> torch.Tensor:
+        """The network from slot ``name``'s output (``h``) to the head: the slots after it on
+        the same host module, then the host's remaining blocks with their slots."""
+        position, after = self._positions[name], False
+        for other, other_position in self._positions.items():
+            if after and other_position == position:
+                h = self.seed_slots[other](h)
+            after = after or other == name
+        return self.host.head(self.host.run_blocks(h, position, self.host.n_blocks))
 
     def forward_with_shadows(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The output of ``model(x)``, and for every seed in TRAINING its *shadow output*.
@@ -154,9 +153,13 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
             ``(output, shadows)``: ``shadows`` maps slot names to shadow outputs; it is empty
             when no seed is in TRAINING or gradients are disabled (nothing would learn).
         """
-        incubating: list[tuple[int, SeedSlot, torch.Tensor]] = []
-        output = self._run_from(self.host.stem(x), 0, taps=incubating)
-        if not incubating or not torch.is_grad_enabled():
+        tap = RouteTap()
+        self._route_mode = tap
+        try:
+            output = self.host(x)
+        finally:
+            self._route_mode = None
+        if not tap.taps or not torch.is_grad_enabled():
             return output, {}
         frozen = self._frozen_tensors(prefix="model.")
         downstream = _Downstream(self)
@@ -166,11 +169,11 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
             slot.name: functional_call(
                 downstream,
                 frozen,
-                (slot.shadow_features(at), index + 1),
+                (slot.shadow_features(at), slot.name),
                 strict=False,
                 tie_weights=False,
             )
-            for index, slot, at in incubating
+            for slot, at in tap.taps
         }
         return output, shadows
 

@@ -26,7 +26,7 @@ from esper.testing.lifecycle import (
     set_contribution,
 )
 from esper.testing.signals import slot_report, training_signals
-from esper.testing.steps import cross_entropy, make_train_step, training_loss
+from esper.testing.steps import cross_entropy, host_output, make_train_step, training_loss
 
 __all__ = [
     "CNN_HOSTS",
@@ -42,6 +42,7 @@ __all__ = [
     "slot_report",
     "training_signals",
     "drive_to",
+    "host_output",
     "image_batch",
     "make_train_step",
     "training_loss",

@@ -21,7 +21,7 @@ from esper.kasmina import GateConfig, MorphogeneticModel, SeedSlot
 from esper.leyline import SeedStage, is_failure_stage
 
 #: The blueprint :func:`drive_to` grows when none is named, per topology.
-DEFAULT_BLUEPRINT = {"cnn": "conv_light", "transformer": "mlp"}
+DEFAULT_BLUEPRINT = {"cnn": "conv_light", "transformer": "mlp", "mlp": "mlp"}
 
 _OPEN_GATES = GateConfig(
     g2_min_incubation_gain=-math.inf,

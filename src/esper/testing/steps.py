@@ -24,6 +24,13 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def host_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the model's host computes on ``x`` with every slot passed through (no seed, no
+    fossil): the reference a seed that must not change the output is compared with."""
+    with model.disable_slots():
+        return model(x)
+
+
 def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The loss a training step backpropagates: cross-entropy on the output, plus the incubation
     loss of the seeds in TRAINING for a model with a shadow pass (``forward_with_shadows``, as a
