@@ -20,7 +20,9 @@ For each seed stage we build two networks with identical weights:
 
 Outputs are asserted equal (and gradients close) before timing. The ``cost_*`` rows state what
 each stage costs over the bare host (the same host, no slots): for TRAINING that is the shadow
-pass, the incubator's price; for BLENDING and FOSSILIZED the seeds' own compute. Full training
+pass, the incubator's price; for BLENDING and FOSSILIZED the seeds' own compute. The
+``injected_training`` row is the built-in model against the same host given its slots by
+``inject_slots`` (whose shadow pass replays the whole forward). Full training
 steps (zero_grad, forward, cross-entropy, backward, optional telemetry capture, SGD step) are then
 timed interleaved in one process (A B, B A, A B, ...), after warm-up, with the garbage collector
 paused, and the ratio of the medians is reported. The telemetry rows compare the *same*
@@ -57,6 +59,7 @@ from torch import nn
 from torch.func import functional_call
 
 from esper.kasmina import CNNHost, MorphogeneticModel
+from esper.kasmina.inject import inject_slots
 from esper.kasmina.routes import strip_routes
 from esper.leyline import SeedStage
 from esper.testing import image_batch, make_train_step, model_at_stage
@@ -72,6 +75,7 @@ ROWS = (
     "cost_training",
     "cost_blending",
     "cost_fossilized",
+    "injected_training",
 )
 
 
@@ -394,6 +398,20 @@ def compare_cost(cfg: BenchConfig, stage: SeedStage) -> dict:
     return _time_steps(cfg, "host", bare, "morph", morph, x, y)
 
 
+def compare_injected(cfg: BenchConfig) -> dict:
+    """The built-in model in TRAINING (A) against the same host given the same slots by
+    ``inject_slots`` (B), same weights: what the generic shadow pass (a replay of the whole
+    forward) costs against the built-in one (which starts at the slot)."""
+    morph = build_morphogenetic(cfg, SeedStage.TRAINING)
+    host = strip_routes(copy.deepcopy(morph.host))
+    targets = {name: morph.host.injection_targets[name] for name in SLOTS}
+    x, y = _data(cfg, torch.device(cfg.device))
+    injected = inject_slots(host, targets, example_input=x)
+    injected.load_state_dict({k.removeprefix("host."): v for k, v in morph.state_dict().items()})
+    check_equivalent(morph, injected, x, y)
+    return _time_steps(cfg, "builtin", morph, "injected", injected, x, y)
+
+
 def compare_telemetry(cfg: BenchConfig, stride: int) -> dict:
     """The same TRAINING model stepping without (A) and with (B) telemetry every ``stride``."""
     device = torch.device(cfg.device)
@@ -483,6 +501,7 @@ def run(
         "cost_training": lambda: compare_cost(cfg, SeedStage.TRAINING),
         "cost_blending": lambda: compare_cost(cfg, SeedStage.BLENDING),
         "cost_fossilized": lambda: compare_cost(cfg, SeedStage.FOSSILIZED),
+        "injected_training": lambda: compare_injected(cfg),
     }
     for name in (row for row in ROWS if row in rows):
         results[name] = plan[name]()

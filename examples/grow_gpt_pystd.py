@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2048, help="training windows per epoch")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--static", action="store_true", help="no growth: the baseline")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -59,7 +60,8 @@ def main() -> None:
     model = inject_slots(GPT(), r"blocks\.\d+", example_input=data.train_x[:2])
     config = TrainerConfig(seed=args.seed, total_epochs=args.epochs, optimizer="adamw", lr=3e-3)
     config = dataclasses.replace(config, seed_lr=3e-3, batch_size=64, epoch_samples=args.samples)
-    trainer = Trainer(model, data, config, controller=HeuristicController(model.topology))
+    controller = None if args.static else HeuristicController(model.topology, seed=args.seed)
+    trainer = Trainer(model, data, config, controller=controller)
     for _ in range(args.epochs):
         r = trainer.run_epoch()
         params = model.count_parameters()["total"]

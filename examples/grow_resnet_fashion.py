@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8192, help="training images per epoch")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--static", action="store_true", help="no growth: the baseline")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -61,7 +62,7 @@ def main() -> None:
     config = TrainerConfig(
         seed=args.seed, total_epochs=args.epochs, lr=0.05, seed_lr=0.05, epoch_samples=args.samples
     )
-    controller = HeuristicController(model.topology, seed=args.seed)
+    controller = None if args.static else HeuristicController(model.topology, seed=args.seed)
     trainer = Trainer(model, data, config, controller=controller)
     for _ in range(args.epochs):
         r = trainer.run_epoch()

@@ -45,7 +45,7 @@ def test_step_overhead_json_has_the_required_keys():
     result = _last_json(proc.stdout)
     assert result["device"].startswith("cpu")
     rows = {"training", "blending", "fossilized", "telemetry_stride1", "telemetry_stride10"}
-    rows |= {"cost_training", "cost_blending", "cost_fossilized"}
+    rows |= {"cost_training", "cost_blending", "cost_fossilized", "injected_training"}
     assert set(result["ratios"]) == rows
     assert all(isinstance(v, float) and v > 0 for v in result["ratios"].values())
     assert set(result["medians"]) == rows
