@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from esper.kasmina.blending import BlendAlgorithm, build_blend
-from esper.kasmina.distributed import all_ranks_agree
+from esper.kasmina.distributed import all_ranks_agree, sum_over_ranks, world_size
 from esper.kasmina.errors import GateFailedError, IllegalTransitionError, SlotOccupiedError
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import QualityGates
@@ -428,8 +428,11 @@ class SlotLifecycle:
         state, m = self.state, self.state.metrics
         start = state.stage
         if start == SeedStage.TRAINING and self._gain_batches:
-            # The epoch's one read of the shadow pass's gains, before G2 looks at them.
-            gain = float(self._gain_sum) / self._gain_batches
+            # The epoch's one read of the shadow pass's gains, before G2 looks at them. Under
+            # torch.distributed each rank saw its own batches (as many as every other rank):
+            # the mean is over all of them, the same on every rank.
+            total = sum_over_ranks(self._gain_sum)
+            gain = float(total) / (self._gain_batches * world_size())
             self._reset_incubation_gain()
             if math.isfinite(gain):
                 m.incubation_gain = gain

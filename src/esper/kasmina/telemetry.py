@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from esper.kasmina.blending import GatedBlend
+from esper.kasmina.distributed import sum_over_ranks, world_size
 from esper.kasmina.tensors import _total_grad_norm
 from esper.leyline import IsolationViolated, SeedStage, is_active_stage
 
@@ -135,7 +136,17 @@ def capture_telemetry(slots: Iterable[SeedSlot], host_params: list[nn.Parameter]
     if not probes:
         return
     host_norm = _total_grad_norm(host_params, probes[0][0].alpha_tensor.device)
-    values = torch.stack([host_norm, *(t for _, p in probes for t in p.tensors)]).tolist()
+    values = torch.stack([host_norm, *(t for _, p in probes for t in p.tensors)])
+    world = world_size()
+    if world > 1:
+        # Gradients are all-reduced, so the norms agree; leaks and a gated alpha are rank-local.
+        # One collective: leaks are summed (a leak on any rank is a violation on every rank),
+        # everything else averaged, so every rank folds the same numbers.
+        leaks = torch.zeros_like(values, dtype=torch.bool)
+        leaks[2::3] = True  # each probe is (seed norm, leak, alpha), after the host norm
+        values = sum_over_ranks(values)
+        values = torch.where(leaks, values, values / world)
+    values = values.tolist()
     n_host = sum(p.numel() for p in host_params)
     start = 1
     for slot, probe in probes:

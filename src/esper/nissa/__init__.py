@@ -17,6 +17,7 @@ from esper.nissa.jsonl import JsonlSink, parse_event_line, read_events
 from esper.nissa.live import LiveSink, LiveView, render_run
 from esper.nissa.run_state import RunState, SlotState, events_through_epoch, resumed_state
 from esper.nissa.sinks import (
+    DigestSink,
     LoggerContext,
     LoggerUnavailableError,
     MemorySink,
@@ -34,6 +35,7 @@ from esper.nissa.watch import WatchError, check_run_dir, watch_run
 
 __all__ = [
     "ConsoleSink",
+    "DigestSink",
     "EventFollower",
     "JsonlSink",
     "LiveSink",

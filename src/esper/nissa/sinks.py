@@ -13,6 +13,8 @@ factory; esper itself depends on none of them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +104,29 @@ class MemorySink:
         """The recorded events of one type, in emission order."""
         wanted = TelemetryEventType(event_type)
         return [e for e in self.events if e.event_type is wanted]
+
+
+@register_sink("digest")
+class DigestSink:
+    """A SHA-256 over every event's content (its timestamp left out): two processes that saw
+    the same events in the same order have the same :meth:`hexdigest`. How the ranks of a
+    distributed run show that they took the same decisions."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self.count = 0
+
+    def emit(self, event: TelemetryEvent) -> None:
+        content = event.to_dict()
+        content.pop("timestamp", None)
+        self._digest.update(json.dumps(content, sort_keys=True, default=str).encode() + b"\n")
+        self.count += 1
+
+    def close(self) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ loggers

@@ -19,17 +19,21 @@ class ResumeError(ValueError):
     """A run directory cannot be resumed; the message names the file and what is wrong."""
 
 
-def write_run_checkpoint(run_dir: Path, trainer, *, wall_seconds: float) -> Path:
+def write_run_checkpoint(
+    run_dir: Path, trainer, *, wall_seconds: float, state: dict | None = None
+) -> Path:
     """Write ``trainer``'s whole state to ``run_dir/checkpoint.pt`` (write, fsync, rename).
 
     A kill at any moment leaves either the previous checkpoint or this one, never half a file.
+    ``state`` is ``trainer.state_dict()`` when the caller took it already (under torchrun every
+    rank takes it, one writes it).
     """
     payload = {
         "format": RUN_CHECKPOINT_FORMAT,
         "architecture": trainer.model.architecture(),
         "epoch": trainer.epoch,
         "wall_seconds": float(wall_seconds),
-        "trainer": trainer.state_dict(),
+        "trainer": trainer.state_dict() if state is None else state,
     }
     path = run_dir / CHECKPOINT_NAME
     with atomic_path(path) as tmp:

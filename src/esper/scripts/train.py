@@ -9,12 +9,18 @@ Usage::
 Every run directory holds ``config.json``, ``events.jsonl`` and ``checkpoint.pt`` (the whole
 state, rewritten every ``--checkpoint-every`` epochs), and at the end ``summary.json`` and
 ``model.pt``.
+
+Under ``torchrun --nproc_per_node N`` one model trains on N processes (gloo on CPU, NCCL on
+CUDA); rank 0 alone writes the run directory. See ``docs/distributed.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -40,6 +46,7 @@ from esper.leyline import (
 )
 from esper.nissa import (
     ConsoleSink,
+    DigestSink,
     JsonlSink,
     LiveSink,
     LoggerContext,
@@ -58,12 +65,15 @@ from esper.scripts.checkpoints import (
 )
 from esper.tamiyo import HeuristicConfig, HeuristicController
 from esper.tamiyo.heuristic import TIMINGS
+from esper.tolaria import distributed as ranks
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import build_task_host, get_task, list_tasks
 from esper.tolaria.trainer import Trainer
 
 MODES = ("heuristic", "static", "ppo")
+#: Seconds a rank waits in a collective for the others before it gives up (a dead or hung rank).
+DEFAULT_DIST_TIMEOUT = 60.0
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -225,6 +235,24 @@ def _prepare_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
+def _shared_run_dir(cfg: RunConfig) -> Path:
+    """The run directory, prepared by rank 0 and told to the others (a default name has a time
+    stamp: only one rank may choose it). A refusal reaches every rank as the same UsageError."""
+    context = ranks.DistContext.current()
+    if context is None:
+        return _prepare_run_dir(cfg)
+    outcome = None
+    if context.is_main:
+        try:
+            outcome = ("ok", str(_prepare_run_dir(cfg)))
+        except UsageError as exc:
+            outcome = ("error", str(exc))
+    status, value = ranks.broadcast_object(outcome)
+    if status == "error":
+        raise UsageError(value)
+    return Path(value)
+
+
 def _write_json(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -267,8 +295,13 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
                 highlight=False,
                 soft_wrap=True,
             )
-    run_dir = _prepare_run_dir(cfg)
+    run_dir = _shared_run_dir(cfg)
     model = MorphogeneticModel(host, device=cfg.device, slots=slots)
+    context = ranks.DistContext.current()
+    if context is not None and not context.is_main:
+        # Every rank built the same model from the same seed; from here each draws its own
+        # dropout and seed-init numbers (a new seed is rank 0's anyway: DDP broadcasts it).
+        torch.manual_seed(cfg.seed + 7919 * context.rank)
     cfg = replace(cfg, epochs=epochs, slots=slots, run_dir=str(run_dir))
     trainer_cfg = cfg.trainer_config(spec, epochs)
     config_payload = {
@@ -279,7 +312,9 @@ def run_training(cfg: RunConfig, console: Console | None = None) -> dict:
     }
     if data.provenance is not None:
         config_payload["data"] = data.provenance
-    _write_json(run_dir / "config.json", config_payload)
+    config_payload["world_size"] = 1 if context is None else context.world_size
+    if context is None or context.is_main:
+        _write_json(run_dir / "config.json", config_payload)
     return _execute(cfg, trainer_cfg, data, model, run_dir, console, checkpoint=None, policy=policy)
 
 
@@ -339,11 +374,27 @@ def resume_training(
     torch.set_num_threads(cfg.threads)
     data = spec.load(cfg.data_dir, cfg.seed)
     model = MorphogeneticModel.from_architecture(checkpoint["architecture"], device=cfg.device)
-    remove_stale_temporaries(run_dir)
+    context = ranks.DistContext.current()
+    world = 1 if context is None else context.world_size
+    written = int(raw.get("world_size", 1))
+    if written != world:
+        raise ResumeError(
+            f"{run_dir} was trained on {written} process(es); resume it with the same number "
+            f"(this is {world}: torchrun --nproc_per_node {written} ... --resume {run_dir})"
+        )
+    if context is None or context.is_main:
+        remove_stale_temporaries(run_dir)
+    if context is not None and not context.is_main:
+        console = _quiet_console()
     console.print(
         f"resuming {run_dir} after epoch {checkpoint['epoch']}", highlight=False, soft_wrap=True
     )
     return _execute(cfg, trainer_cfg, data, model, run_dir, console, checkpoint=checkpoint)
+
+
+def _quiet_console() -> Console:
+    """Where a rank other than 0 prints: nowhere (rank 0 speaks for the run)."""
+    return Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
 
 
 def _execute(
@@ -378,28 +429,43 @@ def _execute(
         controller = PolicyController(policy)
     started = time.perf_counter()
     earlier = float(checkpoint["wall_seconds"]) if checkpoint else 0.0
+    context = ranks.DistContext.current()
+    main = context is None or context.is_main
+    if not main:
+        console = _quiet_console()
+        # The telemetry state is rank 0's (its event log's length); this rank has no log.
+        checkpoint = (
+            {**checkpoint, "trainer": {**checkpoint["trainer"], "telemetry": {}}}
+            if (checkpoint)
+            else None
+        )
 
     def save() -> None:
         wall = earlier + time.perf_counter() - started
-        write_run_checkpoint(run_dir, trainer, wall_seconds=wall)
+        state = trainer.state_dict()  # under torchrun a collective: every rank takes part
+        if main:
+            write_run_checkpoint(run_dir, trainer, wall_seconds=wall, state=state)
 
+    digest = DigestSink()
     with TelemetryHub() as hub:
-        hub.add_sink(JsonlSink(run_dir / "events.jsonl"))  # sink 0: checkpoints hold its offset
-        live = console.is_terminal if cfg.live is None else cfg.live
+        if main:
+            hub.add_sink(JsonlSink(run_dir / "events.jsonl"))  # sink 0: its offset is saved
+        live = (console.is_terminal if cfg.live is None else cfg.live) and main
         if live and console.is_terminal:
             # A resumed run's view starts with the events before its checkpoint.
             prior = (
                 resumed_state(run_dir / "events.jsonl", checkpoint["epoch"]) if checkpoint else None
             )
             hub.add_sink(LiveSink(console, state=prior))
-        else:
+        elif main:
             if live:
                 console.print("--live needs a terminal (stdout is not one): plain lines follow")
             live = False
             hub.add_sink(ConsoleSink(console))
         start_epoch = int(checkpoint["epoch"]) if checkpoint else 0
-        for name in cfg.log:
+        for name in cfg.log if main else ():
             hub.add_sink(create_logger(name, LoggerContext(run_dir, start_epoch=start_epoch)))
+        hub.add_sink(digest)
         trainer = Trainer(model, data, trainer_cfg, controller=controller, hub=hub)
         if checkpoint is not None:
             try:
@@ -441,6 +507,7 @@ def _execute(
                 progress.advance(bar)
         wall = earlier + time.perf_counter() - started
         summary = _summary(cfg, epochs, trainer, wall)
+        summary["world_size"] = 1 if context is None else context.world_size
         hub.emit(
             TelemetryEvent(
                 TelemetryEventType.RUN_COMPLETED,
@@ -451,6 +518,14 @@ def _execute(
             )
         )
         trainer.close()
+    if context is not None:
+        # The run checks itself: every rank's model and event stream, compared.
+        states = ranks.gather_objects(ranks.state_digest(model))
+        summary["ranks_identical"] = len(set(states)) == 1
+        summary["rank_state_digests"] = states
+        summary["rank_event_digests"] = ranks.gather_objects(digest.hexdigest())
+    if not main:
+        return summary
     model.save_checkpoint(run_dir / "model.pt", extra={"summary_path": "summary.json"})
     _write_json(run_dir / "summary.json", summary)
     _print_final(console, summary, run_dir)
@@ -637,6 +712,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="a live view of slots, stages and numbers (default: on when stdout is a terminal)",
     )
     parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_DIST_TIMEOUT,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others in a collective before it "
+        f"stops with an error (default {DEFAULT_DIST_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--log",
         action="append",
         default=None,
@@ -708,7 +791,7 @@ def _flags_given_with_resume(args: argparse.Namespace) -> list[str]:
     return [
         "mode" if key == "mode" else "--" + key.replace("_", "-")
         for key, default in defaults.items()
-        if key not in ("resume", "live") and getattr(args, key, default) != default
+        if key not in ("resume", "live", "dist_timeout") and getattr(args, key, default) != default
     ]
 
 
@@ -718,24 +801,71 @@ def print_error(exc: Exception) -> None:
     sys.stderr.write(f"esper: error: {message}\n")
 
 
+class RankStopped(RuntimeError):
+    """This rank was told to stop (SIGTERM: torchrun stops the others when one rank fails)."""
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise RankStopped("stopped by the launcher (SIGTERM), most likely because another rank failed")
+
+
+def _lost_other_ranks(exc: RuntimeError) -> bool:
+    """Whether ``exc`` says that a collective failed (a rank died or timed out) or that the
+    launcher stopped this rank, rather than a fault of this rank's own."""
+    if isinstance(exc, (RankStopped, torch.distributed.DistError)):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection closed", "timed out"))
+
+
 def train_main(args: argparse.Namespace) -> int:
-    """Run from parsed arguments; bad input is one line on stderr and exit code 2."""
+    """Run from parsed arguments; bad input is one line on stderr and exit code 2. Under
+    torchrun, a rank that loses the others (one died, hangs past ``--dist-timeout``, or the
+    launcher stops it) says so in one line and exits 1; the run directory keeps its last
+    checkpoint."""
+    context = None
+    if ranks.launched_by_torchrun():
+        if args.dist_timeout <= 0:
+            print_error(UsageError(f"--dist-timeout must be > 0, got {args.dist_timeout}"))
+            return 2
+        context, args.device = ranks.init_from_env(args.device, args.dist_timeout)
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        if args.resume is not None:
-            extra = _flags_given_with_resume(args)
-            if extra:
-                raise UsageError(
-                    f"--resume continues a run with its original configuration; drop "
-                    f"{', '.join(extra)}"
-                )
-            resume_training(args.resume, live=args.live)
-            return 0
-        if args.mode is None:
-            raise UsageError(f"a mode is required: one of {', '.join(MODES)} (or --resume RUN_DIR)")
-        run_training(config_from_args(args))
+        return _train_main(args)
     except (UsageError, ResumeError, DataNotFoundError) as exc:
-        print_error(exc)
+        if context is None or context.is_main:  # every rank fails alike: one says so
+            print_error(exc)
         return 2
+    except RuntimeError as exc:
+        if context is None or not _lost_other_ranks(exc):
+            raise
+        where = f" in {args.resume or args.run_dir}" if (args.resume or args.run_dir) else ""
+        # Gloo prefixes its messages with a source location; the reader needs the words.
+        reason = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", " ".join(str(exc).split()))
+        reason = reason[:160] + ("..." if len(reason) > 160 else "")
+        sys.stderr.write(
+            f"esper: error: rank {context.rank} of {context.world_size}: lost the other ranks "
+            f"({reason}); the last checkpoint{where} is intact: resume with the same torchrun "
+            "command and --resume\n"
+        )
+        return 1
+    finally:
+        if context is not None:
+            ranks.shutdown()
+
+
+def _train_main(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        extra = _flags_given_with_resume(args)
+        if extra:
+            raise UsageError(
+                f"--resume continues a run with its original configuration; drop {', '.join(extra)}"
+            )
+        resume_training(args.resume, live=args.live)
+        return 0
+    if args.mode is None:
+        raise UsageError(f"a mode is required: one of {', '.join(MODES)} (or --resume RUN_DIR)")
+    run_training(config_from_args(args))
     return 0
 
 

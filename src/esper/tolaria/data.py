@@ -122,6 +122,7 @@ def iterate_batches(
     shuffle: bool = True,
     drop_last: bool = False,
     limit: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x_batch, y_batch)`` pairs covering every row once, by index slicing.
 
@@ -135,6 +136,11 @@ def iterate_batches(
         drop_last: skip a final short batch (useful when a batch of one would break batch norm).
         limit: visit only the first ``limit`` rows of the (shuffled) order: an "epoch" that is a
             fresh random sample of a large pool, as language-model training wants.
+        shard: ``(rank, world_size)``: visit only every ``world_size``-th row of the order,
+            starting at ``rank`` (one process's share under torch.distributed; the order, and
+            so the split, is the same on every rank given the same generator). With
+            ``shuffle`` the rows are first cut to a multiple of ``world_size``, so every rank
+            takes as many steps.
 
     Returns:
         An iterator of batches; with ``shuffle=False`` they are views of ``x`` and ``y``.
@@ -154,14 +160,27 @@ def iterate_batches(
         if limit < 1:
             raise ValueError(f"iterate_batches: limit must be >= 1, got {limit}")
         n = min(n, limit)
-    stop = n - n % batch_size if drop_last else n
-    if not shuffle:
+    if shard is not None:
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"iterate_batches: shard {shard} is not (rank, world_size)")
+    if not shuffle and shard is None:
+        stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
         return
-    # The permutation is drawn on the generator's own device and then moved, so the order
-    # depends only on the generator, not on where the data lives.
-    perm = torch.randperm(x.shape[0], generator=generator, device=generator.device)[:n]
+    if shuffle:
+        # The permutation is drawn on the generator's own device and then moved, so the order
+        # depends only on the generator, not on where the data lives.
+        perm = torch.randperm(x.shape[0], generator=generator, device=generator.device)[:n]
+    else:
+        perm = torch.arange(n)
+    if shard is not None:
+        if shuffle:
+            perm = perm[: n - n % world]
+        perm = perm[rank::world]
+        n = perm.shape[0]
+    stop = n - n % batch_size if drop_last else n
     perm = perm.to(x.device)
     for start in range(0, stop, batch_size):
         idx = perm[start : start + batch_size]

@@ -36,6 +36,7 @@ from esper.leyline import (
     controller_state,
     is_valid_transition,
 )
+from esper.tolaria import distributed as ranks
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.data import LoaderData, iterate_batches
 from esper.tolaria.flops import FlopMeter, model_structure
@@ -126,6 +127,10 @@ class Trainer:
         loss_fn: ``loss_fn(output, targets)`` -> a scalar mean loss; cross-entropy over the last
             dimension when None.
 
+    Under torch.distributed (a process group of several ranks, e.g. from ``torchrun``) the
+    trainer trains one model on all of them: see :mod:`esper.tolaria.distributed` for what is
+    shared and when. Every rank builds the same trainer and calls the same methods.
+
     The model's gates say what quality is (``GateConfig.unit``): validation accuracy in points,
     or, with ``GateConfig.for_loss()``, the validation loss (for a regression or any task
     without an accuracy; the accuracy is then not computed and reads NaN). Counterfactual
@@ -147,6 +152,14 @@ class Trainer:
         self.config = config = config or TrainerConfig()
         self.loss_fn = loss_fn or task_loss
         self.unit = quality_unit(model)
+        self.dist = ranks.DistContext.current()
+        if self.dist is not None and config.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} does not split over {self.dist.world_size} "
+                "ranks; use a multiple of the world size (each rank takes an equal share)"
+            )
+        self._ddp = None
+        self._ddp_key: tuple | None = None
         self.model = model
         self.device = next(model.parameters()).device
         self.controller = controller
@@ -223,10 +236,12 @@ class Trainer:
         capture = stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
         structure = model_structure(model, training=True)
         loss_fn, accuracy = self.loss_fn, self.unit == "points"
+        forward = self._ddp_forward() if self.dist is not None else model.forward_with_shadows
+        flops_before = self.train_flops.total
         for xb, yb in self._batches("train"):
             opt.zero_grad()
             with self.train_flops.count(structure, xb.shape[0]):
-                logits, shadows = model.forward_with_shadows(xb)
+                logits, shadows = forward(xb)
                 loss = loss_fn(logits, yb)
                 if shadows:
                     incubation = model.incubation_loss(
@@ -244,7 +259,28 @@ class Trainer:
             n_batches += 1
             n_targets += yb.numel()
             self.global_step += 1
+        if self.dist is not None:
+            # Each rank normalised its own batches; the model must stay one model.
+            ranks.average_norm_statistics(model)
+            # Each rank counted its own rows: the run's compute is the sum.
+            flops = self.train_flops.total - flops_before
+            total_loss, total_correct, n_batches, n_targets, flops = ranks.sums(
+                [loss_sum.item(), correct.item(), n_batches, n_targets, flops], self.device
+            )
+            self.train_flops.total = flops_before + flops
+            return total_loss / max(n_batches, 1), self._accuracy(
+                torch.tensor(total_correct), int(n_targets)
+            )
         return (loss_sum / max(n_batches, 1)).item(), self._accuracy(correct, n_targets)
+
+    def _ddp_forward(self):
+        """The DDP wrapper's forward, rebuilt when the parameter set has changed since the last
+        epoch (building it broadcasts rank 0's parameters: a new seed starts alike everywhere)."""
+        key = ranks.parameter_key(self.model)
+        if self._ddp is None or key != self._ddp_key:
+            self._ddp = ranks.wrap(self.model, self.device)
+            self._ddp_key = ranks.parameter_key(self.model)
+        return self._ddp
 
     def _accuracy(self, correct: torch.Tensor, n: int) -> float:
         return 100.0 * correct.item() / max(n, 1) if self.unit == "points" else math.nan
@@ -255,17 +291,20 @@ class Trainer:
         if self.loaders is not None:
             loader = getattr(self.loaders, split)
             return (_on(self.device, batch) for batch in loader)
+        shard = None if self.dist is None else (self.dist.rank, self.dist.world_size)
         if split == "train":
+            world = 1 if self.dist is None else self.dist.world_size
             return iterate_batches(
                 self.train_x,
                 self.train_y,
-                self.config.batch_size,
+                self.config.batch_size // world,
                 self.generator,
                 shuffle=True,
                 limit=self.config.epoch_samples,
+                shard=shard,
             )
         x, y = (self.val_x, self.val_y) if split == "val" else (self.test_x, self.test_y)
-        return iterate_batches(x, y, self.config.eval_batch_size, None, shuffle=False)
+        return iterate_batches(x, y, self.config.eval_batch_size, None, shuffle=False, shard=shard)
 
     def quality(self, loss: float, accuracy: float) -> float:
         """What gates and controllers compare, in :attr:`unit`: accuracy in points, or the
@@ -292,6 +331,7 @@ class Trainer:
         n = 0
         structure = model_structure(model, training=False)
         loss_fn, accuracy = self.loss_fn, self.unit == "points"
+        flops_before = self.eval_flops.total
         for xb, yb in self._batches(split):
             with self.eval_flops.count(structure, xb.shape[0]):
                 logits = model(xb)
@@ -300,6 +340,13 @@ class Trainer:
                 correct += _correct(logits, yb)
             n += yb.numel()
         model.train(was_training)
+        if self.dist is not None:
+            flops = self.eval_flops.total - flops_before
+            total_loss, total_correct, n, flops = ranks.sums(
+                [loss_sum.item(), correct.item(), n, flops], self.device
+            )
+            self.eval_flops.total = flops_before + flops
+            return total_loss / max(n, 1), self._accuracy(torch.tensor(total_correct), int(n))
         return (loss_sum / max(n, 1)).item(), self._accuracy(correct, n)
 
     def counterfactuals(self, val_quality: float) -> int:
@@ -520,6 +567,8 @@ class Trainer:
         decision = outcome = None
         if self.controller is not None:
             decision = self.controller.decide(signals)
+            if self.dist is not None:
+                decision = ranks.broadcast_object(decision)  # rank 0 decides for every rank
             outcome = self.apply(decision)
         return self.end_epoch(decision, outcome)
 
@@ -585,6 +634,15 @@ class Trainer:
             "recorder": self.recorder.state_dict(),
             "history": [asdict(h) for h in self.history],
             "telemetry": hub_state() if callable(hub_state) else {},
+            # Under torch.distributed, every rank's own generators, by rank (a collective:
+            # every rank calls state_dict; one of them writes it).
+            "rank_rng": [] if self.dist is None else ranks.gather_objects(self._rank_rng()),
+        }
+
+    def _rank_rng(self) -> dict:
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -623,6 +681,15 @@ class Trainer:
         if callable(hub_load):
             hub_load(state["telemetry"])
         rng = state["rng"]
+        per_rank = state.get("rank_rng") or []
+        world = 1 if self.dist is None else self.dist.world_size
+        if len(per_rank) not in (0, world) or (world > 1 and not per_rank):
+            raise ValueError(
+                f"the state was written by {max(len(per_rank), 1)} rank(s); resume it with the "
+                f"same world size (this run has {world})"
+            )
+        if per_rank:
+            rng = {**rng, **per_rank[self.dist.rank]}
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
