@@ -225,3 +225,13 @@ def test_run_overhead_compares_a_grown_run_with_its_final_architecture_trained_f
     assert "| static-equivalent |" in proc.stdout and "counterfactual passes" in proc.stdout
     bad = _run("run_overhead.py", "--task", "nope")
     assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr
+
+
+def test_distributed_throughput_runs_one_and_two_processes():
+    proc = _run("distributed_throughput.py", "--epochs", "1", "--nproc", "1", "2", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = _last_json(proc.stdout)
+    assert set(result["results"]) == {"1", "2"}
+    for row in result["results"].values():
+        assert row["rows_per_second"] > 0 and row["ranks_identical"] is True
+    assert "| 2 |" in proc.stdout

@@ -195,3 +195,55 @@ def test_shards_split_the_epoch_into_disjoint_equal_parts():
         for r in range(3)
     ]
     assert torch.equal(torch.sort(torch.cat(evals)).values, y)  # evaluation sees every row
+
+
+def _trainer_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from esper.kasmina import CNNHost, MorphogeneticModel
+    from esper.leyline import SeedStage
+    from esper.testing import toy_image_task
+    from esper.tolaria import Trainer, TrainerConfig
+    from esper.tolaria.distributed import state_digest
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        data = toy_image_task(96, seed=0)
+        host = CNNHost(10, 2, 4, in_channels=data.train_x.shape[1])
+        model = MorphogeneticModel(host, slots=["early", "late"])
+        config = TrainerConfig(seed=0, total_epochs=3, batch_size=16, telemetry_stride=1)
+        trainer = Trainer(model, data, config)
+        trainer.train_epoch()
+        torch.manual_seed(100 + rank)  # each rank would draw a different new seed
+        model.germinate_seed("conv_light", "s", slot="early")
+        model.advance_stage(SeedStage.TRAINING, slot="early")
+        if rank == 1:  # a leak on one rank only
+            model.seed_slots["early"].isolate_gradients = False
+        trainer.train_epoch()
+        metrics = model.seed_slots["early"].state.metrics
+        model.seed_slots["early"].isolate_gradients = True  # part of the state compared below
+        out = {
+            "violations": metrics.isolation_violations,
+            "captures": metrics.gradient_captures,
+            "digest": state_digest(model),
+        }
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(out))
+        trainer.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_leak_on_one_rank_is_counted_on_every_rank_and_a_new_seed_is_rank_zeros(tmp_path):
+    import torch.multiprocessing as mp
+
+    init_file = tmp_path / "init"
+    mp.spawn(_trainer_worker, args=(2, str(init_file), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["captures"] == ranks[1]["captures"] > 0
+    # Rank 1's accumulator was neither overwritten by rank 0's (DDP broadcasts no slot buffer)
+    # nor read alone: the violation is counted on both ranks, once per capture.
+    assert ranks[0]["violations"] == ranks[1]["violations"] >= 1
+    # Seeds drawn from different generators start as rank 0's (the rebuilt DDP broadcast).
+    assert ranks[0]["digest"] == ranks[1]["digest"]
