@@ -166,8 +166,10 @@ class _ShadowForward(nn.Module):
 
 
 def parameter_key(model: nn.Module) -> tuple:
-    """Changes whenever the set of trainable parameters does (the DDP wrapper then goes stale)."""
-    return tuple(id(p) for p in model.parameters() if p.requires_grad)
+    """Changes whenever the DDP wrapper goes stale: the set of trainable parameters changed, or
+    whether a step can leave one of them without gradient (a fossilized seed's blend gate)."""
+    ids = tuple(id(p) for p in model.parameters() if p.requires_grad)
+    return ids, _may_leave_parameters_unused(model)
 
 
 def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:

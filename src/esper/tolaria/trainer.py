@@ -274,12 +274,13 @@ class Trainer:
         return (loss_sum / max(n_batches, 1)).item(), self._accuracy(correct, n_targets)
 
     def _ddp_forward(self):
-        """The DDP wrapper's forward, rebuilt when the parameter set has changed since the last
-        epoch (building it broadcasts rank 0's parameters: a new seed starts alike everywhere)."""
+        """The DDP wrapper's forward, rebuilt when the parameter set (or which parameters a step
+        may leave unused) has changed since the last epoch. Building it broadcasts rank 0's
+        parameters: a new seed starts alike everywhere."""
         key = ranks.parameter_key(self.model)
         if self._ddp is None or key != self._ddp_key:
             self._ddp = ranks.wrap(self.model, self.device)
-            self._ddp_key = ranks.parameter_key(self.model)
+            self._ddp_key = key
         return self._ddp
 
     def _accuracy(self, correct: torch.Tensor, n: int) -> float:
