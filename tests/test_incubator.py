@@ -265,3 +265,6 @@ def test_the_shadow_pass_writes_no_slot_buffer_and_reads_only_those_forward_neve
         k.endswith(tuple(f".{b}" for b in SeedSlot.FORWARD_READ_ONLY_BUFFERS)) for k in frozen
     )
     assert "model.seed_slots.mid._alpha_used" in frozen
+    # Where no gated blend runs, nothing writes _alpha_used either: it is read in place.
+    assert "model.seed_slots.early._alpha_used" not in frozen
+    assert "model.seed_slots.late._alpha_used" not in frozen

@@ -73,7 +73,7 @@ class MorphogeneticMixin:
         """Every parameter detached and every buffer copied, by every name it has, for a shadow
         pass. Tied weights (a transformer's head and embedding) appear under each name with one
         detached tensor, so none of them stays live in the pass. A slot's buffers that no
-        forward writes (``SeedSlot.FORWARD_READ_ONLY_BUFFERS``) are left out: the pass reads
+        forward writes (``SeedSlot.buffers_forward_leaves_alone``) are left out: the pass reads
         the real ones, and copying them every step was a third of the shadow pass's overhead on
         a small CPU model."""
         detached: dict[int, torch.Tensor] = {}
@@ -84,7 +84,7 @@ class MorphogeneticMixin:
             base = f"{prefix}{name}." if name else prefix
             for key, p in module.named_parameters(recurse=False, remove_duplicate=False):
                 frozen[base + key] = detached.setdefault(id(p), p.detach())
-            skip = module.FORWARD_READ_ONLY_BUFFERS if isinstance(module, SeedSlot) else ()
+            skip = module.buffers_forward_leaves_alone() if isinstance(module, SeedSlot) else ()
             for key, b in module.named_buffers(recurse=False, remove_duplicate=False):
                 if key not in skip:
                     frozen[base + key] = detached.setdefault(id(b), b.clone())

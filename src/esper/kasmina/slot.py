@@ -89,6 +89,7 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
     #: may read the real ones instead of copies (``_alpha_used``, written by a gated forward,
     #: is not among them).
     FORWARD_READ_ONLY_BUFFERS = frozenset({"alpha_tensor", "_gain_sum", "_leak_sq"})
+    _WITH_ALPHA_USED = FORWARD_READ_ONLY_BUFFERS | {"_alpha_used"}
 
     def __init__(
         self,
@@ -212,6 +213,16 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             if isinstance(self.blend, GatedBlend):
                 self._alpha_used.copy_(alpha.detach().mean())
         return torch.lerp(x, seed_out, alpha)
+
+    def buffers_forward_leaves_alone(self) -> frozenset[str]:
+        """The buffers the slot's forward does not write in its current stage: the
+        ``FORWARD_READ_ONLY_BUFFERS``, and ``_alpha_used`` too unless a gated blend runs. A
+        shadow pass reads these in place instead of copying them."""
+        gated = isinstance(self.blend, GatedBlend) and self.state.stage in (
+            SeedStage.BLENDING,
+            SeedStage.PROBATIONARY,
+        )
+        return self.FORWARD_READ_ONLY_BUFFERS if gated else self._WITH_ALPHA_USED
 
     def shadow_features(self, x: torch.Tensor) -> torch.Tensor:
         """The features this slot would output with its TRAINING seed fully blended in
