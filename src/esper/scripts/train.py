@@ -122,6 +122,8 @@ class RunConfig:
     log: tuple[str, ...] = ()
     #: ``ppo`` mode: the policy file; None means the policy shipped for the task.
     policy: str | None = None
+    #: A ``torch.compile`` backend for the training and evaluation passes (None: eager).
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -144,6 +146,14 @@ class RunConfig:
             raise UsageError(f"--max-seeds must be >= 0, got {self.max_seeds}")
         if self.timing not in TIMINGS:
             raise UsageError(f"unknown --timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
+        if self.compile is not None:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile not in backends:
+                raise UsageError(
+                    f"unknown --compile backend {self.compile!r}; valid: {', '.join(backends)}"
+                )
         if self.policy is not None and self.mode != "ppo":
             raise UsageError(f"--policy drives mode ppo, not {self.mode}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -191,6 +201,7 @@ class RunConfig:
             telemetry_stride=self.gradient_telemetry_stride,
             seed=self.seed,
             max_seeds=self.max_seeds,
+            compile=self.compile,
         )
 
 
@@ -412,6 +423,8 @@ def _execute(
     run's policy is read from ``cfg.policy`` unless the caller has it already."""
     spec = get_task(cfg.task)
     epochs = cfg.epochs
+    if cfg.compile is not None and ranks.DistContext.current() is not None:
+        raise UsageError("--compile under torchrun is not supported yet; drop --compile")
     controller = None
     if cfg.mode == "heuristic":
         controller = HeuristicController(
@@ -712,6 +725,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="a live view of slots, stages and numbers (default: on when stdout is a terminal)",
     )
     parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="compile the training and evaluation passes with torch.compile (default backend "
+        "inductor); each lifecycle change recompiles once",
+    )
+    parser.add_argument(
         "--dist-timeout",
         type=float,
         default=DEFAULT_DIST_TIMEOUT,
@@ -776,6 +798,7 @@ def _config_from_flags(args: argparse.Namespace) -> RunConfig:
         max_seeds=args.max_seeds,
         timing=args.timing,
         policy=args.policy,
+        compile=args.compile,
         live=args.live,
         # --log a --log b,c -> ("a", "b", "c"), each once, in the order given.
         log=tuple(dict.fromkeys(n for v in args.log or () for n in _split(v) or ())),

@@ -45,6 +45,9 @@ class TrainerConfig:
         governor_min_history: the governor's loss-spike detector (see ``Governor``).
         max_seeds: the most seeds one run may germinate (None: no bound); a GERMINATE past it
             is refused.
+        compile: a ``torch.compile`` backend (``"inductor"``, ``"aot_eager"``, ...) for the
+            training and evaluation passes, or None to run eagerly. Each lifecycle change costs
+            one recompilation; the recompile limit is raised for the trainer's passes only.
     """
 
     optimizer: str = "sgd"
@@ -65,6 +68,7 @@ class TrainerConfig:
     governor_min_spike_factor: float = DEFAULT_GOVERNOR_MIN_SPIKE_FACTOR
     governor_min_history: int = DEFAULT_GOVERNOR_MIN_HISTORY
     max_seeds: int | None = None
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -94,6 +98,15 @@ class TrainerConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TrainerConfig.{name} must be None or >= 1, got {value}")
+        if self.compile is not None:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile not in backends:
+                raise ValueError(
+                    f"TrainerConfig.compile: unknown backend {self.compile!r}; valid: "
+                    f"{', '.join(backends)}"
+                )
         if not 0.0 <= self.lr_floor <= 1.0:
             raise ValueError(f"TrainerConfig.lr_floor must be in [0, 1], got {self.lr_floor}")
 

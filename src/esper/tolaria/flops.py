@@ -50,11 +50,19 @@ class FlopMeter:
         self._per_row[structure] = flops / rows
         self.total += flops
 
+    def knows(self, structure: Hashable) -> bool:
+        """Whether ``structure``'s FLOPs per row were measured already (its next pass is not
+        counted under ``FlopCounterMode``, so it may run compiled)."""
+        return structure in self._per_row
+
     def state_dict(self) -> dict:
-        return {"total": self.total}
+        # The measured rates too: a resumed run then knows the structures it has seen, and
+        # (under --compile) runs their next passes compiled, as the uninterrupted run does.
+        return {"total": self.total, "rates": [[k, v] for k, v in self._per_row.items()]}
 
     def load_state_dict(self, state: dict) -> None:
         self.total = float(state["total"])
+        self._per_row = {_frozen(k): float(v) for k, v in state.get("rates", [])}
 
 
 def model_structure(model, *, training: bool) -> tuple:
@@ -77,3 +85,8 @@ def model_structure(model, *, training: bool) -> tuple:
             for name, slot in model.seed_slots.items()
         ),
     )
+
+
+def _frozen(key):
+    """A structure key back from a checkpoint (which may hold its tuples as lists)."""
+    return tuple(_frozen(k) for k in key) if isinstance(key, (list, tuple)) else key

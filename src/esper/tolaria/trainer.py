@@ -14,6 +14,7 @@ run needs to continue bit for bit on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -47,6 +48,9 @@ from esper.tolaria.signals import SignalTracker
 
 E = TelemetryEventType
 STATE_FORMAT = 1
+#: Dynamo's recompile limit while a trainer compiles: a lifecycle visits up to 8 stages per slot
+#: and each can add a graph per grad mode (dynamo's default of 8 would fall back to eager).
+COMPILE_RECOMPILE_LIMIT = 64
 
 
 @dataclass
@@ -160,6 +164,9 @@ class Trainer:
             )
         self._ddp = None
         self._ddp_key: tuple | None = None
+        self._compiled_forwards: dict = {}
+        if config.compile is not None and self.dist is not None:
+            raise ValueError("compile under torch.distributed is not supported yet; drop one")
         self.model = model
         self.device = next(model.parameters()).device
         self.controller = controller
@@ -236,12 +243,15 @@ class Trainer:
         capture = stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
         structure = model_structure(model, training=True)
         loss_fn, accuracy = self.loss_fn, self.unit == "points"
-        forward = self._ddp_forward() if self.dist is not None else model.forward_with_shadows
+        forward = self._ddp_forward() if self.dist is not None else self._compiled("train")
         flops_before = self.train_flops.total
         for xb, yb in self._batches("train"):
             opt.zero_grad()
-            with self.train_flops.count(structure, xb.shape[0]):
-                logits, shadows = forward(xb)
+            # A structure's first pass is counted under FlopCounterMode, which sees the ops of
+            # an eager pass only: compiled passes start from the second.
+            fresh = not self.train_flops.knows(structure)
+            with self.train_flops.count(structure, xb.shape[0]), self._compile_scope():
+                logits, shadows = (model.forward_with_shadows if fresh else forward)(xb)
                 loss = loss_fn(logits, yb)
                 if shadows:
                     incubation = model.incubation_loss(
@@ -272,6 +282,27 @@ class Trainer:
                 torch.tensor(total_correct), int(n_targets)
             )
         return (loss_sum / max(n_batches, 1)).item(), self._accuracy(correct, n_targets)
+
+    def _compiled(self, kind: str):
+        """The training (``forward_with_shadows``) or evaluation forward, compiled with
+        ``config.compile`` (built once; dynamo recompiles it per lifecycle change), or the
+        eager one."""
+        eager = self.model.forward_with_shadows if kind == "train" else self.model
+        if self.config.compile is None:
+            return eager
+        if kind not in self._compiled_forwards:
+            # The shadow pass's functional_call breaks the graph, so no fullgraph here.
+            self._compiled_forwards[kind] = torch.compile(eager, backend=self.config.compile)
+        return self._compiled_forwards[kind]
+
+    def _compile_scope(self):
+        """Under ``config.compile``, dynamo's recompile limit raised to what a lifecycle needs
+        (one graph per stage of every slot, per grad mode), for these passes only."""
+        if self.config.compile is None:
+            return contextlib.nullcontext()
+        import torch._dynamo  # loaded by torch.compile anyway; named here for the config
+
+        return torch._dynamo.config.patch(recompile_limit=COMPILE_RECOMPILE_LIMIT)
 
     def _ddp_forward(self):
         """The DDP wrapper's forward, rebuilt when the parameter set (or which parameters a step
@@ -333,9 +364,11 @@ class Trainer:
         structure = model_structure(model, training=False)
         loss_fn, accuracy = self.loss_fn, self.unit == "points"
         flops_before = self.eval_flops.total
+        forward = self._compiled("eval")
         for xb, yb in self._batches(split):
-            with self.eval_flops.count(structure, xb.shape[0]):
-                logits = model(xb)
+            fresh = not self.eval_flops.knows(structure)
+            with self.eval_flops.count(structure, xb.shape[0]), self._compile_scope():
+                logits = (model if fresh else forward)(xb)
             loss_sum += loss_fn(logits, yb) * yb.numel()
             if accuracy:
                 correct += _correct(logits, yb)
