@@ -76,7 +76,16 @@ ROWS = (
     "cost_blending",
     "cost_fossilized",
     "injected_training",
+    "compiled_training",
+    "compiled_blending",
+    "compiled_fossilized",
+    "compile_cost",
 )
+#: The rows measured unless ``--rows`` says otherwise: the compiled ones take minutes of
+#: compilation on a CPU, so they are asked for by name (``--rows compiled_training ...``).
+DEFAULT_ROWS = tuple(row for row in ROWS if not row.startswith("compile"))
+#: Dynamo's recompile limit for the compiled rows: a lifecycle needs more graphs than its 8.
+RECOMPILE_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ class BenchConfig:
     threads: int = 1
     seed: int = 0  # RNG seed for weights and data
     lr: float = 0.01
+    compile_backend: str = "inductor"  # for the compiled rows
 
 
 # --------------------------------------------------------------------------------- networks
@@ -412,6 +422,91 @@ def compare_injected(cfg: BenchConfig) -> dict:
     return _time_steps(cfg, "builtin", morph, "injected", injected, x, y)
 
 
+class _Compiled:
+    """A network whose shadow-pass forward runs under ``torch.compile`` (compiling the module
+    itself would leave ``forward_with_shadows``, a method, eager), for the compiled rows."""
+
+    def __init__(self, net: nn.Module, backend: str) -> None:
+        self.net = net
+        self.forward_with_shadows = torch.compile(net.forward_with_shadows, backend=backend)
+
+    def incubation_loss(self, *args):
+        return self.net.incubation_loss(*args)
+
+    def parameters(self):
+        return self.net.parameters()
+
+
+def compare_compiled(cfg: BenchConfig, stage: SeedStage, mode: str) -> dict:
+    """``compare_stage`` with both networks compiled (``cfg.compile_backend``). Compilation
+    happens in the warm-up samples, so the ratio is of compiled steps only."""
+    morph = build_morphogenetic(cfg, stage)
+    static = build_static(morph, mode)
+    x, y = _data(cfg, torch.device(cfg.device))
+    check_equivalent(static, morph, x, y)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return _time_steps(
+            cfg,
+            "static",
+            _Compiled(static, cfg.compile_backend),
+            "morph",
+            _Compiled(morph, cfg.compile_backend),
+            x,
+            y,
+        )
+
+
+def compile_cost(cfg: BenchConfig) -> dict:
+    """Seconds the first training step takes after each lifecycle change of one slot, less a
+    steady step, for a compiled model (``cfg.compile_backend``): the cold compile with no
+    seed, then one recompilation per stage a seed enters."""
+    torch.manual_seed(cfg.seed)
+    host = CNNHost(num_classes=10, n_blocks=cfg.blocks, base_channels=cfg.width)
+    model = MorphogeneticModel(host, slots=list(SLOTS)).to(cfg.device)
+    x, y = _data(cfg, torch.device(cfg.device))
+    torch._dynamo.reset()
+    compiled = _Compiled(model, cfg.compile_backend)
+    step = make_train_step(compiled, _sgd(model, cfg.lr), x, y)
+    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
+    slot = model.seed_slots["mid"]
+
+    def to_training() -> None:
+        model.germinate_seed(cfg.blueprint, "cost", slot="mid")
+        model.advance_stage(SeedStage.TRAINING, slot="mid")
+
+    def to_blending() -> None:
+        slot.state.stage = SeedStage.BLENDING  # the compatibility surface: set directly
+        slot.set_alpha(0.5)
+
+    def to_fossilized() -> None:
+        slot.state.stage = SeedStage.FOSSILIZED
+
+    def timed(n: int) -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        sync()
+        return (time.perf_counter() - start) / n
+
+    out = {}
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        for name, change in (
+            ("dormant", None),
+            ("training", to_training),
+            ("blending", to_blending),
+            ("fossilized", to_fossilized),
+        ):
+            if change is not None:
+                change()
+            first = timed(1)
+            steady = timed(max(3, cfg.warmup))
+            out[f"{name}_compile_s"] = round(first - steady, 3)
+            out[f"{name}_step_ms"] = round(steady * 1e3, 4)
+    return out
+
+
 def compare_telemetry(cfg: BenchConfig, stride: int) -> dict:
     """The same TRAINING model stepping without (A) and with (B) telemetry every ``stride``."""
     device = torch.device(cfg.device)
@@ -466,9 +561,10 @@ def _summary(name_a: str, times_a: list[float], name_b: str, times_b: list[float
 
 
 def run(
-    cfg: BenchConfig, *, rows: tuple[str, ...] = ROWS, log: Callable[[str], None] = print
+    cfg: BenchConfig, *, rows: tuple[str, ...] = DEFAULT_ROWS, log: Callable[[str], None] = print
 ) -> dict:
-    """Run the comparisons named in ``rows`` (all by default), in :data:`ROWS` order.
+    """Run the comparisons named in ``rows`` (:data:`DEFAULT_ROWS` by default), in :data:`ROWS`
+    order. ``compile_cost`` goes into the result under its own key, not into ``ratios``.
 
     Args:
         cfg: what to build and how long to time it.
@@ -502,8 +598,23 @@ def run(
         "cost_blending": lambda: compare_cost(cfg, SeedStage.BLENDING),
         "cost_fossilized": lambda: compare_cost(cfg, SeedStage.FOSSILIZED),
         "injected_training": lambda: compare_injected(cfg),
+        "compiled_training": lambda: compare_compiled(cfg, SeedStage.TRAINING, "training"),
+        "compiled_blending": lambda: compare_compiled(cfg, SeedStage.BLENDING, "blending"),
+        "compiled_fossilized": lambda: compare_compiled(cfg, SeedStage.FOSSILIZED, "fossilized"),
     }
+    extra = {}
     for name in (row for row in ROWS if row in rows):
+        if name == "compile_cost":
+            extra["compile_cost"] = compile_cost(cfg)
+            costs = extra["compile_cost"]
+            log(
+                f"{name:<20} "
+                + "  ".join(
+                    f"{stage} {costs[stage + '_compile_s']:.2f} s"
+                    for stage in ("dormant", "training", "blending", "fossilized")
+                )
+            )
+            continue
         results[name] = plan[name]()
         r = results[name]
         base, other = list(r)[:2]
@@ -516,6 +627,7 @@ def run(
         "device": _device_name(device),
         "ratios": {name: r["ratio"] for name, r in results.items()},
         "medians": results,
+        **extra,
         "config": {**asdict(cfg), "threads": threads},
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -556,9 +668,14 @@ def parse_args(
         "--rows",
         nargs="+",
         choices=ROWS,
-        default=list(ROWS),
+        default=list(DEFAULT_ROWS),
         metavar="ROW",
-        help=f"rows to measure (default: all of {', '.join(ROWS)})",
+        help=f"rows to measure, of {', '.join(ROWS)} (default: all but the compiled ones)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default=d.compile_backend,
+        help="torch.compile backend of the compiled rows (%(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument(
@@ -584,6 +701,7 @@ def parse_args(
         warmup=a.warmup,
         threads=a.threads,
         seed=a.seed,
+        compile_backend=a.compile_backend,
     )
     return cfg, tuple(a.rows), a.json, a.profile
 

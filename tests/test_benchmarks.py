@@ -235,3 +235,22 @@ def test_distributed_throughput_runs_one_and_two_processes():
     for row in result["results"].values():
         assert row["rows_per_second"] > 0 and row["ranks_identical"] is True
     assert "| 2 |" in proc.stdout
+
+
+def test_step_overhead_compiled_rows_and_compile_cost_on_request():
+    proc = _run(
+        "step_overhead.py",
+        *TINY,
+        "--rows",
+        "compiled_blending",
+        "compile_cost",
+        "--compile-backend",
+        "aot_eager",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = _last_json(proc.stdout)
+    assert set(result["ratios"]) == {"compiled_blending"}
+    costs = result["compile_cost"]
+    for stage in ("dormant", "training", "blending", "fossilized"):
+        assert f"{stage}_compile_s" in costs and costs[f"{stage}_step_ms"] > 0
