@@ -59,6 +59,17 @@ def test_two_ranks_grow_blend_and_fossilize_one_bit_identical_model(two_rank_run
     assert config["world_size"] == 2
 
 
+def test_a_static_run_stays_one_model_from_its_first_step(tmp_path):
+    """No growth, so no DDP rebuild ever re-broadcasts the weights: every step must have
+    reduced its gradients (the first pass of a structure too, which is counted eagerly)."""
+    run_dir = tmp_path / "static"
+    proc = _torchrun("static", "--task", "digits", "--epochs", "3", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ranks_identical"] is True
+    assert "FutureWarning" not in proc.stderr
+
+
 def test_every_rank_saw_the_same_decisions_and_lifecycle(two_rank_run):
     _, summary = two_rank_run
     digests = summary["rank_event_digests"]

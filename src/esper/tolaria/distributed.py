@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -185,12 +186,17 @@ def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
         if name.rsplit(".", 1)[-1] in RANK_LOCAL_BUFFERS
     ]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
-    return DistributedDataParallel(
-        module,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
-        find_unused_parameters=_may_leave_parameters_unused(model),
-    )
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates broadcast_buffers; its advice for buffers that must never be
+        # synchronised (ours: batch norm is averaged per epoch, slot accumulators are
+        # rank-local) is to keep broadcast_buffers=False until init_sync_buffers exists.
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=_may_leave_parameters_unused(model),
+        )
 
 
 def _may_leave_parameters_unused(model: nn.Module) -> bool:

@@ -243,7 +243,10 @@ class Trainer:
         capture = stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
         structure = model_structure(model, training=True)
         loss_fn, accuracy = self.loss_fn, self.unit == "points"
-        forward = self._ddp_forward() if self.dist is not None else self._compiled("train")
+        # Under torch.distributed every pass goes through DDP (a pass outside it would leave
+        # that step's gradients unreduced and the ranks apart for good).
+        eager = self._ddp_forward() if self.dist is not None else model.forward_with_shadows
+        forward = eager if self.dist is not None else self._compiled("train")
         flops_before = self.train_flops.total
         for xb, yb in self._batches("train"):
             opt.zero_grad()
@@ -251,7 +254,7 @@ class Trainer:
             # an eager pass only: compiled passes start from the second.
             fresh = not self.train_flops.knows(structure)
             with self.train_flops.count(structure, xb.shape[0]), self._compile_scope():
-                logits, shadows = (model.forward_with_shadows if fresh else forward)(xb)
+                logits, shadows = (eager if fresh else forward)(xb)
                 loss = loss_fn(logits, yb)
                 if shadows:
                     incubation = model.incubation_loss(
