@@ -853,9 +853,13 @@ def train_main(args: argparse.Namespace) -> int:
             return 2
         context, args.device = ranks.init_from_env(args.device, args.dist_timeout)
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    together = False
     try:
-        return _train_main(args)
+        code = _train_main(args)
+        together = True
+        return code
     except (UsageError, ResumeError, DataNotFoundError) as exc:
+        together = True  # every rank got here alike
         if context is None or context.is_main:  # every rank fails alike: one says so
             print_error(exc)
         return 2
@@ -874,7 +878,7 @@ def train_main(args: argparse.Namespace) -> int:
         return 1
     finally:
         if context is not None:
-            ranks.shutdown()
+            ranks.shutdown(together=together)
 
 
 def _train_main(args: argparse.Namespace) -> int:
