@@ -244,8 +244,17 @@ class MorphogeneticMixin:
     def host_tensor_ptrs(self) -> frozenset[int]:
         """Storage addresses of the host's parameters and buffers, for the structural check that
         no seed shares a tensor with the host."""
-        params, buffers = self._host_own_tensors()
-        return frozenset(t.data_ptr() for t in (*params, *buffers) if t.numel())
+        tensors = self._host_own_tensors()
+        params, buffers = tensors
+        # Cached with the tensor lists (one walk per capture for every slot was a tenth of a
+        # capture). The first tensor's address guards against a copy of the model carrying
+        # its original's addresses (copy.deepcopy maps the lists, not the integers).
+        first = next((t.data_ptr() for t in (*params, *buffers) if t.numel()), None)
+        cached = self.__dict__.get("_host_ptrs")
+        if cached is None or cached[0] is not tensors or cached[1] != first:
+            ptrs = frozenset(t.data_ptr() for t in (*params, *buffers) if t.numel())
+            self.__dict__["_host_ptrs"] = cached = (tensors, first, ptrs)
+        return cached[2]
 
     def _host_own_tensors(self) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
         """Every parameter and buffer that is not under ``seed_slots``: the host's own."""

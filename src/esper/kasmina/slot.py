@@ -301,16 +301,16 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             params.extend(self.blend.parameters())
         return params
 
-    def _tensors_shared_with_host(self, module: nn.Module) -> list[torch.Tensor]:
+    def _tensors_shared_with_host(
+        self, module: nn.Module, params: list[nn.Parameter] | None = None
+    ) -> list[torch.Tensor]:
         """``module``'s parameters and buffers whose storage is the host's: compared by address
-        on the host side, so the check costs no device synchronisation."""
+        on the host side, so the check costs no device synchronisation. ``params``: the
+        module's parameters when the caller has walked them already."""
         owner = self._owner[0]
         host_ptrs = owner.host_tensor_ptrs() if owner is not None else frozenset()
-        return [
-            t
-            for t in (*module.parameters(), *module.buffers())
-            if t.numel() and t.data_ptr() in host_ptrs
-        ]
+        params = list(module.parameters()) if params is None else params
+        return [t for t in (*params, *module.buffers()) if t.numel() and t.data_ptr() in host_ptrs]
 
     def report(self) -> SeedStateReport:
         """A snapshot of this slot for controllers and telemetry."""

@@ -78,7 +78,12 @@ class SlotTelemetry:
         leak = self._leak_sq.clone()
         self._leak_sq.zero_()
         alpha_used = self._alpha_used if isinstance(self.blend, GatedBlend) else self.alpha_tensor
-        shared = len(self._tensors_shared_with_host(self.seed)) if self.isolation_required else 0
+        # The seed's parameters were walked above (with the blend gate's, which no host shares).
+        shared = (
+            len(self._tensors_shared_with_host(self.seed, seed_params))
+            if self.isolation_required
+            else 0
+        )
         tensors = [_total_grad_norm(seed_params, device), leak, alpha_used.float()]
         return _TelemetryProbe(tensors, seed_params, shared)
 
