@@ -244,3 +244,18 @@ def test_model_level_capture_matches_per_slot_capture():
         assert model.seed_slots[name].state.metrics == twin.seed_slots[name].state.metrics
     assert model.seed_slots["early"].state.metrics.isolation_violations == 0
     assert model.seed_slots["late"].state.metrics.isolation_violations == 1
+
+
+def test_a_copied_model_checks_sharing_against_its_own_host_not_the_original():
+    """The host's tensor addresses are cached; a deep copy must not inherit the original's."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MorphogeneticModel(CNNHost(10, 2, 4), slots=["mid"])
+    original = model.host_tensor_ptrs()  # primes the cache
+    twin = copy.deepcopy(model)
+    assert twin.host_tensor_ptrs().isdisjoint(original)
+    twin.germinate_seed("norm", "s", slot="mid")
+    seed = twin.seed_slots["mid"].seed
+    seed.norm.weight = twin.host.blocks[0][1].weight  # the twin's own host tensor, shared
+    assert twin.seed_slots["mid"]._tensors_shared_with_host(seed)
