@@ -215,7 +215,7 @@ def _trainer_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
     from esper.leyline import SeedStage
     from esper.testing import toy_image_task
     from esper.tolaria import Trainer, TrainerConfig
-    from esper.tolaria.distributed import state_digest
+    from esper.tolaria.distributed import shutdown, state_digest
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -243,7 +243,7 @@ def _trainer_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(out))
         trainer.close()
     finally:
-        dist.destroy_process_group()
+        shutdown(together=True)
 
 
 def test_a_leak_on_one_rank_is_counted_on_every_rank_and_a_new_seed_is_rank_zeros(tmp_path):

@@ -20,6 +20,7 @@ Everything here is a collective where it says so: every rank calls it, in the sa
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import os
@@ -98,6 +99,9 @@ def shutdown(*, together: bool) -> None:
     once."""
     if not distributed():
         return
+    # DDP reducers hold the group and gloo work with tensors; let them go first, while the
+    # interpreter is whole (freed at exit, they aborted the process now and then).
+    gc.collect()
     if together:
         try:
             dist.barrier()

@@ -220,9 +220,13 @@ class Trainer:
         return self.recorder.records
 
     def close(self) -> None:
-        """Stop listening to the model (a trainer that is done leaves no subscriber behind)."""
+        """Stop listening to the model (a trainer that is done leaves no subscriber behind) and
+        let go of the DDP wrapper and compiled passes, so they are gone before the process
+        group is (a DDP reducer outliving its gloo group aborted the process at exit)."""
         self.model.unsubscribe(self.recorder)
         self.model.unsubscribe(self.tracker.on_lifecycle)
+        self._ddp = self._ddp_key = None
+        self._compiled_forwards.clear()
 
     def emit(self, event_type: TelemetryEventType, **kwargs) -> None:
         if self.hub is not None:
