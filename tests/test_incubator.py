@@ -268,3 +268,25 @@ def test_the_shadow_pass_writes_no_slot_buffer_and_reads_only_those_forward_neve
     # Where no gated blend runs, nothing writes _alpha_used either: it is read in place.
     assert "model.seed_slots.early._alpha_used" not in frozen
     assert "model.seed_slots.late._alpha_used" not in frozen
+
+
+def test_a_given_baseline_is_the_loss_the_gain_would_have_computed():
+    """``baseline=`` (the training loss the caller has) saves a pass of the loss and changes
+    nothing: the same total, the same recorded gains, bit for bit."""
+    from esper.testing import drive_to, perturb_seed
+
+    gains = []
+    for given in (False, True):
+        torch.manual_seed(0)
+        model = MorphogeneticModel(CNNHost(10, 3, 4), slots=["early", "late"])
+        for name in ("early", "late"):
+            perturb_seed(drive_to(model, name, SeedStage.TRAINING))  # not the identity
+        x, y = _data("cnn")
+        out, shadows = model.forward_with_shadows(x)
+        loss = F.cross_entropy(out, y)
+        extra = {"baseline": loss} if given else {}
+        total = model.incubation_loss(lambda o, y=y: F.cross_entropy(o, y), out, shadows, **extra)
+        gains.append((total, [s._gain_sum.clone() for s in model.seed_slots.values()]))
+    (t0, g0), (t1, g1) = gains
+    assert torch.equal(t0, t1) and all(torch.equal(a, b) for a, b in zip(g0, g1, strict=True))
+    assert any(g.abs() > 0 for g in g0)

@@ -95,6 +95,8 @@ class MorphogeneticMixin:
         loss_fn: Callable[[torch.Tensor], torch.Tensor],
         output: torch.Tensor,
         shadows: dict[str, torch.Tensor],
+        *,
+        baseline: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss that trains the seeds in TRAINING: ``loss_fn`` summed over their shadow
         outputs (0 when there are none).
@@ -108,6 +110,9 @@ class MorphogeneticMixin:
                 out, y)``); called once on ``output`` (without gradient) and once per shadow.
             output: the first result of :meth:`forward_with_shadows` for the same batch.
             shadows: its second result.
+            baseline: ``loss_fn(output)`` when the caller has it already (the training loss):
+                used, detached, instead of computing it again (for a language model's
+                vocabulary-wide cross-entropy that is a whole pass of the loss).
 
         Raises:
             ValueError: a shadow names a slot that is not incubating.
@@ -116,8 +121,10 @@ class MorphogeneticMixin:
             device = output.device if isinstance(output, torch.Tensor) else self._device()
             return torch.zeros((), device=device, dtype=torch.float32)
         total = None
-        with torch.no_grad():  # the output may be any structure the loss reads (a tuple, a dict)
-            baseline = loss_fn(output).float()
+        if baseline is None:
+            with torch.no_grad():  # the output may be any structure the loss reads
+                baseline = loss_fn(output)
+        baseline = baseline.detach().float()
         for name, shadow in shadows.items():
             slot = self._slot(name)
             if not slot.incubating:

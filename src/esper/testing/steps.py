@@ -51,7 +51,7 @@ def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     loss = cross_entropy(out, y)
     if not shadows:
         return loss
-    return loss + model.incubation_loss(lambda o: cross_entropy(o, y), out, shadows)
+    return loss + model.incubation_loss(lambda o: cross_entropy(o, y), out, shadows, baseline=loss)
 
 
 def make_train_step(

@@ -262,7 +262,7 @@ class Trainer:
                 loss = loss_fn(logits, yb)
                 if shadows:
                     incubation = model.incubation_loss(
-                        lambda out, yb=yb: loss_fn(out, yb), logits, shadows
+                        lambda out, yb=yb: loss_fn(out, yb), logits, shadows, baseline=loss
                     )
                     (loss + incubation).backward()
                 else:
