@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from esper import inject_slots
 from esper.kasmina import GateConfig, MorphogeneticModel
 from esper.kasmina.gates import QualityGates
-from esper.leyline import SeedStage
+from esper.leyline import Action, Decision, SeedStage
 from esper.tamiyo import HeuristicConfig, HeuristicController
 from esper.testing import drive_to, set_contribution
 from esper.tolaria import LoaderData, Trainer, TrainerConfig
@@ -136,3 +137,80 @@ def test_gate_results_state_their_unit():
     assert any("0.0010 < 0.005 loss" in c for c in result.checks_failed), result.checks_failed
     points = QualityGates().check_gate(slot.state, SeedStage.FOSSILIZED)
     assert points.unit == "points"
+
+
+def _host_state(trainer):
+    state = trainer.optimizers.host.state_dict()
+    return {k: {n: v.clone() for n, v in s.items()} for k, s in state["state"].items()}
+
+
+def test_growth_keeps_the_host_optimizer_state_of_a_user_model():
+    model = _regressor()
+    config = TrainerConfig(seed=0, total_epochs=4, lr=0.05, seed_lr=0.05)
+    trainer = Trainer(model, _loaders(), config, loss_fn=F.mse_loss)
+    trainer.run_epoch()  # momentum on the host
+    before = _host_state(trainer)
+    assert before
+    grow = Decision(Action.GERMINATE, slot="body.1", blueprint="mlp")
+    assert trainer.apply(grow).applied
+    cull = Decision(Action.CULL, slot="body.1", reason="test")
+    assert trainer.apply(cull).applied
+    after = _host_state(trainer)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k][n], after[k][n]) for k in before for n in before[k])
+    trainer.close()
+
+
+def test_a_user_model_run_resumes_exactly_from_the_trainer_state():
+    x, y = _regression()
+    xv, yv = _regression(128, seed=1)
+
+    def build():
+        model = _regressor()
+        config = TrainerConfig(seed=0, total_epochs=6, lr=0.05, seed_lr=0.05)
+        # Shuffled by torch's global generator, which the trainer's state holds.
+        train = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+        loaders = LoaderData(train=train, val=DataLoader(TensorDataset(xv, yv), batch_size=64))
+        return model, Trainer(model, loaders, config, loss_fn=F.mse_loss)
+
+    model, trainer = build()
+    trainer.run_epoch()
+    assert trainer.apply(Decision(Action.GERMINATE, slot="body.3", blueprint="lora")).applied
+    trainer.run_epoch()
+    state = copy.deepcopy(trainer.state_dict())
+    report = model.seed_slots["body.3"].report()
+    straight = [trainer.run_epoch() for _ in range(2)]
+    torch.manual_seed(12345)  # whatever the global generator holds now, the state restores it
+    fresh_model, fresh = build()  # rebuild, inject the same targets, load
+    fresh.load_state_dict(state)
+    assert fresh_model.seed_slots["body.3"].report() == report  # the seed, with its stage
+    resumed = [fresh.run_epoch() for _ in range(2)]
+    for a, b in zip(straight, resumed, strict=True):
+        assert (a.train_loss, a.val_loss, a.seeds) == (b.train_loss, b.val_loss, b.seeds)
+
+
+def test_a_sampler_with_set_epoch_is_told_each_epoch():
+    from torch.utils.data import Sampler
+
+    class Recording(Sampler):
+        def __init__(self, n):
+            self.n, self.epochs = n, []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __iter__(self):
+            return iter(range(self.n))
+
+        def __len__(self):
+            return self.n
+
+    x, y = _regression(64)
+    sampler = Recording(64)
+    train = DataLoader(TensorDataset(x, y), batch_size=16, sampler=sampler)
+    loaders = LoaderData(train=train, val=[(x, y)])
+    trainer = Trainer(_regressor(), loaders, TrainerConfig(total_epochs=3), loss_fn=F.mse_loss)
+    for _ in range(3):
+        trainer.run_epoch()
+    assert sampler.epochs == [1, 2, 3]
+    trainer.close()

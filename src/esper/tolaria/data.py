@@ -82,7 +82,12 @@ class LoaderData:
     """The user's own batches, for :class:`~esper.tolaria.trainer.Trainer`: each split is a
     ``torch.utils.data.DataLoader`` or any iterable that yields ``(inputs, targets)`` pairs
     afresh every time it is iterated (a list of batches will do; a one-shot generator will
-    not). The training split is visited once per epoch in the loader's own order.
+    not). The training split is visited once per epoch in the loader's own order; a sampler
+    with ``set_epoch`` (``DistributedSampler``) is told the epoch first.
+
+    A killed run resumes exactly when the loader's order comes from torch's global generator
+    (a ``DataLoader(shuffle=True)`` without a ``generator=``; the trainer saves that one) or
+    from ``set_epoch``. A ``generator=`` of your own is yours to save.
 
     Attributes:
         train: training batches.

@@ -329,6 +329,11 @@ class Trainer:
         generator (or in the loader's own order), evaluation splits in order."""
         if self.loaders is not None:
             loader = getattr(self.loaders, split)
+            sampler = getattr(loader, "sampler", None)
+            if split == "train" and callable(getattr(sampler, "set_epoch", None)):
+                # A DistributedSampler (or any sampler keyed by epoch) reshuffles per epoch,
+                # and a resumed run gets the order the uninterrupted one had.
+                sampler.set_epoch(self.epoch)
             return (_on(self.device, batch) for batch in loader)
         shard = None if self.dist is None else (self.dist.rank, self.dist.world_size)
         if split == "train":
