@@ -5,6 +5,7 @@ from esper.kasmina.blueprints import blueprint_costs, get_blueprint, list_bluepr
 from esper.kasmina.errors import GateFailedError, IllegalTransitionError, SlotOccupiedError
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.hosts import CNNHost, TransformerHost, build_host
+from esper.kasmina.inject import InjectionError, inject_slots
 from esper.kasmina.lifecycle import SlotStepReport
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
@@ -18,6 +19,7 @@ __all__ = [
     "GateConfig",
     "GateFailedError",
     "IllegalTransitionError",
+    "InjectionError",
     "MorphogeneticModel",
     "QualityGates",
     "SeedSlot",
@@ -31,5 +33,6 @@ __all__ = [
     "build_host",
     "capture_telemetry",
     "get_blueprint",
+    "inject_slots",
     "list_blueprints",
 ]
