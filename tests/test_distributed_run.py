@@ -70,6 +70,38 @@ def test_a_static_run_stays_one_model_from_its_first_step(tmp_path):
     assert "FutureWarning" not in proc.stderr
 
 
+def test_a_learned_policy_decides_on_rank_zero_for_both_ranks(tmp_path):
+    run_dir = tmp_path / "ppo"
+    proc = _torchrun("ppo", "--task", "digits", "--epochs", "12", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ranks_identical"] is True
+    assert len(set(summary["rank_event_digests"])) == 1
+
+
+def test_equal_states_have_equal_digests_whatever_objects_hold_their_strings():
+    """Ranks build equal slot states from different objects (rank 0's decision is unpickled on
+    the others): the digest must see values, not which equal strings are one object."""
+    from torch import nn
+
+    from esper.tolaria.distributed import state_digest
+
+    class Holder(nn.Module):
+        def __init__(self, extra) -> None:
+            super().__init__()
+            self.extra = extra
+
+        def state_dict(self):
+            return {"slot._extra_state": self.extra}
+
+    name = "".join(["conv", "_light"])
+    twin = "".join(["conv_", "light"])  # equal to name, another object
+    shared = {"blueprint_id": name, "fossils": [["s0", name]]}
+    distinct = {"blueprint_id": name, "fossils": [["s0", twin]]}
+    assert state_digest(Holder(shared)) == state_digest(Holder(distinct))
+    assert state_digest(Holder({**shared, "blueprint_id": "norm"})) != state_digest(Holder(shared))
+
+
 def test_every_rank_saw_the_same_decisions_and_lifecycle(two_rank_run):
     _, summary = two_rank_run
     digests = summary["rank_event_digests"]

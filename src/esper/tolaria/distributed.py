@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import io
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -161,10 +161,9 @@ def state_digest(model: nn.Module) -> str:
             t = value.detach().cpu().contiguous()
             digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:  # a slot's extra state: plain data
-            buffer = io.BytesIO()
-            torch.save(value, buffer)
-            digest.update(buffer.getvalue())
+        else:  # a slot's extra state: plain data, in a canonical form (pickled bytes would
+            # depend on which equal strings happen to be one object, which differs by rank)
+            digest.update(json.dumps(value, sort_keys=True, default=repr).encode())
     return digest.hexdigest()
 
 
