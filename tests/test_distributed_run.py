@@ -290,3 +290,25 @@ def test_a_leak_on_one_rank_is_counted_on_every_rank_and_a_new_seed_is_rank_zero
     assert ranks[0]["violations"] == ranks[1]["violations"] >= 1
     # Seeds drawn from different generators start as rank 0's (the rebuilt DDP broadcast).
     assert ranks[0]["digest"] == ranks[1]["digest"]
+
+
+def test_a_bad_dist_timeout_is_one_line_and_nothing_is_written(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esper.scripts.train",
+            "static",
+            "--dist-timeout",
+            "0",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "esper: error: --dist-timeout must be > 0 seconds, got 0.0"
+    assert not (tmp_path / "r").exists()

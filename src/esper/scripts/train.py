@@ -847,10 +847,10 @@ def train_main(args: argparse.Namespace) -> int:
     launcher stops it) says so in one line and exits 1; the run directory keeps its last
     checkpoint."""
     context = None
+    if not args.dist_timeout > 0:
+        print_error(UsageError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}"))
+        return 2
     if ranks.launched_by_torchrun():
-        if args.dist_timeout <= 0:
-            print_error(UsageError(f"--dist-timeout must be > 0, got {args.dist_timeout}"))
-            return 2
         context, args.device = ranks.init_from_env(args.device, args.dist_timeout)
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     together = False
