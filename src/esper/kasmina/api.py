@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from esper.kasmina.lifecycle import SlotStepReport
-from esper.kasmina.routes import BYPASS
+from esper.kasmina.routes import BYPASS, RouteTap
 from esper.kasmina.slot import SeedSlot
 from esper.kasmina.telemetry import capture_telemetry
 from esper.leyline import (
@@ -283,15 +283,29 @@ class MorphogeneticMixin:
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @contextlib.contextmanager
-    def disable_slots(self) -> Iterator[None]:
-        """Run the host alone: inside the block every slot passes its features through, so the
-        output is the host's without any seed, fossils included (like PEFT's
-        ``disable_adapter``). Nothing is changed when the block exits."""
-        saved, self._route_mode = self._route_mode, BYPASS
+    def _routed(self, mode) -> Iterator[None]:
+        """Inside the block the slot routes work in ``mode`` (see :mod:`esper.kasmina.routes`);
+        the mode before it comes back when the block exits."""
+        saved, self._route_mode = self._route_mode, mode
         try:
             yield
         finally:
             self._route_mode = saved
+
+    def _tapped_forward(self, *args, **kwargs) -> tuple[object, list]:
+        """``self(*args, **kwargs)`` with every incubating slot recording the features it saw:
+        ``(output, [(slot, features after its fossils), ...])`` in forward order, the real
+        pass of a shadow pass."""
+        tap = RouteTap()
+        with self._routed(tap):
+            output = self(*args, **kwargs)
+        return output, tap.taps
+
+    def disable_slots(self) -> contextlib.AbstractContextManager[None]:
+        """Run the host alone: inside the block every slot passes its features through, so the
+        output is the host's without any seed, fossils included (like PEFT's
+        ``disable_adapter``). Nothing is changed when the block exits."""
+        return self._routed(BYPASS)
 
     @contextlib.contextmanager
     def force_alpha(self, value: float, slots: Iterable[str] | None = None) -> Iterator[None]:

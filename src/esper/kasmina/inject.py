@@ -26,7 +26,7 @@ from torch.func import functional_call
 from esper.kasmina.api import SLOTS_ATTRIBUTE, MorphogeneticMixin, SlotDict
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import GateConfig, QualityGates
-from esper.kasmina.routes import RouteShadow, RouteTap, install_routes
+from esper.kasmina.routes import RouteShadow, install_routes
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import (
     DEFAULT_BLENDING_STEPS,
@@ -66,24 +66,16 @@ class InjectedModel(MorphogeneticMixin):
         with that seed blended in at alpha 1 and every host tensor detached (see the module's
         docstring). Train on ``loss(output) + model.incubation_loss(loss_fn, output, shadows)``.
         ``shadows`` is empty when no seed is in TRAINING or gradients are disabled."""
-        tap = RouteTap()
-        self._route_mode = tap
-        try:
-            output = self(*args, **kwargs)
-        finally:
-            self._route_mode = None
-        if not tap.taps or not torch.is_grad_enabled():
+        output, taps = self._tapped_forward(*args, **kwargs)
+        if not taps or not torch.is_grad_enabled():
             return output, {}
         frozen = self._frozen_tensors()
         shadows = {}
-        for slot, features in tap.taps:
-            self._route_mode = RouteShadow(slot, slot.shadow_features(features))
-            try:
+        for slot, features in taps:
+            with self._routed(RouteShadow(slot, slot.shadow_features(features))):
                 shadows[slot.name] = functional_call(
                     self, frozen, args, kwargs, strict=False, tie_weights=False
                 )
-            finally:
-                self._route_mode = None
         return output, shadows
 
 

@@ -21,7 +21,7 @@ from esper.kasmina.api import MorphogeneticMixin, SlotDict
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.hosts import build_host
-from esper.kasmina.routes import RouteTap, install_routes
+from esper.kasmina.routes import install_routes
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import (
     DEFAULT_BLENDING_STEPS,
@@ -153,13 +153,8 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
             ``(output, shadows)``: ``shadows`` maps slot names to shadow outputs; it is empty
             when no seed is in TRAINING or gradients are disabled (nothing would learn).
         """
-        tap = RouteTap()
-        self._route_mode = tap
-        try:
-            output = self.host(x)
-        finally:
-            self._route_mode = None
-        if not tap.taps or not torch.is_grad_enabled():
+        output, taps = self._tapped_forward(x)
+        if not taps or not torch.is_grad_enabled():
             return output, {}
         frozen = self._frozen_tensors(prefix="model.")
         downstream = _Downstream(self)
@@ -173,7 +168,7 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
                 strict=False,
                 tie_weights=False,
             )
-            for slot, at in tap.taps
+            for slot, at in taps
         }
         return output, shadows
 
