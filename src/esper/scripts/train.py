@@ -446,12 +446,9 @@ def _execute(
     main = context is None or context.is_main
     if not main:
         console = _quiet_console()
-        # The telemetry state is rank 0's (its event log's length); this rank has no log.
-        checkpoint = (
-            {**checkpoint, "trainer": {**checkpoint["trainer"], "telemetry": {}}}
-            if (checkpoint)
-            else None
-        )
+        if checkpoint is not None:
+            # The telemetry state is rank 0's (its event log's length); this rank has no log.
+            checkpoint = {**checkpoint, "trainer": {**checkpoint["trainer"], "telemetry": {}}}
 
     def save() -> None:
         wall = earlier + time.perf_counter() - started

@@ -279,16 +279,28 @@ class Trainer:
         if self.dist is not None:
             # Each rank normalised its own batches; the model must stay one model.
             ranks.average_norm_statistics(model)
-            # Each rank counted its own rows: the run's compute is the sum.
-            flops = self.train_flops.total - flops_before
-            total_loss, total_correct, n_batches, n_targets, flops = ranks.sums(
-                [loss_sum.item(), correct.item(), n_batches, n_targets, flops], self.device
-            )
-            self.train_flops.total = flops_before + flops
-            return total_loss / max(n_batches, 1), self._accuracy(
-                torch.tensor(total_correct), int(n_targets)
-            )
-        return (loss_sum / max(n_batches, 1)).item(), self._accuracy(correct, n_targets)
+        return self._means(self.train_flops, flops_before, loss_sum, n_batches, correct, n_targets)
+
+    def _means(
+        self,
+        meter: FlopMeter,
+        flops_before: float,
+        loss_sum: torch.Tensor,
+        n_loss: int,
+        correct: torch.Tensor,
+        n_targets: int,
+    ) -> tuple[float, float]:
+        """``(loss_sum / n_loss, accuracy %)`` of a pass. Under torch.distributed the sums,
+        counts and the FLOPs ``meter`` counted since ``flops_before`` are added over the ranks
+        first (in one collective), so every rank gets the run's numbers."""
+        if self.dist is None:
+            return (loss_sum / max(n_loss, 1)).item(), self._accuracy(correct.item(), n_targets)
+        flops = meter.total - flops_before
+        loss_total, correct_total, n_loss, n_targets, flops = ranks.sums(
+            [loss_sum.item(), correct.item(), n_loss, n_targets, flops], self.device
+        )
+        meter.total = flops_before + flops
+        return loss_total / max(n_loss, 1), self._accuracy(correct_total, int(n_targets))
 
     def _compiled(self, kind: str):
         """The training (``forward_with_shadows``) or evaluation forward, compiled with
@@ -321,8 +333,8 @@ class Trainer:
             self._ddp_key = key
         return self._ddp
 
-    def _accuracy(self, correct: torch.Tensor, n: int) -> float:
-        return 100.0 * correct.item() / max(n, 1) if self.unit == "points" else math.nan
+    def _accuracy(self, correct: float, n: int) -> float:
+        return 100.0 * correct / max(n, 1) if self.unit == "points" else math.nan
 
     def _batches(self, split: str):
         """``(inputs, targets)`` on the device: the training split shuffled by the run's
@@ -386,14 +398,7 @@ class Trainer:
                 correct += _correct(logits, yb)
             n += yb.numel()
         model.train(was_training)
-        if self.dist is not None:
-            flops = self.eval_flops.total - flops_before
-            total_loss, total_correct, n, flops = ranks.sums(
-                [loss_sum.item(), correct.item(), n, flops], self.device
-            )
-            self.eval_flops.total = flops_before + flops
-            return total_loss / max(n, 1), self._accuracy(torch.tensor(total_correct), int(n))
-        return (loss_sum / max(n, 1)).item(), self._accuracy(correct, n)
+        return self._means(self.eval_flops, flops_before, loss_sum, n, correct, n)
 
     def counterfactuals(self, val_quality: float) -> int:
         """For each seed that affects the output: quality (:meth:`quality`) with it minus
