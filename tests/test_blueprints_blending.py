@@ -24,7 +24,7 @@ REQUIRED = {
 
 def _features(topology: str, width: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    shape = (3, width, 5, 5) if topology == "cnn" else (3, 6, width)
+    shape = {"cnn": (3, width, 5, 5), "transformer": (3, 6, width), "mlp": (3, width)}[topology]
     return torch.randn(shape, generator=gen)
 
 
@@ -55,7 +55,7 @@ def test_unknown_topology_and_blueprint_errors_name_the_valid_choices():
     assert "depthwise" not in str(err.value)
 
 
-@pytest.mark.parametrize("topology", ["cnn", "transformer"])
+@pytest.mark.parametrize("topology", ["cnn", "transformer", "mlp"])
 @pytest.mark.parametrize("width", [4, 8, 16])
 def test_blueprints_preserve_shape_and_start_as_identity(topology, width):
     x = _features(topology, width)
@@ -67,7 +67,7 @@ def test_blueprints_preserve_shape_and_start_as_identity(topology, width):
         torch.testing.assert_close(out, x, rtol=0, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("topology", ["cnn", "transformer"])
+@pytest.mark.parametrize("topology", ["cnn", "transformer", "mlp"])
 def test_blueprint_costs_match_built_seeds(topology):
     width = 16
     costs = blueprint_costs(topology, width)

@@ -281,22 +281,8 @@ def _tf_mlp(width: int) -> nn.Module:
 
 # --- MLP (flat features) ----------------------------------------------------------------------
 
-
-@register_blueprint("mlp", "noop", "identity; no parameters")
-def _mlp_noop(width: int) -> nn.Module:
-    return Identity()
-
-
-@register_blueprint("mlp", "norm", "x + scale * LayerNorm(x)")
-def _mlp_norm(width: int) -> nn.Module:
-    return ScaledNormResidual(nn.LayerNorm(width), width, channel_dim=-1)
-
-
-@register_blueprint("mlp", "lora", "x + up(down(x)), rank 8, up zero-initialized")
-def _mlp_lora(width: int) -> nn.Module:
-    return LowRankResidual(width)
-
-
-@register_blueprint("mlp", "mlp", "x + fc2(gelu(fc1(ln(x)))), 4x hidden, fc2 zero-init")
-def _mlp_mlp(width: int) -> nn.Module:
-    return _tf_mlp(width)
+# The transformer blueprints that act on the last dimension alone serve flat (B, C) features as
+# they are: the same factories, registered again (attention needs a sequence, so it is not).
+for _name in ("noop", "norm", "lora", "mlp"):
+    _blueprint = _REGISTRY["transformer"][_name]
+    register_blueprint("mlp", _name, _blueprint.description)(_blueprint.factory)
