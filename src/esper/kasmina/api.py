@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from esper.kasmina.events import Listeners
+from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.lifecycle import SlotStepReport
-from esper.kasmina.routes import BYPASS, RouteTap
+from esper.kasmina.routes import BYPASS, RouteTap, install_routes
 from esper.kasmina.slot import SeedSlot
 from esper.kasmina.telemetry import capture_telemetry
 from esper.leyline import (
@@ -65,9 +67,36 @@ class SlotDict(nn.ModuleDict):
 class MorphogeneticMixin:
     """The lifecycle, event, telemetry and accounting API of a model with ``seed_slots``.
 
-    A class using it sets ``seed_slots`` (a :class:`SlotDict`), ``_listeners`` (a
-    ``Listeners``) and ``_host_tensors = None`` before use, and attaches every slot to itself.
+    A class using it calls :meth:`_install_slots` once its host modules are in place.
     """
+
+    def _install_slots(
+        self,
+        root: nn.Module,
+        slots: dict[str, tuple[int, str, str]],
+        gate_config: GateConfig | None,
+        settings: dict[str, int],
+    ) -> None:
+        """Create the model's slots and route them onto ``root``'s modules.
+
+        Args:
+            root: the module whose submodules the targets name (the host, or the model itself).
+            slots: ``{slot name: (width, topology, target module name)}`` in forward order.
+            gate_config: the gates every slot shares (leyline's defaults when None).
+            settings: the slots' ``blending_steps``, ``probation_epochs``, ``embargo_epochs``.
+        """
+        gates = QualityGates(gate_config)
+        self._host_tensors = None
+        self._listeners = Listeners()
+        self._route_mode = None
+        self.slot_settings = dict(settings)
+        self.seed_slots = SlotDict(
+            {
+                name: SeedSlot(name, width, topology, gates=gates, **settings)
+                for name, (width, topology, _) in slots.items()
+            }
+        )
+        install_routes(self, root, {name: target for name, (_, _, target) in slots.items()})
 
     def _frozen_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Every parameter detached and every buffer copied, by every name it has, for a shadow

@@ -23,11 +23,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from esper.kasmina.api import SLOTS_ATTRIBUTE, MorphogeneticMixin, SlotDict
-from esper.kasmina.events import Listeners
-from esper.kasmina.gates import GateConfig, QualityGates
-from esper.kasmina.routes import RouteShadow, install_routes
-from esper.kasmina.slot import SeedSlot
+from esper.kasmina.api import SLOTS_ATTRIBUTE, MorphogeneticMixin
+from esper.kasmina.gates import GateConfig
+from esper.kasmina.routes import RouteShadow
 from esper.leyline import (
     DEFAULT_BLENDING_STEPS,
     DEFAULT_EMBARGO_EPOCHS,
@@ -302,29 +300,25 @@ def inject_slots(
         raise InjectionError(f"inject_slots: widths/layouts name {extra!r}, which is not a slot")
 
     # Everything is checked: from here on the model changes.
-    gates = QualityGates(gate_config)
-    settings = {
-        "blending_steps": blending_steps,
-        "probation_epochs": probation_epochs,
-        "embargo_epochs": embargo_epochs,
-    }
-    slots = SlotDict()
-    for name in order:
-        width, topology = spec[name]
-        slots[name] = SeedSlot(name, width, topology, gates=gates, **settings)
-    reference = next(iter(model.parameters()), None)
-    if reference is not None:
-        slots.to(reference.device)
     model.__class__ = _injected_class(type(model))
-    model.seed_slots = slots
-    model._listeners = Listeners()
-    model._host_tensors = None
-    model._route_mode = None
+    model._install_slots(
+        model,
+        {name: (*spec[name], resolved[name]) for name in order},
+        gate_config,
+        {
+            "blending_steps": blending_steps,
+            "probation_epochs": probation_epochs,
+            "embargo_epochs": embargo_epochs,
+        },
+    )
     model.slot_targets = {name: resolved[name] for name in order}
-    model.slot_settings = settings
     if not hasattr(model, "topology"):  # a host that names its own (the built-in ones) keeps it
-        topologies = {slot.topology for slot in slots.values()}
+        topologies = {slot.topology for slot in model.seed_slots.values()}
         model.topology = topologies.pop() if len(topologies) == 1 else "mixed"
-    install_routes(model, model, {name: resolved[name] for name in order})
-    slots.train(model.training)
+    reference = next(
+        (p for n, p in model.named_parameters() if not n.startswith("seed_slots.")), None
+    )
+    if reference is not None:
+        model.seed_slots.to(reference.device)
+    model.seed_slots.train(model.training)
     return model

@@ -17,12 +17,9 @@ from torch import nn
 from torch.func import functional_call
 
 from esper._atomic import atomic_path
-from esper.kasmina.api import MorphogeneticMixin, SlotDict
-from esper.kasmina.events import Listeners
-from esper.kasmina.gates import GateConfig, QualityGates
+from esper.kasmina.api import MorphogeneticMixin
+from esper.kasmina.gates import GateConfig
 from esper.kasmina.hosts import build_host
-from esper.kasmina.routes import install_routes
-from esper.kasmina.slot import SeedSlot
 from esper.leyline import (
     DEFAULT_BLENDING_STEPS,
     DEFAULT_EMBARGO_EPOCHS,
@@ -96,27 +93,21 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
             )
         if len(set(slots)) != len(slots):
             raise ValueError(f"slots must be unique, got {slots}")
-        self._host_tensors: tuple[list, list] | None = None
-        self._listeners = Listeners()
         self.host = host
         self.topology = host.topology
-        gates = QualityGates(gate_config)
-        self.slot_settings = {
-            "blending_steps": blending_steps,
-            "probation_epochs": probation_epochs,
-            "embargo_epochs": embargo_epochs,
-        }
         # Forward order: by position, ties broken by the host's own point order.
         ordered = [name for name in points if name in slots]
-        self.seed_slots = SlotDict(
-            {
-                name: SeedSlot(name, points[name], self.topology, gates=gates, **self.slot_settings)
-                for name in ordered
-            }
-        )
         self._positions = {name: host.injection_positions[name] for name in ordered}
-        self._route_mode = None
-        install_routes(self, host, {name: host.injection_targets[name] for name in ordered})
+        self._install_slots(
+            host,
+            {name: (points[name], self.topology, host.injection_targets[name]) for name in ordered},
+            gate_config,
+            {
+                "blending_steps": blending_steps,
+                "probation_epochs": probation_epochs,
+                "embargo_epochs": embargo_epochs,
+            },
+        )
         self.to(device)
 
     # ------------------------------------------------------------------ forward
