@@ -66,7 +66,7 @@ from esper.scripts.checkpoints import (
 from esper.tamiyo import HeuristicConfig, HeuristicController
 from esper.tamiyo.heuristic import TIMINGS
 from esper.tolaria import distributed as ranks
-from esper.tolaria.config import TrainerConfig
+from esper.tolaria.config import TrainerConfig, check_compile_backend
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import build_task_host, get_task, list_tasks
 from esper.tolaria.trainer import Trainer
@@ -147,13 +147,10 @@ class RunConfig:
         if self.timing not in TIMINGS:
             raise UsageError(f"unknown --timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
         if self.compile is not None:
-            import torch._dynamo
-
-            backends = torch._dynamo.list_backends(exclude_tags=())
-            if self.compile not in backends:
-                raise UsageError(
-                    f"unknown --compile backend {self.compile!r}; valid: {', '.join(backends)}"
-                )
+            try:
+                check_compile_backend(self.compile, "unknown --compile backend")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         if self.policy is not None and self.mode != "ppo":
             raise UsageError(f"--policy drives mode ppo, not {self.mode}")
         if self.device != "cpu" and not self.device.startswith("cuda"):

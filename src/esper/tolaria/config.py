@@ -22,6 +22,16 @@ from esper.leyline import (
 from esper.tolaria.optim import OPTIMIZERS
 
 
+def check_compile_backend(name: str, unknown: str) -> None:
+    """Raise ValueError ("``unknown`` 'name'; valid: ...") unless ``name`` is a
+    ``torch.compile`` backend this torch has."""
+    import torch._dynamo  # imported here: most runs never compile
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if name not in backends:
+        raise ValueError(f"{unknown} {name!r}; valid: {', '.join(backends)}")
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     """How a :class:`~esper.tolaria.trainer.Trainer` trains; saved in ``config.json``.
@@ -99,14 +109,7 @@ class TrainerConfig:
             if value is not None and value < 1:
                 raise ValueError(f"TrainerConfig.{name} must be None or >= 1, got {value}")
         if self.compile is not None:
-            import torch._dynamo
-
-            backends = torch._dynamo.list_backends(exclude_tags=())
-            if self.compile not in backends:
-                raise ValueError(
-                    f"TrainerConfig.compile: unknown backend {self.compile!r}; valid: "
-                    f"{', '.join(backends)}"
-                )
+            check_compile_backend(self.compile, "TrainerConfig.compile: unknown backend")
         if not 0.0 <= self.lr_floor <= 1.0:
             raise ValueError(f"TrainerConfig.lr_floor must be in [0, 1], got {self.lr_floor}")
 
