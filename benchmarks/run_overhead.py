@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/run_overhead.py --task digits --seeds 0,1,2
     python benchmarks/run_overhead.py --task digits --seeds 0 --reps 5 --json
+    python benchmarks/run_overhead.py --task digits --shadow-every 1   # the shadow pass every step
 
 Three runs per seed, built exactly as ``esper train`` builds them and timed side by side in one
 process (interleaved, ``--reps`` times, medians):
@@ -17,7 +18,9 @@ Training FLOPs are the matmul/conv/attention FLOPs of the training passes (seeds
 passes included, see ``esper.tolaria.flops``); evaluation FLOPs cover validation and the
 counterfactual passes, which get a row of their own (FLOPs and seconds). Data loading is not
 timed. The check the issue asks for: a grown run's training FLOPs are at most its
-static-equivalent's (growth trains the extra capacity for part of the run only).
+static-equivalent's (growth trains the extra capacity for part of the run only). A run that
+keeps no seed has the static host as its static-equivalent, which no run that tried a seed can
+match; the per-seed lines say which runs those are.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="default: the task's")
     parser.add_argument("--width-multiplier", type=float, default=1.0)
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each run")
+    parser.add_argument(
+        "--shadow-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps between incubating seeds' shadow passes (default: the task's)",
+    )
     parser.add_argument("--json", action="store_true", help="last line: the numbers as JSON")
     return parser.parse_args(argv)
 
@@ -131,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if not seeds or args.reps < 1:
         return _fail("--seeds needs at least one seed and --reps must be >= 1")
-    config = EpisodeConfig(args.task, epochs=args.epochs, width_multiplier=args.width_multiplier)
+    if args.shadow_every is not None and args.shadow_every < 1:
+        return _fail(f"--shadow-every must be >= 1, got {args.shadow_every}")
+    config = EpisodeConfig(
+        args.task,
+        epochs=args.epochs,
+        width_multiplier=args.width_multiplier,
+        shadow_every=args.shadow_every,
+    )
     try:
         config.run_config(seeds[0])  # validates epochs and width before anything trains
     except ValueError as exc:
@@ -140,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = measure(config, seed, args.reps, data)
-        grown = per_seed[seed]["grown"]
+        grown, equivalent = per_seed[seed]["grown"], per_seed[seed]["equivalent"]
         print(
             f"seed {seed}: grown {grown['params']} params, "
-            f"{len(grown['architecture'])} seed(s) in the final model",
+            f"{len(grown['architecture'])} seed(s) in the final model; training FLOPs "
+            f"{grown['train_flops'] / equivalent['train_flops']:.3f}x its static-equivalent's",
             flush=True,
         )
 
@@ -168,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     }
     equivalent_wall = rows["equivalent"]["wall_s"]
+    shadow_every = config.to_dict()["shadow_every"]
     print(
-        f"# {args.task}, {config.resolved_epochs()} epochs, width x{args.width_multiplier:g}: "
-        f"means over seeds {seeds}, wall time the median of {args.reps} interleaved runs"
+        f"# {args.task}, {config.resolved_epochs()} epochs, width x{args.width_multiplier:g}, "
+        f"shadow pass every {shadow_every} step(s): means over seeds {seeds}, wall time the "
+        f"median of {args.reps} interleaved runs"
     )
     print("| run | params | train GFLOP | eval GFLOP | wall s | wall / equivalent | val acc |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -200,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             "task": args.task,
             "epochs": config.resolved_epochs(),
             "width_multiplier": args.width_multiplier,
+            "shadow_every": shadow_every,
             "seeds": seeds,
             "reps": args.reps,
             "rows": rows,

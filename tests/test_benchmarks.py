@@ -209,7 +209,7 @@ def test_rollout_scaling_runs_the_same_episodes_on_every_pool():
 
 
 def test_run_overhead_compares_a_grown_run_with_its_final_architecture_trained_from_the_start():
-    # Seed 1 of stock digits fossilizes one seed (measured); 1 repetition keeps it short.
+    # Seed 1 of stock digits keeps one seed (measured); 1 repetition keeps it short.
     proc = _run("run_overhead.py", "--task", "digits", "--seeds", "1", "--reps", "1", "--json")
     result = _last_json(proc.stdout)
     passed = result["checks"]["grown_train_flops_at_most_equivalent"]
@@ -223,8 +223,12 @@ def test_run_overhead_compares_a_grown_run_with_its_final_architecture_trained_f
     assert 0 < rows["counterfactual"]["eval_flops"] < rows["grown"]["eval_flops"]
     assert runs["static"]["counterfactual_flops"] == 0
     assert "| static-equivalent |" in proc.stdout and "counterfactual passes" in proc.stdout
+    assert result["shadow_every"] == 4 and "shadow pass every 4 step(s)" in proc.stdout
+    assert "x its static-equivalent's" in proc.stdout
     bad = _run("run_overhead.py", "--task", "nope")
     assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr
+    bad = _run("run_overhead.py", "--shadow-every", "0")
+    assert bad.returncode == 2 and "--shadow-every must be >= 1, got 0" in bad.stderr
 
 
 def test_distributed_throughput_runs_one_and_two_processes():

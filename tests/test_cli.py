@@ -25,6 +25,7 @@ from esper.cli import main
         (["train", "static", "--task", "cifar10"], "cifar-10-batches-py"),
         (["report", "/nonexistent/run"], "/nonexistent/run"),
         (["train", "heuristic", "--max-seeds", "-1"], "--max-seeds must be >= 0"),
+        (["train", "heuristic", "--shadow-every", "0"], "--shadow-every must be >= 1, got 0"),
         (["train", "heuristic", "--timing", "soon"], "valid: plateau, relative"),
     ],
 )

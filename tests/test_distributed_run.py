@@ -21,8 +21,10 @@ from esper.scripts.checkpoints import read_run_checkpoint
 from esper.tolaria.data import iterate_batches
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-#: Seed 1 fossilizes a seed on two processes (seed 0 culls all five it grows).
-SEED = "1"
+#: Seed 0 fossilizes a seed on two processes (seed 3 culls every seed it grows). Digits runs
+#: the shadow pass every 4th step, so the DDP wrapper also meets steps that leave an incubating
+#: seed without gradient.
+SEED = "0"
 
 
 def _env() -> dict:

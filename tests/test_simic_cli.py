@@ -35,6 +35,9 @@ def test_simic_train_writes_a_policy_that_esper_train_ppo_runs(policy_file, tmp_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mode"] == "ppo" and summary["epochs"] == 3
     assert summary["width_multiplier"] == 0.5 and "was trained on" not in capsys.readouterr().out
+    # A policy trained now records the task's shadow stride, and its runs use it.
+    assert saved["episode"]["shadow_every"] == 4
+    assert json.loads((run_dir / "config.json").read_text())["trainer"]["shadow_every"] == 4
     # Flags win, and a run unlike the training runs says so.
     wide = tmp_path / "wide"
     assert main([*argv, "--width-multiplier", "1", "--run-dir", str(wide)]) == 0
@@ -63,6 +66,9 @@ def test_the_shipped_policies_are_listed_and_run_their_own_kind_of_run(capsys, t
     assert main(["train", "ppo", "--task", "digits", "--run-dir", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["mode"], summary["epochs"], summary["width_multiplier"]) == ("ppo", 30, 0.5)
+    # It was trained before digits ran the shadow pass every 4th step: its runs keep every step.
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["shadow_every"] == 1 and config["trainer"]["shadow_every"] == 1
 
 
 def _bad_inputs(tmp_path, policy_file) -> list[tuple[list[str], str]]:

@@ -51,6 +51,13 @@ DEFAULT_SIGMOID_STEEPNESS = 10.0
 DEFAULT_GRADIENT_EMA_DECAY = 0.9
 #: Training steps between gradient-telemetry captures.
 DEFAULT_GRADIENT_TELEMETRY_STRIDE = 10
+
+# --- Incubation ------------------------------------------------------------------------------
+#: Training steps between shadow passes (1: every step). The shadow pass runs the network from
+#: an incubating seed's slot to the head again, which for a seed near the input is most of a
+#: step; the other steps train the host alone and the seed waits, with no gradient. A capture
+#: step of gradient telemetry always has its shadow pass, so the seed's gradient is measured.
+DEFAULT_SHADOW_EVERY = 1
 #: Version of the telemetry event schema written to events.jsonl.
 TELEMETRY_SCHEMA_VERSION = 1
 

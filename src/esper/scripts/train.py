@@ -124,6 +124,8 @@ class RunConfig:
     policy: str | None = None
     #: A ``torch.compile`` backend for the training and evaluation passes (None: eager).
     compile: str | None = None
+    #: Steps between incubating seeds' shadow passes (None: the task's default).
+    shadow_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -144,6 +146,8 @@ class RunConfig:
             raise UsageError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.max_seeds is not None and self.max_seeds < 0:
             raise UsageError(f"--max-seeds must be >= 0, got {self.max_seeds}")
+        if self.shadow_every is not None and self.shadow_every < 1:
+            raise UsageError(f"--shadow-every must be >= 1, got {self.shadow_every}")
         if self.timing not in TIMINGS:
             raise UsageError(f"unknown --timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
         if self.compile is not None:
@@ -181,6 +185,8 @@ class RunConfig:
         # Runs written before ``timing`` existed grew on the plateau rule; resuming one must not
         # change its controller under it.
         values.setdefault("timing", "plateau")
+        # ...and before ``shadow_every`` existed, every step ran the shadow pass.
+        values.setdefault("shadow_every", 1)
         for key in ("slots", "blueprints", "log"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -196,6 +202,7 @@ class RunConfig:
             epoch_samples=spec.epoch_samples,
             total_epochs=epochs,
             telemetry_stride=self.gradient_telemetry_stride,
+            shadow_every=self.shadow_every or spec.shadow_every,
             seed=self.seed,
             max_seeds=self.max_seeds,
             compile=self.compile,
@@ -693,6 +700,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="germinate at most N seeds in the run, stacked ones included (default: no bound)",
     )
     parser.add_argument(
+        "--shadow-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run an incubating seed's shadow pass every N training steps (default: the "
+        "task's; 1 is every step); the others train the host alone",
+    )
+    parser.add_argument(
         "--timing",
         default=DEFAULT_TIMING,
         help="when the heuristic grows: relative (default: once the validation loss curve has "
@@ -767,6 +782,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 if args.width_multiplier is not None
                 else float(trained.get("width_multiplier", 1.0))
             ),
+            # The incubation the policy learned under (every step before the setting existed).
+            shadow_every=(
+                cfg.shadow_every
+                if args.shadow_every is not None
+                else int(trained.get("shadow_every", 1))
+            ),
         )
     return cfg
 
@@ -790,6 +811,7 @@ def _config_from_flags(args: argparse.Namespace) -> RunConfig:
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
         max_seeds=args.max_seeds,
+        shadow_every=args.shadow_every,
         timing=args.timing,
         policy=args.policy,
         compile=args.compile,

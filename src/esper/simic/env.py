@@ -45,6 +45,7 @@ class EpisodeConfig:
         max_seeds: the run's germination budget (None: unbounded).
         data_dir: where a task with local data finds it.
         threads: torch intra-op threads (results on a CPU depend on it).
+        shadow_every: steps between incubating seeds' shadow passes; None means the task's.
     """
 
     task: str
@@ -54,6 +55,7 @@ class EpisodeConfig:
     max_seeds: int | None = None
     data_dir: str | None = None
     threads: int = 1
+    shadow_every: int | None = None
 
     def run_config(self, seed: int, mode: str = "heuristic") -> RunConfig:
         """The equivalent ``esper train`` configuration (validated there)."""
@@ -67,6 +69,7 @@ class EpisodeConfig:
             max_seeds=self.max_seeds,
             data_dir=self.data_dir,
             threads=self.threads,
+            shadow_every=self.shadow_every,
         )
 
     def resolved_slots(self) -> tuple[str, ...]:
@@ -94,6 +97,7 @@ class EpisodeConfig:
             "width_multiplier": self.width_multiplier,
             "slots": list(self.resolved_slots()),
             "max_seeds": self.max_seeds,
+            "shadow_every": self.shadow_every or get_task(self.task).shadow_every,
         }
 
     @classmethod
@@ -105,6 +109,8 @@ class EpisodeConfig:
             width_multiplier=raw.get("width_multiplier", 1.0),
             slots=tuple(raw["slots"]) if raw.get("slots") else None,
             max_seeds=raw.get("max_seeds"),
+            # Policies trained before the setting existed saw the shadow pass on every step.
+            shadow_every=raw.get("shadow_every", 1),
         )
 
 

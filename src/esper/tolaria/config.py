@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 from esper.leyline import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_SHADOW_EVERY,
     DEFAULT_EVAL_BATCH_SIZE,
     DEFAULT_GOVERNOR_HISTORY,
     DEFAULT_GOVERNOR_MIN_HISTORY,
@@ -50,6 +51,11 @@ class TrainerConfig:
             ``"constant"``.
         lr_floor: the cosine schedule's end, as a fraction of the base rate.
         telemetry_stride: capture seed gradient telemetry every this many steps (0: never).
+        shadow_every: run the shadow pass of seeds in TRAINING every this many steps (1: every
+            step). Between them the step trains the host alone and incubating seeds get no
+            gradient; a telemetry capture step always runs it. A seed near the input pays
+            most of a host step for its shadow pass, so on a host that is cheap to train this
+            is where a grown run's extra compute goes.
         seed: fixes the batch order.
         governor_history, governor_sensitivity, governor_min_spike_factor,
         governor_min_history: the governor's loss-spike detector (see ``Governor``).
@@ -72,6 +78,7 @@ class TrainerConfig:
     lr_schedule: str = "cosine"
     lr_floor: float = DEFAULT_LR_FLOOR
     telemetry_stride: int = DEFAULT_GRADIENT_TELEMETRY_STRIDE
+    shadow_every: int = DEFAULT_SHADOW_EVERY
     seed: int = 0
     governor_history: int = DEFAULT_GOVERNOR_HISTORY
     governor_sensitivity: float = DEFAULT_GOVERNOR_SENSITIVITY
@@ -94,7 +101,7 @@ class TrainerConfig:
         for name in ("lr", "seed_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainerConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("batch_size", "eval_batch_size", "governor_history"):
+        for name in ("batch_size", "eval_batch_size", "governor_history", "shadow_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainerConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("telemetry_stride", "governor_min_history", "momentum"):

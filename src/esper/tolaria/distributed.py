@@ -175,19 +175,26 @@ class _ShadowForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return self.model.forward_with_shadows(x)
+    def forward(self, x, with_shadows: bool = True):
+        if with_shadows:
+            return self.model.forward_with_shadows(x)
+        return self.model(x), {}
 
 
-def parameter_key(model: nn.Module) -> tuple:
+def parameter_key(model: nn.Module, *, sparse_shadows: bool = False) -> tuple:
     """Changes whenever the DDP wrapper goes stale: the set of trainable parameters changed, or
-    whether a step can leave one of them without gradient (a fossilized seed's blend gate)."""
+    whether a step can leave one of them without gradient (a fossilized seed's blend gate).
+    ``sparse_shadows``: not every step runs the shadow pass (``TrainerConfig.shadow_every``)."""
     ids = tuple(id(p) for p in model.parameters() if p.requires_grad)
-    return ids, _may_leave_parameters_unused(model)
+    return ids, _may_leave_parameters_unused(model, sparse_shadows)
 
 
-def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+def wrap(
+    model: nn.Module, device: torch.device, *, sparse_shadows: bool = False
+) -> DistributedDataParallel:
     """A DDP wrapper around ``model``'s shadow-pass forward, for the current parameter set.
+    Its forward takes ``with_shadows=False`` for a step without the shadow pass
+    (``sparse_shadows``: some steps are such steps).
 
     Building it broadcasts rank 0's parameters and persistent buffers (not the slots'
     rank-local accumulators).
@@ -208,16 +215,19 @@ def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
             module,
             device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False,
-            find_unused_parameters=_may_leave_parameters_unused(model),
+            find_unused_parameters=_may_leave_parameters_unused(model, sparse_shadows),
         )
 
 
-def _may_leave_parameters_unused(model: nn.Module) -> bool:
+def _may_leave_parameters_unused(model: nn.Module, sparse_shadows: bool = False) -> bool:
     """Whether a step can leave a parameter without gradient: a germinated seed runs nowhere,
+    a seed in TRAINING runs only in shadow passes (not every step's, with ``sparse_shadows``),
     and a blend gate runs only while its seed blends. Searching for unused parameters costs a
     walk of the autograd graph per step, so it is on only then."""
     for slot in model.seed_slots.values():
         if slot.seed is not None and slot.stage == SeedStage.GERMINATED:
+            return True
+        if sparse_shadows and slot.incubating:
             return True
         gate = slot.blend is not None and any(True for _ in slot.blend.parameters())
         if gate and slot.stage not in (SeedStage.BLENDING, SeedStage.PROBATIONARY):

