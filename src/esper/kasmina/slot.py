@@ -41,7 +41,7 @@ from esper.kasmina.incubator import _detached
 from esper.kasmina.lifecycle import SlotLifecycle, SlotStepReport
 from esper.kasmina.state import SeedState
 from esper.kasmina.telemetry import SlotTelemetry, capture_telemetry
-from esper.kasmina.tensors import all_finite
+from esper.kasmina.tensors import all_finite, module_tensors
 from esper.leyline import (
     DEFAULT_BLENDING_STEPS,
     DEFAULT_EMBARGO_EPOCHS,
@@ -296,9 +296,9 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         """Trainable parameters of the live seed and its blend gate (empty when none)."""
         params: list[nn.Parameter] = []
         if self.seed is not None:
-            params.extend(self.seed.parameters())
+            params.extend(module_tensors(self.seed)[0])
         if self.blend is not None:
-            params.extend(self.blend.parameters())
+            params.extend(module_tensors(self.blend)[0])
         return params
 
     def _tensors_shared_with_host(
@@ -309,8 +309,9 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         module's parameters when the caller has walked them already."""
         owner = self._owner[0]
         host_ptrs = owner.host_tensor_ptrs() if owner is not None else frozenset()
-        params = list(module.parameters()) if params is None else params
-        return [t for t in (*params, *module.buffers()) if t.numel() and t.data_ptr() in host_ptrs]
+        own_params, buffers = module_tensors(module)
+        params = own_params if params is None else params
+        return [t for t in (*params, *buffers) if t.numel() and t.data_ptr() in host_ptrs]
 
     def report(self) -> SeedStateReport:
         """A snapshot of this slot for controllers and telemetry."""

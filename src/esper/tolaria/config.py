@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, fields
 
 from esper.leyline import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_SHADOW_EVERY,
     DEFAULT_EVAL_BATCH_SIZE,
     DEFAULT_GOVERNOR_HISTORY,
     DEFAULT_GOVERNOR_MIN_HISTORY,
@@ -18,6 +17,7 @@ from esper.leyline import (
     DEFAULT_LR_FLOOR,
     DEFAULT_MOMENTUM,
     DEFAULT_SEED_LEARNING_RATE,
+    DEFAULT_SHADOW_EVERY,
     LR_SCHEDULES,
 )
 from esper.tolaria.optim import OPTIMIZERS
