@@ -259,3 +259,28 @@ def test_a_copied_model_checks_sharing_against_its_own_host_not_the_original():
     seed = twin.seed_slots["mid"].seed
     seed.norm.weight = twin.host.blocks[0][1].weight  # the twin's own host tensor, shared
     assert twin.seed_slots["mid"]._tensors_shared_with_host(seed)
+
+
+def test_grad_norms_gives_each_group_the_norm_of_its_own_gradients():
+    """One fused norm over every group, sliced per group: each group's value is the plain L2
+    norm of its own gradients, an empty group or one without gradients reads 0."""
+    from torch import nn
+
+    from esper.kasmina.tensors import grad_norms
+
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(n)) for n in (3, 5, 2, 4)]
+    for p in params[:3]:
+        p.grad = torch.randn_like(p)
+    groups = [params[:2], [], [params[3]], params[2:]]
+    got = grad_norms(groups, torch.device("cpu"))
+    expected = [
+        torch.cat([params[0].grad, params[1].grad]).norm(),
+        torch.zeros(()),
+        torch.zeros(()),
+        params[2].grad.norm(),
+    ]
+    for value, want in zip(got, expected, strict=True):
+        assert value.dtype == torch.float32 and value.shape == ()
+        assert torch.allclose(value, want, rtol=1e-6, atol=0)
+    assert grad_norms([[params[3]]], torch.device("cpu"))[0].item() == 0.0

@@ -22,6 +22,7 @@ from esper.kasmina.lifecycle import SlotStepReport
 from esper.kasmina.routes import BYPASS, RouteTap, install_routes
 from esper.kasmina.slot import SeedSlot
 from esper.kasmina.telemetry import capture_telemetry
+from esper.kasmina.tensors import module_tensors
 from esper.leyline import (
     DEFAULT_BLEND_ALGORITHM,
     GateResult,
@@ -285,22 +286,44 @@ class MorphogeneticMixin:
         The host's gradient norm is computed once and every slot's numbers come back to the
         host in a single synchronisation.
         """
-        capture_telemetry(self.seed_slots.values(), list(self.host_parameters()))
+        # The host's own parameters are a cached list; fossils (rare) are walked each time.
+        own = self._host_own_tensors()[0]
+        cached = self.__dict__.get("_host_numel")
+        if cached is None or cached[0] is not own:
+            self.__dict__["_host_numel"] = cached = (own, sum(p.numel() for p in own))
+        fossils = [
+            p
+            for slot in self.seed_slots.values()
+            for module in slot.host_side_modules()
+            for p in module_tensors(module)[0]
+        ]
+        capture_telemetry(
+            self.seed_slots.values(),
+            own + fossils if fossils else own,
+            n_host=cached[1] + sum(p.numel() for p in fossils),
+        )
 
     def host_tensor_ptrs(self) -> frozenset[int]:
         """Storage addresses of the host's parameters and buffers, for the structural check that
         no seed shares a tensor with the host."""
         tensors = self._host_own_tensors()
-        params, buffers = tensors
         # Cached with the tensor lists (one walk per capture for every slot was a tenth of a
-        # capture). The first tensor's address guards against a copy of the model carrying
-        # its original's addresses (copy.deepcopy maps the lists, not the integers).
-        first = next((t.data_ptr() for t in (*params, *buffers) if t.numel()), None)
+        # capture). The first tensor and its address guard against a copy of the model
+        # carrying its original's addresses: copy.deepcopy maps the lists and the tensor, not
+        # the integers, so the copy's tensor is found at another address.
         cached = self.__dict__.get("_host_ptrs")
-        if cached is None or cached[0] is not tensors or cached[1] != first:
-            ptrs = frozenset(t.data_ptr() for t in (*params, *buffers) if t.numel())
-            self.__dict__["_host_ptrs"] = cached = (tensors, first, ptrs)
-        return cached[2]
+        if (
+            cached is None
+            or cached[0] is not tensors
+            or (cached[1] is not None and cached[1].data_ptr() != cached[2])
+        ):
+            params, buffers = tensors
+            live = [t for t in (*params, *buffers) if t.numel()]
+            first = live[0] if live else None
+            ptrs = frozenset(t.data_ptr() for t in live)
+            cached = (tensors, first, None if first is None else first.data_ptr(), ptrs)
+            self.__dict__["_host_ptrs"] = cached
+        return cached[3]
 
     def _host_own_tensors(self) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
         """Every parameter and buffer that is not under ``seed_slots``: the host's own."""
@@ -386,7 +409,7 @@ class MorphogeneticMixin:
         yield from self._host_own_tensors()[0]
         for slot in self.seed_slots.values():
             for module in slot.host_side_modules():
-                yield from module.parameters()
+                yield from module_tensors(module)[0]
 
     def seed_parameters(self, slot: str | None = None) -> list[nn.Parameter]:
         """Parameters of live (not fossilized) seeds and their blend gates, for one slot or all."""

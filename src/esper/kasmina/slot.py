@@ -302,15 +302,20 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         return params
 
     def _tensors_shared_with_host(
-        self, module: nn.Module, params: list[nn.Parameter] | None = None
+        self,
+        module: nn.Module,
+        params: list[nn.Parameter] | None = None,
+        buffers: list[torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
         """``module``'s parameters and buffers whose storage is the host's: compared by address
-        on the host side, so the check costs no device synchronisation. ``params``: the
-        module's parameters when the caller has walked them already."""
+        on the host side, so the check costs no device synchronisation. ``params`` and
+        ``buffers``: the module's, when the caller has walked them already."""
         owner = self._owner[0]
         host_ptrs = owner.host_tensor_ptrs() if owner is not None else frozenset()
-        own_params, buffers = module_tensors(module)
-        params = own_params if params is None else params
+        if params is None or buffers is None:
+            own_params, own_buffers = module_tensors(module)
+            params = own_params if params is None else params
+            buffers = own_buffers if buffers is None else buffers
         return [t for t in (*params, *buffers) if t.numel() and t.data_ptr() in host_ptrs]
 
     def report(self) -> SeedStateReport:

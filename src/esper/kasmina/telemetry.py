@@ -24,7 +24,7 @@ from torch import nn
 
 from esper.kasmina.blending import GatedBlend
 from esper.kasmina.distributed import sum_over_ranks, world_size
-from esper.kasmina.tensors import _total_grad_norm
+from esper.kasmina.tensors import grad_norms, module_tensors
 from esper.leyline import IsolationViolated, SeedStage, is_active_stage
 
 if TYPE_CHECKING:
@@ -36,7 +36,9 @@ class _TelemetryProbe:
     """One slot's measurements for one capture, waiting to be read back with the others.
 
     Attributes:
-        tensors: 0-dim device tensors: seed gradient norm, leaked gradient energy, alpha used.
+        tensors: 0-dim device tensors: the slot's leaked-gradient accumulator (reset by
+            :func:`capture_telemetry` once read), alpha used. The seed's gradient norm is
+            computed with the other slots', by :func:`capture_telemetry`.
         seed_params: the parameters the seed norm covers.
         shared_tensors: how many of the seed's parameters and buffers are the host's own, when
             isolation is required (0 otherwise). A host-side count: no sync.
@@ -73,19 +75,22 @@ class SlotTelemetry:
         """
         if self.seed is None or not is_active_stage(self.state.stage):
             return None
-        device = self._device()
-        seed_params = self.seed_parameters()
-        leak = self._leak_sq.clone()
-        self._leak_sq.zero_()
+        # One walk of the seed for its parameters and buffers: ``seed_parameters()`` (the seed's,
+        # then its blend gate's, which no host shares) and the sharing check's buffers.
+        own, buffers = module_tensors(self.seed)
+        blend = self.blend
+        gate = blend is not None and (blend._parameters or blend._modules)
+        seed_params = own + module_tensors(blend)[0] if gate else own
+        # The leak accumulator itself: capture_telemetry copies it into its stack and then
+        # resets every slot's at once (a clone and a zero per slot cost more than the rest).
+        leak = self._leak_sq
         alpha_used = self._alpha_used if isinstance(self.blend, GatedBlend) else self.alpha_tensor
-        # The seed's parameters were walked above (with the blend gate's, which no host shares).
         shared = (
-            len(self._tensors_shared_with_host(self.seed, seed_params))
+            len(self._tensors_shared_with_host(self.seed, seed_params, buffers))
             if self.isolation_required
             else 0
         )
-        tensors = [_total_grad_norm(seed_params, device), leak, alpha_used.float()]
-        return _TelemetryProbe(tensors, seed_params, shared)
+        return _TelemetryProbe([leak, alpha_used.float()], seed_params, shared)
 
     def fold_telemetry(
         self, probe: _TelemetryProbe, host_norm: float, values: list[float], n_host: int
@@ -95,7 +100,7 @@ class SlotTelemetry:
         Args:
             probe: what :meth:`telemetry_probe` returned.
             host_norm: the host's gradient norm.
-            values: ``probe.tensors`` as Python floats, in order.
+            values: the seed's gradient norm, then ``probe.tensors``, as Python floats.
             n_host: the host's parameter count.
         """
         self._announce_forced()
@@ -126,7 +131,9 @@ class SlotTelemetry:
             self._emit(IsolationViolated(self.name, self.state.seed_id, m.isolation_violations))
 
 
-def capture_telemetry(slots: Iterable[SeedSlot], host_params: list[nn.Parameter]) -> None:
+def capture_telemetry(
+    slots: Iterable[SeedSlot], host_params: list[nn.Parameter], n_host: int | None = None
+) -> None:
     """One gradient-telemetry capture for ``slots``.
 
     The host's gradient norm is computed once, and every slot's numbers come back to the host
@@ -135,13 +142,19 @@ def capture_telemetry(slots: Iterable[SeedSlot], host_params: list[nn.Parameter]
     Args:
         slots: the slots to capture (those without a live seed are skipped).
         host_params: the host's parameters (fossilized seeds included), for the host norm.
+        n_host: their element count, when the caller has it.
     """
     probes = [(slot, slot.telemetry_probe()) for slot in slots]
     probes = [(slot, probe) for slot, probe in probes if probe is not None]
     if not probes:
         return
-    host_norm = _total_grad_norm(host_params, probes[0][0].alpha_tensor.device)
-    values = torch.stack([host_norm, *(t for _, p in probes for t in p.tensors)])
+    device = probes[0][0].alpha_tensor.device
+    host_norm, *seed_norms = grad_norms([host_params, *(p.seed_params for _, p in probes)], device)
+    # Per probe (seed norm, leak, alpha), after the host norm.
+    per_probe = zip(probes, seed_norms, strict=True)
+    values = torch.stack([host_norm, *(t for (_, p), n in per_probe for t in (n, *p.tensors))])
+    # Read (stacked, a copy) above: the leak energy since the last capture starts again at 0.
+    torch._foreach_zero_([slot._leak_sq for slot, _ in probes])
     world = world_size()
     if world > 1:
         # Gradients are all-reduced, so the norms agree; leaks and a gated alpha are rank-local.
@@ -152,9 +165,10 @@ def capture_telemetry(slots: Iterable[SeedSlot], host_params: list[nn.Parameter]
         values = sum_over_ranks(values)
         values = torch.where(leaks, values, values / world)
     values = values.tolist()
-    n_host = sum(p.numel() for p in host_params)
+    if n_host is None:
+        n_host = sum(p.numel() for p in host_params)
     start = 1
     for slot, probe in probes:
-        end = start + len(probe.tensors)
+        end = start + 1 + len(probe.tensors)
         slot.fold_telemetry(probe, values[0], values[start:end], n_host)
         start = end
