@@ -19,6 +19,7 @@ Nothing here runs in the forward, so listeners never meet ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -402,6 +403,22 @@ class SlotLifecycle:
                 result,
             )
         return result
+
+    def may_leave_blending_this_epoch(self) -> bool:
+        """Whether this epoch's :meth:`step_epoch` may move the seed from BLENDING to
+        PROBATIONARY: G3 passes on the state the step will leave (one more ramp step and epoch
+        in the stage). The counterfactual measured before that step is the one PROBATIONARY
+        starts with; those of earlier BLENDING epochs are overwritten unread unless a
+        controller reads them."""
+        state = self.state
+        if self.seed is None or state.stage != SeedStage.BLENDING:
+            return False
+        after = copy.copy(state)
+        after.metrics = copy.copy(state.metrics)
+        after.metrics.epochs_in_current_stage += 1
+        after.blend_step = min(state.blend_step + 1, state.blending_steps)
+        after.alpha = self.blend.schedule(after.blend_step, state.blending_steps)
+        return self.gates.check_gate(after, SeedStage.PROBATIONARY).passed
 
     def step_epoch(self) -> SlotStepReport:
         """Advance what is mechanical at the end of an epoch; see SYSTEM.md §2 (Quality gates).

@@ -116,6 +116,13 @@ class Controller(Protocol):
     * ``reset()``: start a new episode (a new run) with fresh internal state;
     * ``state_dict()`` / ``load_state_dict(state)``: internal state, saved in checkpoints so a
       resumed run decides exactly as the uninterrupted one would.
+
+    And one optional attribute:
+
+    * ``reads_blending_counterfactuals`` (True when absent): False says the controller reads a
+      seed's counterfactual contribution only once the seed has left BLENDING. The trainer
+      then skips the counterfactual passes of the BLENDING epochs before the last, whose
+      values nothing would read (the last one's is what PROBATIONARY starts with).
     """
 
     def decide(self, signals: TrainingSignals) -> Decision: ...

@@ -105,6 +105,10 @@ class HeuristicController:
     Deterministic for a given ``seed`` (ties between blueprints are broken by a seeded RNG).
     """
 
+    #: Counterfactuals are read in PROBATIONARY only: the trainer skips those of the BLENDING
+    #: epochs before the last (see :class:`~esper.leyline.controller.Controller`).
+    reads_blending_counterfactuals = False
+
     def __init__(self, topology: str, config: HeuristicConfig | None = None, seed: int = 0):
         self.topology = topology
         self.config = config or HeuristicConfig()

@@ -426,12 +426,23 @@ class Trainer:
     def counterfactuals(self, val_quality: float) -> int:
         """For each seed that affects the output: quality (:meth:`quality`) with it minus
         quality with its own alpha forced to 0 (every other seed as it is). Returns how many
-        were measured."""
+        were measured.
+
+        Under a controller whose ``reads_blending_counterfactuals`` is False (the heuristic),
+        a seed in BLENDING is measured only in the epoch it may leave BLENDING: nothing reads
+        the others, and each costs a validation pass."""
         measured = 0
         name_of = "accuracy" if self.unit == "points" else "loss"
         sign = 1.0 if self.unit == "points" else -1.0  # the event reports the loss itself
+        every_epoch = getattr(self.controller, "reads_blending_counterfactuals", True)
         for name, slot in self.model.seed_slots.items():
             if slot.seed is None or slot.stage not in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
+                continue
+            if (
+                slot.stage == SeedStage.BLENDING
+                and not every_epoch
+                and not slot.may_leave_blending_this_epoch()
+            ):
                 continue
             with self.model.force_alpha(0.0, slots=[name]):
                 without = self.quality(*self.evaluate())
