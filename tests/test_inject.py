@@ -75,7 +75,16 @@ def _gpt():
     return TinyGPT(), r"blocks\.layers\.\d", x, torch.randint(0, 11, (3, 5)), "mlp"
 
 
-MODELS = {"cnn": _cnn, "mlp": _mlp, "gpt": _gpt}
+def _sequential():
+    # A bare nn.Sequential: its forward runs every child, so the slots' container must not be one.
+    model = nn.Sequential(
+        nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
+    x = torch.randn(6, 12, generator=torch.Generator().manual_seed(1))
+    return model, ["1", "3"], x, torch.randint(0, 3, (6,)), "mlp"
+
+
+MODELS = {"cnn": _cnn, "mlp": _mlp, "gpt": _gpt, "sequential": _sequential}
 
 
 def _loss(out, y):
@@ -121,6 +130,7 @@ def test_slots_are_named_after_their_targets_with_inferred_widths(kind):
         "cnn": {"layer1": (8, "cnn"), "layer2": (16, "cnn")},
         "mlp": {"body.1": (16, "mlp"), "body.3": (16, "mlp")},
         "gpt": {"blocks.layers.0": (16, "transformer"), "blocks.layers.1": (16, "transformer")},
+        "sequential": {"1": (16, "mlp"), "3": (16, "mlp")},
     }[kind]
     assert {n: (s.width, s.topology) for n, s in model.seed_slots.items()} == expected
     assert list(model.slot_targets) == list(expected)  # forward order
@@ -420,3 +430,26 @@ def test_a_hugging_face_gpt2_keeps_the_incubator_exact():
     for name, p in plain.named_parameters():
         assert torch.equal(host[name].grad, p.grad), name
     assert all(p.grad is not None for p in model.seed_parameters("transformer.h.0"))
+
+
+def test_an_injected_sequential_still_counts_iterates_and_indexes_its_layers_only():
+    model, plain, x, _, blueprint = _build("sequential")
+    layers = list(plain)
+    assert len(model) == len(plain) == 5
+    assert [type(m) for m in model] == [type(m) for m in layers]
+    assert type(model[-1]) is nn.Linear and model[-1] is model[4]
+    with pytest.raises(IndexError, match="out of range"):
+        model[5]
+    head = model[:2]
+    assert type(head) is nn.Sequential and len(head) == 2 and head[0] is model[0]
+    drive_to(model, "1", SeedStage.FOSSILIZED, blueprint=blueprint)
+    assert not torch.equal(model(x), plain(x))  # the fossil is part of the forward now
+    with pytest.raises(TypeError, match="change its layers before inject_slots"):
+        model.insert(0, nn.Identity())
+    with pytest.raises(TypeError, match="change its layers before inject_slots"):
+        del model[0]
+    with pytest.raises(TypeError, match="change its layers before inject_slots"):
+        model.pop(0)
+    model.append(nn.Identity())
+    assert len(model) == 6 and type(model[-1]) is nn.Identity
+    assert model(x).shape == (6, 3)

@@ -125,3 +125,37 @@ def test_the_setting_is_validated_and_reaches_the_trainer():
     assert RunConfig("heuristic", shadow_every=2).trainer_config(spec, 3).shadow_every == 2
     # A config.json from before the setting existed: every step ran the shadow pass.
     assert RunConfig.from_dict({"mode": "heuristic", "task": "digits"}).shadow_every == 1
+
+
+def test_an_injected_model_on_dataloaders_skips_the_shadow_pass_too():
+    """The same stride for a model given slots by ``inject_slots``: its plain steps are the
+    model's own forward, and its host trains as it would without the seed."""
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from esper import inject_slots
+    from esper.kasmina import GateConfig
+    from esper.tolaria import LoaderData
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
+
+    def run(seed: bool) -> dict:
+        torch.manual_seed(0)
+        body = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        model = inject_slots(body, ["1"], torch.randn(2, 6), gate_config=GateConfig())
+        if seed:
+            drive_to(model, "1", SeedStage.TRAINING, blueprint="mlp")
+        train = DataLoader(TensorDataset(x, y), batch_size=16)  # in order: 6 steps
+        data = LoaderData(train=train, val=DataLoader(TensorDataset(x, y), batch_size=32))
+        trainer = Trainer(model, data, TrainerConfig(lr=0.05, shadow_every=3, telemetry_stride=0))
+        if seed:
+            trainer.optimizers.add_seed("1", model.seed_parameters("1"))
+            assert _shadow_steps(trainer) == [0, 3]
+        else:
+            trainer.train_epoch()
+        return {k: v.clone() for k, v in model.host_state_dict().items()}
+
+    alone, grown = run(False), run(True)
+    assert alone.keys() == grown.keys()
+    assert all(torch.equal(alone[k], grown[k]) for k in alone)

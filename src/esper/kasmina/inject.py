@@ -17,6 +17,7 @@ the price of not knowing the forward's structure.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -77,13 +78,46 @@ class InjectedModel(MorphogeneticMixin):
         return output, shadows
 
 
+class InjectedSequential(InjectedModel):
+    """An injected ``nn.Sequential``: its forward runs, and ``len``, iteration and indexing
+    see, its own layers only. Its children include the slots' container, which is not a layer.
+    Changing the layers in place (``insert``, ``pop``, ``del``, item assignment, ``*=``) is
+    refused: the slots' routes sit on the layers as they were injected."""
+
+    def _layers(self) -> list[tuple[str, nn.Module]]:
+        return [(k, m) for k, m in self._modules.items() if k != SLOTS_ATTRIBUTE]
+
+    def __iter__(self):
+        return iter([m for _, m in self._layers()])
+
+    def __len__(self) -> int:
+        return len(self._modules) - (SLOTS_ATTRIBUTE in self._modules)
+
+    def __getitem__(self, idx):
+        layers = self._layers()
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(layers[idx]))
+        if not -len(layers) <= idx < len(layers):
+            raise IndexError(f"index {idx} is out of range")
+        return layers[idx][1]
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(
+            f"{type(self).__name__} has seed slots on its layers: change its layers before "
+            "inject_slots (append and extend still work)"
+        )
+
+    insert = pop = __setitem__ = __delitem__ = __imul__ = _refuse
+
+
 _INJECTED_CLASSES: dict[type, type] = {}
 
 
 def _injected_class(cls: type) -> type:
     """One subclass per user class, so two injected models of a class share their type."""
     if cls not in _INJECTED_CLASSES:
-        _INJECTED_CLASSES[cls] = type(f"Morphogenetic{cls.__name__}", (InjectedModel, cls), {})
+        mixin = InjectedSequential if issubclass(cls, nn.Sequential) else InjectedModel
+        _INJECTED_CLASSES[cls] = type(f"Morphogenetic{cls.__name__}", (mixin, cls), {})
     return _INJECTED_CLASSES[cls]
 
 
