@@ -358,11 +358,13 @@ def compare_stage(cfg: BenchConfig, stage: SeedStage, mode: str) -> dict:
     return _time_steps(cfg, "static", static, "morph", morph, x, y)
 
 
-#: The stages ``--profile`` can profile, with the static equivalent's mode for each.
+#: What ``--profile`` can profile: a stage, with the static equivalent's mode for it, or
+#: ``telemetry`` (the TRAINING model stepping without and with a capture every step).
 PROFILED = {
     "training": (SeedStage.TRAINING, "training"),
     "blending": (SeedStage.BLENDING, "blending"),
     "fossilized": (SeedStage.FOSSILIZED, "fossilized"),
+    "telemetry": (SeedStage.TRAINING, None),
 }
 
 
@@ -370,15 +372,20 @@ def profile_stage(cfg: BenchConfig, name: str, top: int = 12) -> str:
     """Where a step's time goes: ``cfg.reps`` training steps of the static equivalent and of
     the morphogenetic model in stage ``name``, each under ``cProfile`` after ``cfg.warmup``
     untimed steps; the functions with the most own time, per arm, and the time per step
-    (profiling slows both arms alike, so compare the rows, not the absolute times)."""
+    (profiling slows both arms alike, so compare the rows, not the absolute times).
+    ``telemetry``: the arms are the TRAINING model without and with a capture every step."""
     stage, mode = PROFILED[name]
     morph = build_morphogenetic(cfg, stage)
-    static = build_static(morph, mode)
     x, y = _data(cfg, torch.device(cfg.device))
-    check_equivalent(static, morph, x, y)
+    if mode is None:
+        arms = (("plain", morph, 0), ("telemetry", morph, 1))
+    else:
+        static = build_static(morph, mode)
+        check_equivalent(static, morph, x, y)
+        arms = (("static", static, 0), ("morph", morph, 0))
     lines = []
-    for label, net in (("static", static), ("morph", morph)):
-        step = make_train_step(net, _sgd(net, cfg.lr), x, y)
+    for label, net, stride in arms:
+        step = make_train_step(net, _sgd(net, cfg.lr), x, y, telemetry_stride=stride)
         for _ in range(cfg.warmup):
             step()
         profiler = cProfile.Profile()
@@ -685,7 +692,8 @@ def parse_args(
         "--profile",
         choices=sorted(PROFILED),
         default=None,
-        help="instead of timing, profile one stage's steps (cProfile, --reps steps per arm)",
+        help="instead of timing, profile one stage's steps (cProfile, --reps steps per arm); "
+        "telemetry: the TRAINING model without and with a capture every step",
     )
     a = p.parse_args(argv)
     for name in ("batch", "image", "width", "blocks", "reps"):

@@ -64,6 +64,12 @@ def test_step_overhead_profiles_a_stage_per_arm():
     assert len(rows) == 2 * 12  # the 12 functions with the most own time, per arm
     bad = _run("step_overhead.py", "--profile", "dormant")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    # The telemetry row: the same TRAINING model without and with a capture every step.
+    proc = _run("step_overhead.py", *TINY, "--profile", "telemetry")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "## plain: " in proc.stdout and "## telemetry: " in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) == 2 * 12
 
 
 def test_step_overhead_rejects_bad_sizes():
