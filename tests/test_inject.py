@@ -453,3 +453,25 @@ def test_an_injected_sequential_still_counts_iterates_and_indexes_its_layers_onl
     model.append(nn.Identity())
     assert len(model) == 6 and type(model[-1]) is nn.Identity
     assert model(x).shape == (6, 3)
+
+
+def test_a_model_that_runs_all_its_children_passes_through_the_slots_container():
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(12, 16)
+            self.b = nn.Tanh()
+            self.c = nn.Linear(16, 3)
+
+        def forward(self, x):
+            for module in self.children():
+                x = module(x)
+            return x
+
+    torch.manual_seed(0)
+    model, x = Chain(), torch.randn(4, 12)
+    before = model(x)
+    inject_slots(model, ["b"], example_input=x)
+    assert torch.equal(model(x), before)
+    drive_to(model, "b", SeedStage.FOSSILIZED, blueprint="mlp")
+    assert not torch.equal(model(x), before)  # the fossil runs, from its route

@@ -64,6 +64,12 @@ class SlotDict(nn.ModuleDict):
     def items(self) -> list[tuple[str, SeedSlot]]:
         return [(slot.name, slot) for slot in self._modules.values()]
 
+    def forward(self, x, *args, **kwargs):
+        """The identity: the slots run from their routes, never from here. A model whose own
+        forward calls each of its children in turn (``for m in self.children(): x = m(x)``)
+        meets this container among them, and passes through it unchanged."""
+        return x
+
 
 class MorphogeneticMixin:
     """The lifecycle, event, telemetry and accounting API of a model with ``seed_slots``.
