@@ -292,22 +292,8 @@ class MorphogeneticMixin:
         The host's gradient norm is computed once and every slot's numbers come back to the
         host in a single synchronisation.
         """
-        # The host's own parameters are a cached list; fossils (rare) are walked each time.
-        own = self._host_own_tensors()[0]
-        cached = self.__dict__.get("_host_numel")
-        if cached is None or cached[0] is not own:
-            self.__dict__["_host_numel"] = cached = (own, sum(p.numel() for p in own))
-        fossils = [
-            p
-            for slot in self.seed_slots.values()
-            for module in slot.host_side_modules()
-            for p in module_tensors(module)[0]
-        ]
-        capture_telemetry(
-            self.seed_slots.values(),
-            own + fossils if fossils else own,
-            n_host=cached[1] + sum(p.numel() for p in fossils),
-        )
+        params, n_host = self._host_parameter_list()
+        capture_telemetry(self.seed_slots.values(), params, n_host=n_host)
 
     def host_tensor_ptrs(self) -> frozenset[int]:
         """Storage addresses of the host's parameters and buffers, for the structural check that
@@ -412,10 +398,26 @@ class MorphogeneticMixin:
     def host_parameters(self) -> Iterator[nn.Parameter]:
         """The host's parameters, including those of fossilized seeds (now part of the host),
         stacked ones included."""
-        yield from self._host_own_tensors()[0]
-        for slot in self.seed_slots.values():
-            for module in slot.host_side_modules():
-                yield from module_tensors(module)[0]
+        yield from self._host_parameter_list()[0]
+
+    def _host_parameter_list(self) -> tuple[list[nn.Parameter], int]:
+        """:meth:`host_parameters` as a list, with their element count. The host's own part and
+        its count are cached with the host's tensor lists; fossils (rare) are walked each time.
+        Every telemetry capture asks, and a generator and a count per capture were a sixth of
+        one."""
+        own = self._host_own_tensors()[0]
+        cached = self.__dict__.get("_host_numel")
+        if cached is None or cached[0] is not own:
+            self.__dict__["_host_numel"] = cached = (own, sum(p.numel() for p in own))
+        fossils = [
+            p
+            for slot in self.seed_slots.values()
+            for module in slot.host_side_modules()
+            for p in module_tensors(module)[0]
+        ]
+        if not fossils:
+            return own, cached[1]
+        return own + fossils, cached[1] + sum(p.numel() for p in fossils)
 
     def seed_parameters(self, slot: str | None = None) -> list[nn.Parameter]:
         """Parameters of live (not fossilized) seeds and their blend gates, for one slot or all."""

@@ -294,12 +294,16 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
 
     def seed_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the live seed and its blend gate (empty when none)."""
-        params: list[nn.Parameter] = []
-        if self.seed is not None:
-            params.extend(module_tensors(self.seed)[0])
-        if self.blend is not None:
-            params.extend(module_tensors(self.blend)[0])
-        return params
+        return self._live_seed_tensors()[0]
+
+    def _live_seed_tensors(self) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
+        """``(seed_parameters(), the seed's buffers)`` in one walk of the seed (a telemetry
+        capture needs both, for the seed's gradient norm and the sharing check)."""
+        params, buffers = module_tensors(self.seed) if self.seed is not None else ([], [])
+        blend = self.blend
+        if blend is not None and (blend._parameters or blend._modules):  # a gate, not a schedule
+            params = params + module_tensors(blend)[0]
+        return params, buffers
 
     def _tensors_shared_with_host(
         self,

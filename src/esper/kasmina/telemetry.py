@@ -24,7 +24,7 @@ from torch import nn
 
 from esper.kasmina.blending import GatedBlend
 from esper.kasmina.distributed import sum_over_ranks, world_size
-from esper.kasmina.tensors import grad_norms, module_tensors
+from esper.kasmina.tensors import grad_norms
 from esper.leyline import IsolationViolated, SeedStage, is_active_stage
 
 if TYPE_CHECKING:
@@ -75,12 +75,7 @@ class SlotTelemetry:
         """
         if self.seed is None or not is_active_stage(self.state.stage):
             return None
-        # One walk of the seed for its parameters and buffers: ``seed_parameters()`` (the seed's,
-        # then its blend gate's, which no host shares) and the sharing check's buffers.
-        own, buffers = module_tensors(self.seed)
-        blend = self.blend
-        gate = blend is not None and (blend._parameters or blend._modules)
-        seed_params = own + module_tensors(blend)[0] if gate else own
+        seed_params, buffers = self._live_seed_tensors()
         # The leak accumulator itself: capture_telemetry copies it into its stack and then
         # resets every slot's at once (a clone and a zero per slot cost more than the rest).
         leak = self._leak_sq
