@@ -416,9 +416,15 @@ class SlotLifecycle:
         after = copy.copy(state)
         after.metrics = copy.copy(state.metrics)
         after.metrics.epochs_in_current_stage += 1
-        after.blend_step = min(state.blend_step + 1, state.blending_steps)
-        after.alpha = self.blend.schedule(after.blend_step, state.blending_steps)
+        after.blend_step, after.alpha = self._next_ramp_step()
         return self.gates.check_gate(after, SeedStage.PROBATIONARY).passed
+
+    def _next_ramp_step(self) -> tuple[int, float]:
+        """The blend step and the alpha a BLENDING epoch's :meth:`step_epoch` moves to (and
+        :meth:`may_leave_blending_this_epoch` predicts)."""
+        state = self.state
+        step = min(state.blend_step + 1, state.blending_steps)
+        return step, self.blend.schedule(step, state.blending_steps)
 
     def step_epoch(self) -> SlotStepReport:
         """Advance what is mechanical at the end of an epoch; see SYSTEM.md §2 (Quality gates).
@@ -469,8 +475,8 @@ class SlotLifecycle:
         elif start == SeedStage.TRAINING:
             self.advance_stage(SeedStage.BLENDING)
         elif start == SeedStage.BLENDING:
-            state.blend_step = min(state.blend_step + 1, state.blending_steps)
-            self.set_alpha(self.blend.schedule(state.blend_step, state.blending_steps))
+            state.blend_step, alpha = self._next_ramp_step()
+            self.set_alpha(alpha)
             self.advance_stage(SeedStage.PROBATIONARY)
         elif start == SeedStage.PROBATIONARY:
             contribution = m.counterfactual_contribution
