@@ -321,13 +321,14 @@ class Trainer:
             return forward, forward
         if shadows:
             return self.model.forward_with_shadows, self._compiled("train")
-        plain = self._compiled("train without shadows")
+        plain = self._compiled("plain")
         return (lambda x: (self.model(x), {})), (lambda x: (plain(x), {}))
 
     def _compiled(self, kind: str):
-        """The training pass (``forward_with_shadows``), the plain forward (evaluation, or a
-        training step without shadow passes), compiled with ``config.compile`` (built once per
-        kind; dynamo recompiles it per lifecycle change), or the eager one."""
+        """``kind`` ``"train"``: the training pass (``forward_with_shadows``); ``"plain"``: the
+        model's forward (evaluation, and a training step without shadow passes: one compiled
+        wrapper for both, dynamo keeps a graph per grad mode). Compiled with ``config.compile``
+        (built once per kind; dynamo recompiles it per lifecycle change), or the eager one."""
         eager = self.model.forward_with_shadows if kind == "train" else self.model
         if self.config.compile is None:
             return eager
@@ -411,7 +412,7 @@ class Trainer:
         structure = model_structure(model, training=False)
         loss_fn, accuracy = self.loss_fn, self.unit == "points"
         flops_before = self.eval_flops.total
-        forward = self._compiled("eval")
+        forward = self._compiled("plain")
         for xb, yb in self._batches(split):
             fresh = not self.eval_flops.knows(structure)
             with self.eval_flops.count(structure, xb.shape[0]), self._compile_scope():
