@@ -440,6 +440,6 @@ class MorphogeneticMixin:
 
     def count_parameters(self) -> dict[str, int]:
         """``{"host": ..., "seeds": ..., "total": ...}`` (fossilized seeds count as host)."""
-        host = sum(p.numel() for p in self.host_parameters())
+        host = self._host_parameter_list()[1]
         seeds = sum(p.numel() for p in self.seed_parameters())
         return {"host": host, "seeds": seeds, "total": host + seeds}
