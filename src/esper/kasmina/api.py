@@ -340,19 +340,30 @@ class MorphogeneticMixin:
     def _routed(self, mode) -> Iterator[None]:
         """Inside the block the slot routes work in ``mode`` (see :mod:`esper.kasmina.routes`);
         the mode before it comes back when the block exits."""
-        saved, self._route_mode = self._route_mode, mode
+        saved = self._route_mode
+        self._set_route_mode(mode)
         try:
             yield
         finally:
-            self._route_mode = saved
+            self._set_route_mode(saved)
+
+    def _set_route_mode(self, mode) -> None:
+        # Past nn.Module.__setattr__, whose checks for parameters, buffers and modules cost a
+        # few microseconds a call twice a step; a route mode is none of them.
+        object.__setattr__(self, "_route_mode", mode)
 
     def _tapped_forward(self, *args, **kwargs) -> tuple[object, list]:
         """``self(*args, **kwargs)`` with every incubating slot recording the features it saw:
         ``(output, [(slot, features after its fossils), ...])`` in forward order, the real
         pass of a shadow pass."""
         tap = RouteTap()
-        with self._routed(tap):
+        # _routed's try/finally without the generator: this runs on every training step.
+        saved = self._route_mode
+        self._set_route_mode(tap)
+        try:
             output = self(*args, **kwargs)
+        finally:
+            self._set_route_mode(saved)
         return output, tap.taps
 
     def disable_slots(self) -> contextlib.AbstractContextManager[None]:

@@ -16,6 +16,7 @@ def _detached(x: torch.Tensor) -> torch.Tensor:
     """``x.detach()``, made contiguous when it is a channels-last CPU tensor: on CPU, group-norm
     backward segfaults (torch 2.13) for a channels-last input that needs no gradient."""
     x = x.detach()
-    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous():
+    # The cheap test first: a contiguous tensor needs nothing whatever its device.
+    if not x.is_contiguous() and x.dim() == 4 and x.device.type == "cpu":
         return x.contiguous()
     return x

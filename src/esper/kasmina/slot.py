@@ -207,7 +207,9 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
 
         seed_out = seed(seed_in)
         # BLENDING / PROBATIONARY
-        alpha = self.alpha_tensor.to(x.dtype)
+        alpha = self.alpha_tensor
+        if alpha.dtype != x.dtype:  # a call to .to() costs even when it returns alpha itself
+            alpha = alpha.to(x.dtype)
         if self.blend is not None and not self._alpha_forced:
             alpha = self.blend.alpha(seed_in, alpha)
             if isinstance(self.blend, GatedBlend):
