@@ -261,26 +261,27 @@ def test_a_copied_model_checks_sharing_against_its_own_host_not_the_original():
     assert twin.seed_slots["mid"]._tensors_shared_with_host(seed)
 
 
-def test_grad_norms_gives_each_group_the_norm_of_its_own_gradients():
-    """One fused norm over every group, sliced per group: each group's value is the plain L2
-    norm of its own gradients, an empty group or one without gradients reads 0."""
+def test_grad_norms_give_each_group_the_norm_of_its_own_gradients():
+    """One fused norm over every group's gradients, folded per group on the host: each group's
+    value is the plain L2 norm of its own gradients, an empty group or one without gradients
+    reads 0."""
     from torch import nn
 
-    from esper.kasmina.tensors import grad_norms
+    from esper.kasmina.tensors import fold_grad_norms, queue_grad_norms
 
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(n)) for n in (3, 5, 2, 4)]
     for p in params[:3]:
         p.grad = torch.randn_like(p)
     groups = [params[:2], [], [params[3]], params[2:]]
-    got = grad_norms(groups, torch.device("cpu"))
+    norms, bounds = queue_grad_norms(groups)
+    assert len(norms) == 3  # one per gradient: params[3] has none
+    got = fold_grad_norms([n.item() for n in norms], bounds)
     expected = [
-        torch.cat([params[0].grad, params[1].grad]).norm(),
-        torch.zeros(()),
-        torch.zeros(()),
-        params[2].grad.norm(),
+        torch.cat([params[0].grad, params[1].grad]).double().norm().item(),
+        0.0,
+        0.0,
+        params[2].grad.double().norm().item(),
     ]
-    for value, want in zip(got, expected, strict=True):
-        assert value.dtype == torch.float32 and value.shape == ()
-        assert torch.allclose(value, want, rtol=1e-6, atol=0)
-    assert grad_norms([[params[3]]], torch.device("cpu"))[0].item() == 0.0
+    assert got == pytest.approx(expected, rel=1e-6, abs=0)
+    assert queue_grad_norms([[params[3]]]) == ([], [(0, 0)])

@@ -24,7 +24,7 @@ from torch import nn
 
 from esper.kasmina.blending import GatedBlend
 from esper.kasmina.distributed import sum_over_ranks, world_size
-from esper.kasmina.tensors import grad_norms
+from esper.kasmina.tensors import fold_grad_norms, queue_grad_norms
 from esper.leyline import IsolationViolated, SeedStage, is_active_stage
 
 if TYPE_CHECKING:
@@ -144,10 +144,12 @@ def capture_telemetry(
     if not probes:
         return
     device = probes[0][0].alpha_tensor.device
-    host_norm, *seed_norms = grad_norms([host_params, *(p.seed_params for _, p in probes)], device)
-    # Per probe (seed norm, leak, alpha), after the host norm.
-    per_probe = zip(probes, seed_norms, strict=True)
-    values = torch.stack([host_norm, *(t for (_, p), n in per_probe for t in (n, *p.tensors))])
+    norms, bounds = queue_grad_norms([host_params, *(p.seed_params for _, p in probes)])
+    # One readback for everything: every gradient's norm, then per probe (leak, alpha).
+    parts = [*norms, *(t for _, p in probes for t in p.tensors)]
+    if any(t.dtype != torch.float32 or t.device != device for t in parts):
+        parts = [t.to(device, torch.float32) for t in parts]
+    values = torch.stack(parts)
     # Read (stacked, a copy) above: the leak energy since the last capture starts again at 0.
     torch._foreach_zero_([slot._leak_sq for slot, _ in probes])
     world = world_size()
@@ -156,14 +158,15 @@ def capture_telemetry(
         # One collective: leaks are summed (a leak on any rank is a violation on every rank),
         # everything else averaged, so every rank folds the same numbers.
         leaks = torch.zeros_like(values, dtype=torch.bool)
-        leaks[2::3] = True  # each probe is (seed norm, leak, alpha), after the host norm
+        leaks[len(norms) :: 2] = True  # each probe is (leak, alpha), after the norms
         values = sum_over_ranks(values)
         values = torch.where(leaks, values, values / world)
     values = values.tolist()
+    host_norm, *seed_norms = fold_grad_norms(values[: len(norms)], bounds)
     if n_host is None:
         n_host = sum(p.numel() for p in host_params)
-    start = 1
-    for slot, probe in probes:
-        end = start + 1 + len(probe.tensors)
-        slot.fold_telemetry(probe, values[0], values[start:end], n_host)
+    start = len(norms)
+    for (slot, probe), seed_norm in zip(probes, seed_norms, strict=True):
+        end = start + len(probe.tensors)
+        slot.fold_telemetry(probe, host_norm, [seed_norm, *values[start:end]], n_host)
         start = end

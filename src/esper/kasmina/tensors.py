@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -22,13 +23,17 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def grad_norms(groups: list[list[nn.Parameter]], device: torch.device) -> list[torch.Tensor]:
-    """Per group of parameters, the L2 norm over their gradients as a float32 0-dim device
-    tensor (0 for a group without gradients); no host sync.
+def queue_grad_norms(
+    groups: list[list[nn.Parameter]],
+) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """The device half of per-group gradient norms: one ``_foreach_norm`` over every group's
+    gradients, no host sync.
 
-    One ``_foreach_norm`` over every group's gradients and one stack, then a norm per group's
-    slice: a telemetry capture asks for the host's and every live seed's norm at once, and a
-    set of those calls per group was a third of a capture's time on a small model.
+    Returns:
+        ``(norms, bounds)``: 0-dim norm tensors, one per gradient (parameters without one are
+        skipped), and per group the ``(start, end)`` of its norms in that list. Read the norms
+        back (with whatever else the caller reads in the same sync) and pass them to
+        :func:`fold_grad_norms`.
     """
     grads: list[torch.Tensor] = []
     bounds = []
@@ -36,15 +41,18 @@ def grad_norms(groups: list[list[nn.Parameter]], device: torch.device) -> list[t
         start = len(grads)
         grads.extend(p.grad for p in params if p.grad is not None)
         bounds.append((start, len(grads)))
-    zero = torch.zeros((), device=device)
-    if not grads:
-        return [zero for _ in groups]
-    norms = torch._foreach_norm(grads)
-    if all(n.dtype == norms[0].dtype and n.device == device for n in norms):
-        stacked = torch.stack(norms).float()
-    else:
-        stacked = torch.stack([n.to(device, torch.float32) for n in norms])
-    return [torch.linalg.vector_norm(stacked[a:b]) if b > a else zero for a, b in bounds]
+    return (list(torch._foreach_norm(grads)) if grads else []), bounds
+
+
+def fold_grad_norms(norms: Sequence[float], bounds: list[tuple[int, int]]) -> list[float]:
+    """The host half: per group, the L2 norm of its gradients from their per-tensor norms (0
+    for a group without gradients).
+
+    On the host in double precision, after the capture's one readback: per-group reductions
+    on the device were four more kernels a capture, and a capture right after the backward pays
+    each new kernel's cold start (a third of its time on a small model).
+    """
+    return [math.sqrt(math.fsum(n * n for n in norms[a:b])) for a, b in bounds]
 
 
 def module_tensors(module: nn.Module) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
