@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/run_overhead.py --task digits --seeds 0,1,2
     python benchmarks/run_overhead.py --task digits --seeds 0 --reps 5 --json
     python benchmarks/run_overhead.py --task digits --shadow-every 1   # the shadow pass every step
+    python benchmarks/run_overhead.py --task digits --growth-patience 2  # stop after 2 culls
 
 Three runs per seed, built exactly as ``esper train`` builds them and timed side by side in one
 process (interleaved, ``--reps`` times, medians):
@@ -34,7 +35,7 @@ import time
 from esper.kasmina import MorphogeneticModel
 from esper.leyline import SeedStage
 from esper.simic.env import EpisodeConfig, build_run
-from esper.tamiyo import HeuristicController
+from esper.tamiyo import HeuristicConfig, HeuristicController
 from esper.testing import drive_to
 from esper.tolaria.tasks import get_task, list_tasks
 
@@ -56,6 +57,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="N",
         help="steps between incubating seeds' shadow passes (default: the task's)",
+    )
+    parser.add_argument(
+        "--growth-patience",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the heuristic germinates no more after N seeds in a row were culled (default 0: "
+        "never stops, as esper train heuristic)",
     )
     parser.add_argument("--json", action="store_true", help="last line: the numbers as JSON")
     return parser.parse_args(argv)
@@ -85,10 +94,17 @@ def fossilize(architecture: list[tuple[str, str]]):
     return prepare
 
 
-def timed_run(config: EpisodeConfig, seed: int, arm: str, data: dict, architecture=None) -> dict:
+def timed_run(
+    config: EpisodeConfig,
+    seed: int,
+    arm: str,
+    data: dict,
+    architecture=None,
+    heuristic: HeuristicConfig | None = None,
+) -> dict:
     """One run of ``arm``; returns its measurements (and, for ``grown``, its architecture)."""
     topology = get_task(config.task).topology
-    controller = HeuristicController(topology, seed=seed) if arm == "grown" else None
+    controller = HeuristicController(topology, heuristic, seed=seed) if arm == "grown" else None
     prepare = fossilize(architecture) if arm == "equivalent" else None
     trainer = build_run(config, seed, data, controller=controller, prepare=prepare)
     try:
@@ -111,14 +127,20 @@ def timed_run(config: EpisodeConfig, seed: int, arm: str, data: dict, architectu
         trainer.close()
 
 
-def measure(config: EpisodeConfig, seed: int, reps: int, data: dict) -> dict[str, dict]:
+def measure(
+    config: EpisodeConfig,
+    seed: int,
+    reps: int,
+    data: dict,
+    heuristic: HeuristicConfig | None = None,
+) -> dict[str, dict]:
     """Every arm on ``seed``, ``reps`` times interleaved; per arm the median wall time and the
     (deterministic) FLOPs of the first repetition."""
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     architecture = None
     for _ in range(reps):
         for arm in ARMS:
-            result = timed_run(config, seed, arm, data, architecture)
+            result = timed_run(config, seed, arm, data, architecture, heuristic)
             if arm == "grown":
                 architecture = architecture or result["architecture"]
             runs[arm].append(result)
@@ -143,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--seeds needs at least one seed and --reps must be >= 1")
     if args.shadow_every is not None and args.shadow_every < 1:
         return _fail(f"--shadow-every must be >= 1, got {args.shadow_every}")
+    try:
+        heuristic = HeuristicConfig(patience=args.growth_patience)
+    except ValueError as exc:
+        return _fail(str(exc))
     config = EpisodeConfig(
         args.task,
         epochs=args.epochs,
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     data: dict = {}
     per_seed = {}
     for seed in seeds:
-        per_seed[seed] = measure(config, seed, args.reps, data)
+        per_seed[seed] = measure(config, seed, args.reps, data, heuristic)
         grown, equivalent = per_seed[seed]["grown"], per_seed[seed]["equivalent"]
         print(
             f"seed {seed}: grown {grown['params']} params, "
@@ -189,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     shadow_every = config.to_dict()["shadow_every"]
     print(
         f"# {args.task}, {config.resolved_epochs()} epochs, width x{args.width_multiplier:g}, "
-        f"shadow pass every {shadow_every} step(s): means over seeds {seeds}, wall time the "
-        f"median of {args.reps} interleaved runs"
+        f"shadow pass every {shadow_every} step(s), growth patience {args.growth_patience}: "
+        f"means over seeds {seeds}, wall time the median of {args.reps} interleaved runs"
     )
     print("| run | params | train GFLOP | eval GFLOP | wall s | wall / equivalent | val acc |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -213,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     share = cf["wall_s"] / grown["wall_s"] if grown["wall_s"] else 0.0
     print(f"counterfactual passes: {100 * share:.1f}% of the grown run's wall time")
+    flops_ratio = grown["train_flops"] / rows["equivalent"]["train_flops"]
+    print(f"grown training FLOPs: {flops_ratio:.3f}x the static-equivalent's (means over seeds)")
     for name, ok in checks.items():
         print(f"check {name}: {'yes' if ok else 'NO'}")
     if args.json:
@@ -221,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": config.resolved_epochs(),
             "width_multiplier": args.width_multiplier,
             "shadow_every": shadow_every,
+            "growth_patience": args.growth_patience,
             "seeds": seeds,
             "reps": args.reps,
             "rows": rows,

@@ -230,11 +230,14 @@ def test_run_overhead_compares_a_grown_run_with_its_final_architecture_trained_f
     assert runs["static"]["counterfactual_flops"] == 0
     assert "| static-equivalent |" in proc.stdout and "counterfactual passes" in proc.stdout
     assert result["shadow_every"] == 4 and "shadow pass every 4 step(s)" in proc.stdout
+    assert result["growth_patience"] == 0 and "growth patience 0" in proc.stdout
     assert "x its static-equivalent's" in proc.stdout
     bad = _run("run_overhead.py", "--task", "nope")
     assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr
     bad = _run("run_overhead.py", "--shadow-every", "0")
     assert bad.returncode == 2 and "--shadow-every must be >= 1, got 0" in bad.stderr
+    bad = _run("run_overhead.py", "--growth-patience", "-1")
+    assert bad.returncode == 2 and "patience must be >= 0" in bad.stderr
 
 
 def test_distributed_throughput_runs_one_and_two_processes():

@@ -27,6 +27,11 @@ from esper.cli import main
         (["train", "heuristic", "--max-seeds", "-1"], "--max-seeds must be >= 0"),
         (["train", "heuristic", "--shadow-every", "0"], "--shadow-every must be >= 1, got 0"),
         (["train", "heuristic", "--timing", "soon"], "valid: plateau, relative"),
+        (["train", "heuristic", "--growth-patience", "-1"], "--growth-patience must be >= 0"),
+        (
+            ["train", "static", "--growth-patience", "2"],
+            "--growth-patience is the heuristic's, not mode static's",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
@@ -97,6 +102,20 @@ def test_malformed_flag_is_one_line_exit_2(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "invalid int value" in err
+
+
+def test_growth_patience_stops_germinating_after_that_many_culls(tmp_path):
+    import json
+
+    # Seed 0 of stock digits culls its first seed (stalled in TRAINING, epoch 16) and, without
+    # patience, goes on to germinate five more (measured; every one culled).
+    run_dir = tmp_path / "run"
+    argv = ["train", "heuristic", "--growth-patience", "1", "--run-dir", str(run_dir)]
+    assert main([*argv, "--no-live"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["seeds"]) == 1
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["growth_patience"] == 1
 
 
 def test_max_seeds_zero_grows_nothing_and_says_why(tmp_path):

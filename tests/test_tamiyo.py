@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from esper.kasmina import list_blueprints
-from esper.leyline import SeedStage
+from esper.leyline import Outcome, SeedStage
 from esper.tamiyo import Action, Controller, HeuristicConfig, HeuristicController
 from esper.tamiyo.decisions import TrainingSignals
 from esper.testing import slot_report, training_signals
@@ -155,6 +155,56 @@ def test_heuristic_waits_once_the_seed_budget_is_spent():
     assert controller.decide(replace(ready, seeds_left=1)).action == Action.GERMINATE
     spent = controller.decide(replace(ready, seeds_left=0))
     assert spent.action == Action.WAIT and "max_seeds" in spent.reason
+
+
+def test_growth_stops_after_patience_culls_in_a_row_and_a_fossil_restarts_the_count():
+    ready = training_signals(plateau=5)
+    controller = HeuristicController("cnn", HeuristicConfig(patience=2))
+    for blueprint in ("conv_light", "depthwise"):
+        assert controller.decide(ready).action == Action.GERMINATE
+        controller.on_cull(blueprint)
+    stopped = controller.decide(ready)
+    assert stopped.action == Action.WAIT
+    assert stopped.reason == "growth stopped: the last 2 seeds were culled (patience 2)"
+    # Settling a seed still in probation is not growth: it goes on while germination waits.
+    keep = slot_report("mid", SeedStage.PROBATIONARY, counterfactual_contribution=0.5)
+    fossilize = controller.decide(training_signals(slots=[keep]))
+    assert fossilize.action == Action.FOSSILIZE
+    controller.on_outcome(fossilize, Outcome(applied=True))
+    assert controller.culls_in_a_row == 0
+    assert controller.decide(ready).action == Action.GERMINATE
+    # A refused fossilization is not one: the count stands.
+    controller.on_cull("conv_light")
+    controller.on_outcome(fossilize, Outcome(applied=False, reason="refused"))
+    assert controller.culls_in_a_row == 1
+
+
+def test_patience_zero_never_stops_growing_and_negative_is_rejected():
+    controller = HeuristicController("cnn")
+    assert controller.config.patience == 0
+    for _ in range(10):
+        controller.on_cull("conv_light")
+    assert controller.decide(training_signals(plateau=5)).action == Action.GERMINATE
+    with pytest.raises(ValueError, match="patience must be >= 0"):
+        HeuristicConfig(patience=-1)
+
+
+def test_the_cull_count_is_part_of_the_controller_state():
+    controller = HeuristicController("cnn", HeuristicConfig(patience=3))
+    controller.on_cull("conv_light")
+    controller.on_cull("depthwise")
+    state = controller.state_dict()
+    again = HeuristicController("cnn", HeuristicConfig(patience=3))
+    again.load_state_dict(state)
+    assert again.culls_in_a_row == 2
+    again.on_cull("norm")
+    assert again.decide(training_signals(plateau=5)).action == Action.WAIT
+    del state["culls_in_a_row"]  # a checkpoint from before patience existed
+    old = HeuristicController("cnn", HeuristicConfig(patience=3))
+    old.load_state_dict(state)
+    assert old.culls_in_a_row == 0
+    controller.reset()
+    assert controller.culls_in_a_row == 0
 
 
 def _still_learning(**overrides) -> TrainingSignals:

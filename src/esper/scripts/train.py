@@ -38,6 +38,7 @@ from esper.leyline import (
     DEFAULT_BLEND_ALGORITHM,
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_GRADIENT_TELEMETRY_STRIDE,
+    DEFAULT_GROWTH_PATIENCE,
     DEFAULT_THREADS,
     DEFAULT_TIMING,
     TelemetryEvent,
@@ -115,6 +116,9 @@ class RunConfig:
     max_seeds: int | None = None
     #: When the heuristic grows: ``relative`` or ``plateau`` (see ``HeuristicConfig.timing``).
     timing: str = DEFAULT_TIMING
+    #: The heuristic germinates no more after this many seeds in a row were culled (0: never
+    #: stops; see ``HeuristicConfig.patience``).
+    growth_patience: int = DEFAULT_GROWTH_PATIENCE
     #: The live view: True/False as asked with --live/--no-live; None: on when stdout is a
     #: terminal. Display only; it never changes what the run computes.
     live: bool | None = None
@@ -148,6 +152,13 @@ class RunConfig:
             raise UsageError(f"--max-seeds must be >= 0, got {self.max_seeds}")
         if self.shadow_every is not None and self.shadow_every < 1:
             raise UsageError(f"--shadow-every must be >= 1, got {self.shadow_every}")
+        if self.growth_patience < 0:
+            raise UsageError(
+                "--growth-patience must be >= 0 (0: never stop growing), "
+                f"got {self.growth_patience}"
+            )
+        if self.growth_patience and self.mode != "heuristic":
+            raise UsageError(f"--growth-patience is the heuristic's, not mode {self.mode}'s")
         if self.timing not in TIMINGS:
             raise UsageError(f"unknown --timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
         if self.compile is not None:
@@ -434,7 +445,10 @@ def _execute(
         controller = HeuristicController(
             spec.topology,
             HeuristicConfig(
-                blueprints=cfg.blueprints, blend_algorithm=cfg.blend, timing=cfg.timing
+                blueprints=cfg.blueprints,
+                blend_algorithm=cfg.blend,
+                timing=cfg.timing,
+                patience=cfg.growth_patience,
             ),
             seed=cfg.seed,
         )
@@ -715,6 +729,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "epochs without an accuracy gain)",
     )
     parser.add_argument(
+        "--growth-patience",
+        type=int,
+        default=DEFAULT_GROWTH_PATIENCE,
+        metavar="N",
+        help="heuristic: germinate no more once N seeds in a row were culled (default 0: "
+        "never stop); a fossilized seed starts the count again",
+    )
+    parser.add_argument(
         "--policy",
         default=None,
         metavar="POLICY",
@@ -813,6 +835,7 @@ def _config_from_flags(args: argparse.Namespace) -> RunConfig:
         max_seeds=args.max_seeds,
         shadow_every=args.shadow_every,
         timing=args.timing,
+        growth_patience=args.growth_patience,
         policy=args.policy,
         compile=args.compile,
         live=args.live,

@@ -15,6 +15,7 @@ from esper.leyline import (
     DEFAULT_CULL_IF_LOSS_RISES,
     DEFAULT_CULL_STALLED_AFTER_EPOCHS,
     DEFAULT_G2_MIN_TRAINING_EPOCHS,
+    DEFAULT_GROWTH_PATIENCE,
     DEFAULT_MIN_EPOCHS_BEFORE_GERMINATION,
     DEFAULT_PLATEAU_EPOCHS,
     DEFAULT_RELATIVE_GROWTH_SHARE,
@@ -55,6 +56,10 @@ class HeuristicConfig:
     #: incubation gain never turns positive would otherwise hold its slot.
     cull_stalled_after_epochs: int = DEFAULT_CULL_STALLED_AFTER_EPOCHS
     blueprint_cull_penalty: float = DEFAULT_BLUEPRINT_CULL_PENALTY
+    #: Germinate no more once this many seeds in a row were culled (0: keep growing). A host
+    #: whose seeds keep failing has nothing for them to add; each further trial is compute
+    #: spent for nothing. A fossilized seed starts the count again.
+    patience: int = DEFAULT_GROWTH_PATIENCE
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
     #: Blueprints the controller may choose; None means the measured default set of the topology
     #: (every non-noop blueprint for a topology without one).
@@ -88,6 +93,8 @@ class HeuristicConfig:
             raise ValueError(f"unknown timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
         if not 0.0 < self.relative_share < 1.0:
             raise ValueError(f"relative_share must be in (0, 1), got {self.relative_share}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 (0: never stop growing), got {self.patience}")
         if self.slot_order not in SLOT_ORDERS:
             raise ValueError(
                 f"unknown slot_order {self.slot_order!r}; valid: {', '.join(SLOT_ORDERS)}"
@@ -101,7 +108,8 @@ class HeuristicController:
     counterfactual contribution are both positive, cull any other), cull a seed that has
     lingered in a stage while accuracy fell, then germinate once the host has stabilized and
     plateaued: into a dormant slot, else stacked after a fossilized seed. One seed incubates at
-    a time, so each germination answers one plateau.
+    a time, so each germination answers one plateau. With ``patience`` N, growth stops once N
+    seeds in a row were culled.
     Deterministic for a given ``seed`` (ties between blueprints are broken by a seeded RNG).
     """
 
@@ -137,6 +145,8 @@ class HeuristicController:
         """Forget what earlier episodes taught (penalties, uses) and reseed the tie-breaker."""
         self.penalties = {b: 0.0 for b in self.blueprints}
         self.uses = {b: 0 for b in self.blueprints}
+        #: Seeds culled since the last fossilization (or the start): what ``patience`` counts.
+        self.culls_in_a_row = 0
         self._rng = random.Random(self.seed)
 
     def state_dict(self) -> dict:
@@ -144,12 +154,15 @@ class HeuristicController:
         return {
             "penalties": dict(self.penalties),
             "uses": dict(self.uses),
+            "culls_in_a_row": self.culls_in_a_row,
             "rng": self._rng.getstate(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.penalties = {b: float(state["penalties"][b]) for b in self.blueprints}
         self.uses = {b: int(state["uses"][b]) for b in self.blueprints}
+        # Checkpoints from before ``patience`` existed: their runs never stopped growing.
+        self.culls_in_a_row = int(state.get("culls_in_a_row", 0))
         self._rng.setstate(state["rng"])
 
     def decide(self, signals: TrainingSignals) -> Decision:
@@ -201,6 +214,13 @@ class HeuristicController:
             return Decision(Action.WAIT, reason="a seed is incubating")
         if signals.seeds_left == 0:
             return Decision(Action.WAIT, reason="the run's seed budget (max_seeds) is spent")
+        patience = self.config.patience
+        if patience and self.culls_in_a_row >= patience:
+            return Decision(
+                Action.WAIT,
+                reason=f"growth stopped: the last {self.culls_in_a_row} seeds were culled "
+                f"(patience {patience})",
+            )
         if signals.epoch < self.config.min_epochs_before_germination:
             return Decision(Action.WAIT, reason="too early to grow")
         waiting, why_now = self._timing(signals)
@@ -254,8 +274,11 @@ class HeuristicController:
     def on_outcome(self, decision: Decision, outcome: Outcome) -> None:
         if decision.action == Action.GERMINATE and outcome.applied and decision.blueprint:
             self.uses[decision.blueprint] += 1
+        if decision.action == Action.FOSSILIZE and outcome.applied:
+            self.culls_in_a_row = 0
 
     def on_cull(self, blueprint: str | None) -> None:
         """Penalize a blueprint whose seed was culled (by the controller or the lifecycle)."""
+        self.culls_in_a_row += 1
         if blueprint in self.penalties:
             self.penalties[blueprint] += self.config.blueprint_cull_penalty
