@@ -72,6 +72,64 @@ def test_run_totals_agree_with_an_independent_count_over_every_pass():
     assert all(h.params > 0 for h in trainer.history)
 
 
+def test_stages_without_compute_share_a_structure_and_totals_stay_exact():
+    """A culled seed's slot (CULLED, EMBARGOED, RESETTING), a dormant one, and a seed in TRAINING
+    in a pass without its shadow pass all compute nothing there: they share one structure, so
+    one measured pass covers them. A run through all of them, with the shadow pass every other
+    step, still agrees with FlopCounterMode over every pass."""
+    from esper.tolaria.flops import model_structure
+
+    torch.manual_seed(0)
+    host = CNNHost(num_classes=4, n_blocks=3, base_channels=4, pool_layers=2, in_channels=1)
+    model = MorphogeneticModel(
+        host, slots=["early", "mid"], gate_config=permissive_gates(), blending_steps=2
+    )
+    empty = model_structure(model, training=True)
+    model.germinate_seed("conv_light", "s1", slot="mid")
+    model.seed_slots["mid"].advance_stage(SeedStage.TRAINING)
+    assert model_structure(model, training=True) != empty  # its shadow pass
+    assert model_structure(model, training=True, shadows=False) == empty
+    assert model_structure(model, training=False) == model_structure(
+        MorphogeneticModel(
+            CNNHost(num_classes=4, n_blocks=3, base_channels=4, pool_layers=2, in_channels=1),
+            slots=["early", "mid"],
+        ),
+        training=False,
+    )
+    model.cull_seed(slot="mid")
+    assert model_structure(model, training=True) == empty
+
+    trainer = Trainer(
+        model, toy_image_task(133), TrainerConfig(batch_size=16, lr=0.05, shadow_every=2)
+    )
+    independent = {"train": 0, "eval": 0}
+
+    def counted(kind, fn):
+        def wrapper(*args, **kwargs):
+            with FlopCounterMode(display=False) as mode:
+                out = fn(*args, **kwargs)
+            independent[kind] += mode.get_total_flops()
+            return out
+
+        return wrapper
+
+    trainer.train_epoch = counted("train", trainer.train_epoch)
+    trainer.evaluate = counted("eval", trainer.evaluate)
+    stages = set()
+    for epoch in range(1, 10):
+        trainer.observe()
+        early = model.seed_slots["early"]
+        if epoch in (1, 6):
+            trainer.apply(Decision(Action.GERMINATE, slot="early", blueprint="depthwise"))
+        elif epoch == 4 and early.seed is not None:
+            trainer.apply(Decision(Action.CULL, slot="early"))
+        stages |= {slot.stage for slot in model.seed_slots.values()}
+        trainer.end_epoch()
+    assert {SeedStage.TRAINING, SeedStage.EMBARGOED, SeedStage.DORMANT} <= stages
+    assert trainer.train_flops.total == pytest.approx(independent["train"], rel=1e-9)
+    assert trainer.eval_flops.total == pytest.approx(independent["eval"], rel=1e-9)
+
+
 def test_a_host_with_seeds_in_every_stage_at_once_agrees_with_an_independent_count():
     """Four slots, one seed each in TRAINING (shadow pass), BLENDING, PROBATIONARY and
     FOSSILIZED, plus a seed stacked after a fossil: an epoch of training and a validation pass

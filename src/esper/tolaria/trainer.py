@@ -252,7 +252,7 @@ class Trainer:
         structures = {True: model_structure(model, training=True)}
         if sparse:
             passes[False] = self._train_pass(shadows=False)
-            structures[False] = (*structures[True], "without shadow passes")
+            structures[False] = model_structure(model, training=True, shadows=False)
         loss_fn, accuracy = self.loss_fn, self.unit == "points"
         flops_before = self.train_flops.total
         for xb, yb in self._batches("train"):
