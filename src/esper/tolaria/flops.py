@@ -1,7 +1,8 @@
 """Compute accounting: the floating-point operations a run spends, counted without slowing it.
 
-A model's FLOPs per row of a batch depend only on its structure (which slots hold seeds, in
-which stage, with which blueprint and blend, and whether each seed's input is detached): the
+A model's FLOPs per row of a batch depend only on its structure (what each slot's seeds compute:
+shadow pass, blend or fossil, with which blueprint and blend, and whether each seed's input is
+detached; see :func:`model_structure`): the
 hosts and seeds here are convolutions, linear layers and fixed-length attention, all linear in
 the batch size. So the first pass of each structure runs under ``torch.utils.flop_counter``'s
 ``FlopCounterMode`` (which forwards every op unchanged, so results stay bit-identical) and every
