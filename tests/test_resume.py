@@ -182,6 +182,21 @@ def test_resume_with_sparse_checkpoints_replays_the_lost_epochs(uninterrupted, t
     _assert_same_run(uninterrupted, run_dir)
 
 
+@pytest.mark.slow
+def test_growth_patience_counts_across_a_kill(tmp_path):
+    """Seed 0 of stock digits culls its first seed at epoch 16; with patience 1 it grows no
+    more. Killed at epoch 18, the checkpoint holds the heuristic's count of culls, so the resumed
+    run does not start growing again."""
+    flags = ["--epochs", "45", "--growth-patience", "1"]
+    straight = tmp_path / "straight"
+    _train_ok("heuristic", *flags, "--run-dir", str(straight))
+    assert len(_summary(straight)["seeds"]) == 1
+    run_dir = tmp_path / "run"
+    _kill_when(run_dir, '"epoch": 18,', flags)
+    _train_ok("--resume", str(run_dir))
+    _assert_same_run(straight, run_dir)
+
+
 # ----------------------------------------------------------------------- refusals
 
 
