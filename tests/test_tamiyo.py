@@ -179,6 +179,25 @@ def test_growth_stops_after_patience_culls_in_a_row_and_a_fossil_restarts_the_co
     assert controller.culls_in_a_row == 1
 
 
+def test_with_patience_the_next_seed_waits_for_the_last_ones_fate():
+    blending = slot_report("early", SeedStage.BLENDING)
+    ready = training_signals(plateau=5, slots=[blending, slot_report("mid")])
+    # Without patience the next seed grows while the last one blends.
+    assert HeuristicController("cnn").decide(ready).action == Action.GERMINATE
+    patient = HeuristicController("cnn", HeuristicConfig(patience=2)).decide(ready)
+    assert patient.action == Action.WAIT
+    assert patient.reason == "patience 2: waiting for the last seed's fate"
+    probation = slot_report("early", SeedStage.PROBATIONARY)
+    waiting = training_signals(plateau=5, slots=[probation, slot_report("mid")])
+    assert HeuristicController("cnn", HeuristicConfig(patience=2)).decide(waiting).action == (
+        Action.WAIT
+    )
+    fossil = slot_report("early", SeedStage.FOSSILIZED)
+    settled = training_signals(plateau=5, slots=[fossil, slot_report("mid")])
+    grow = HeuristicController("cnn", HeuristicConfig(patience=2)).decide(settled)
+    assert grow.action == Action.GERMINATE and grow.slot == "mid"
+
+
 def test_patience_zero_never_stops_growing_and_negative_is_rejected():
     controller = HeuristicController("cnn")
     assert controller.config.patience == 0

@@ -37,6 +37,8 @@ _PREFERENCE = {
     "mlp": ("mlp", "lora", "norm"),
 }
 _INCUBATING = (SeedStage.GERMINATED, SeedStage.TRAINING)
+#: A seed whose fate (fossilized or culled) is not known yet.
+_UNDECIDED = (SeedStage.BLENDING, SeedStage.PROBATIONARY)
 SLOT_ORDERS = ("auto", "deepest_first", "shallowest_first")
 #: When to grow: on an accuracy plateau (the reference's rule), or once the validation loss's
 #: learning curve has flattened relative to itself and a seed can still finish its lifecycle.
@@ -58,7 +60,9 @@ class HeuristicConfig:
     blueprint_cull_penalty: float = DEFAULT_BLUEPRINT_CULL_PENALTY
     #: Germinate no more once this many seeds in a row were culled (0: keep growing). A host
     #: whose seeds keep failing has nothing for them to add; each further trial is compute
-    #: spent for nothing. A fossilized seed starts the count again.
+    #: spent for nothing. A fossilized seed starts the count again. With patience set, seeds
+    #: are also tried one at a time: the next germinates once the last is fossilized or culled
+    #: (without it, the next grows while the last blends).
     patience: int = DEFAULT_GROWTH_PATIENCE
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
     #: Blueprints the controller may choose; None means the measured default set of the topology
@@ -108,8 +112,8 @@ class HeuristicController:
     counterfactual contribution are both positive, cull any other), cull a seed that has
     lingered in a stage while accuracy fell, then germinate once the host has stabilized and
     plateaued: into a dormant slot, else stacked after a fossilized seed. One seed incubates at
-    a time, so each germination answers one plateau. With ``patience`` N, growth stops once N
-    seeds in a row were culled.
+    a time, so each germination answers one plateau. With ``patience`` N, a seed is tried only
+    once the last one's fate is known, and growth stops once N seeds in a row were culled.
     Deterministic for a given ``seed`` (ties between blueprints are broken by a seeded RNG).
     """
 
@@ -220,6 +224,13 @@ class HeuristicController:
                 Action.WAIT,
                 reason=f"growth stopped: the last {self.culls_in_a_row} seeds were culled "
                 f"(patience {patience})",
+            )
+        if patience and any(r.stage in _UNDECIDED for r in signals.slots):
+            # Counting culls means knowing each seed's fate before trying the next: without
+            # this wait a new seed grows while the last one blends, and by the time the count
+            # reaches the limit one or two more trials are already paid for.
+            return Decision(
+                Action.WAIT, reason=f"patience {patience}: waiting for the last seed's fate"
             )
         if signals.epoch < self.config.min_epochs_before_germination:
             return Decision(Action.WAIT, reason="too early to grow")
