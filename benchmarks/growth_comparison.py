@@ -6,6 +6,7 @@ compute (and the final model's test accuracy and loss for tasks with a test spli
 sample standard deviation over the seeds. Usage::
 
     python benchmarks/growth_comparison.py --task digits --seeds 0 1 2 --out runs/compare
+    python benchmarks/growth_comparison.py --task fashion --growth-patience 2 --out runs/compare
 
 The widened host uses ``--width-multiplier``: the smallest multiplier (in steps of the host's
 width granularity) whose static parameter count reaches the grown models' mean.
@@ -97,13 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="digits")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/compare")
+    parser.add_argument(
+        "--growth-patience",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the grown runs' --growth-patience (default 0); N > 0 names their folders "
+        "heuristic-patienceN-TASK-sS, so they sit beside the default runs in one --out",
+    )
     args, extra = parser.parse_known_args(argv)
+    if args.growth_patience < 0:
+        parser.error(f"--growth-patience must be >= 0, got {args.growth_patience}")
     out = Path(args.out)
+    patience = args.growth_patience
+    grown_flags = [*extra, "--growth-patience", str(patience)] if patience else extra
+    grown_name = f"heuristic-patience{patience}" if patience else "heuristic"
     static = [
         _run("static", args.task, s, out / f"static-{args.task}-s{s}", extra) for s in args.seeds
     ]
     grown = [
-        _run("heuristic", args.task, s, out / f"heuristic-{args.task}-s{s}", extra)
+        _run("heuristic", args.task, s, out / f"{grown_name}-{args.task}-s{s}", grown_flags)
         for s in args.seeds
     ]
     target = statistics.fmean(r["total_params"] for r in grown)
@@ -121,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.task}, seeds {args.seeds}; widened host: --width-multiplier {factor}\n")
     print(_header(_has_test(static)))
     print(_row("static host", static))
-    print(_row("grown (heuristic)", grown))
+    print(
+        _row(f"grown (heuristic, patience {patience})" if patience else "grown (heuristic)", grown)
+    )
     print(_row(f"static host widened x{factor}", wide))
     stages = [" → ".join(s["stages"]) for r in grown for s in r["seeds"]]
     print("\nseed lifecycles:\n" + "\n".join(f"- {s}" for s in stages))

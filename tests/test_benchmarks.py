@@ -267,3 +267,27 @@ def test_step_overhead_compiled_rows_and_compile_cost_on_request():
     costs = result["compile_cost"]
     for stage in ("dormant", "training", "blending", "fossilized"):
         assert f"{stage}_compile_s" in costs and costs[f"{stage}_step_ms"] > 0
+
+
+def test_growth_comparison_runs_the_grown_arm_with_patience_beside_the_default(tmp_path, capsys):
+    import json
+
+    gc = _growth_comparison()
+    out = tmp_path / "compare"
+    assert (
+        gc.main(["--task", "digits", "--seeds", "0", "--growth-patience", "1", "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| grown (heuristic, patience 1) |" in printed
+    grown = out / "heuristic-patience1-digits-s0"
+    assert json.loads((grown / "config.json").read_text())["growth_patience"] == 1
+    # Seed 0 culls its first seed; with patience 1 it tries no other (measured).
+    assert len(json.loads((grown / "summary.json").read_text())["seeds"]) == 1
+    static = json.loads((out / "static-digits-s0" / "config.json").read_text())
+    assert static["growth_patience"] == 0
+    assert not (out / "heuristic-digits-s0").exists()
+    with pytest.raises(SystemExit) as bad:
+        gc.main(["--growth-patience", "-1", "--out", str(out)])
+    assert bad.value.code == 2
+    assert "--growth-patience must be >= 0, got -1" in capsys.readouterr().err
