@@ -19,7 +19,7 @@ from torch import nn
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import GateConfig, QualityGates
 from esper.kasmina.lifecycle import SlotStepReport
-from esper.kasmina.routes import BYPASS, RouteTap, install_routes
+from esper.kasmina.routes import BYPASS, RoutedAs, RouteTap, install_routes
 from esper.kasmina.slot import SeedSlot
 from esper.kasmina.telemetry import capture_telemetry
 from esper.kasmina.tensors import module_tensors
@@ -336,34 +336,18 @@ class MorphogeneticMixin:
         self._host_tensors = None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    @contextlib.contextmanager
-    def _routed(self, mode) -> Iterator[None]:
+    def _routed(self, mode) -> RoutedAs:
         """Inside the block the slot routes work in ``mode`` (see :mod:`esper.kasmina.routes`);
         the mode before it comes back when the block exits."""
-        saved = self._route_mode
-        self._set_route_mode(mode)
-        try:
-            yield
-        finally:
-            self._set_route_mode(saved)
-
-    def _set_route_mode(self, mode) -> None:
-        # Past nn.Module.__setattr__, whose checks for parameters, buffers and modules cost a
-        # few microseconds a call twice a step; a route mode is none of them.
-        object.__setattr__(self, "_route_mode", mode)
+        return RoutedAs(self, mode)
 
     def _tapped_forward(self, *args, **kwargs) -> tuple[object, list]:
         """``self(*args, **kwargs)`` with every incubating slot recording the features it saw:
         ``(output, [(slot, features after its fossils), ...])`` in forward order, the real
         pass of a shadow pass."""
         tap = RouteTap()
-        # _routed's try/finally without the generator: this runs on every training step.
-        saved = self._route_mode
-        self._set_route_mode(tap)
-        try:
+        with RoutedAs(self, tap):
             output = self(*args, **kwargs)
-        finally:
-            self._set_route_mode(saved)
         return output, tap.taps
 
     def disable_slots(self) -> contextlib.AbstractContextManager[None]:

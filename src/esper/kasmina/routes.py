@@ -44,6 +44,26 @@ class RouteBypass:
     """Inside ``disable_slots()``: every slot passes its features through untouched."""
 
 
+class RoutedAs:
+    """``with RoutedAs(owner, mode):`` the owner's slot routes work in ``mode``, and the mode
+    before comes back when the block exits. A class, not a ``contextlib`` generator, and the
+    mode set past ``nn.Module.__setattr__`` (it is no parameter, buffer or module): the real
+    pass of every training step enters one, and those two cost more than the rest of it."""
+
+    __slots__ = ("owner", "mode", "saved")
+
+    def __init__(self, owner: nn.Module, mode) -> None:
+        self.owner = owner
+        self.mode = mode
+
+    def __enter__(self) -> None:
+        self.saved = self.owner._route_mode
+        object.__setattr__(self.owner, "_route_mode", self.mode)
+
+    def __exit__(self, *exc) -> None:
+        object.__setattr__(self.owner, "_route_mode", self.saved)
+
+
 class _SlotRoute:
     """The forward hook on one target: its output's first element through the target's slots,
     in order. ``owner`` is held in a tuple, as ``SeedSlot._owner`` is, so copies map it."""
