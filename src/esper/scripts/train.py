@@ -116,8 +116,8 @@ class RunConfig:
     max_seeds: int | None = None
     #: When the heuristic grows: ``relative`` or ``plateau`` (see ``HeuristicConfig.timing``).
     timing: str = DEFAULT_TIMING
-    #: The heuristic germinates no more after this many seeds in a row were culled (0: never
-    #: stops; see ``HeuristicConfig.patience``).
+    #: The heuristic tries one seed at a time and germinates no more after this many seeds in a
+    #: row were culled (0: never stops; see ``HeuristicConfig.patience``).
     growth_patience: int = DEFAULT_GROWTH_PATIENCE
     #: The live view: True/False as asked with --live/--no-live; None: on when stdout is a
     #: terminal. Display only; it never changes what the run computes.
@@ -733,8 +733,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_GROWTH_PATIENCE,
         metavar="N",
-        help="heuristic: germinate no more once N seeds in a row were culled (default 0: "
-        "never stop); a fossilized seed starts the count again",
+        help="heuristic: try one seed at a time and germinate no more once N seeds in a row "
+        "were culled (default 0: never stop); a fossilized seed starts the count again",
     )
     parser.add_argument(
         "--policy",
