@@ -27,14 +27,9 @@ def test_a_linear_layer_costs_what_the_textbook_says():
     assert meter.total == sum(2 * 2 * rows * 6 * 5 for rows in (4, 4, 3))
 
 
-def test_run_totals_agree_with_an_independent_count_over_every_pass():
-    torch.manual_seed(0)
-    host = CNNHost(num_classes=4, n_blocks=3, base_channels=4, pool_layers=2, in_channels=1)
-    model = MorphogeneticModel(
-        host, slots=["early", "mid"], gate_config=permissive_gates(), blending_steps=2
-    )
-    # 100 training rows in batches of 16: a short last batch checks the scaling by rows.
-    trainer = Trainer(model, toy_image_task(133), TrainerConfig(batch_size=16, lr=0.05))
+def _count_every_pass(trainer: Trainer) -> dict[str, int]:
+    """Wrap ``trainer``'s training epochs and evaluations in ``FlopCounterMode``: the returned
+    dict accumulates, under ``"train"`` and ``"eval"``, the FLOPs of every pass they run."""
     independent = {"train": 0, "eval": 0}
 
     def counted(kind, fn):
@@ -48,6 +43,18 @@ def test_run_totals_agree_with_an_independent_count_over_every_pass():
 
     trainer.train_epoch = counted("train", trainer.train_epoch)
     trainer.evaluate = counted("eval", trainer.evaluate)
+    return independent
+
+
+def test_run_totals_agree_with_an_independent_count_over_every_pass():
+    torch.manual_seed(0)
+    host = CNNHost(num_classes=4, n_blocks=3, base_channels=4, pool_layers=2, in_channels=1)
+    model = MorphogeneticModel(
+        host, slots=["early", "mid"], gate_config=permissive_gates(), blending_steps=2
+    )
+    # 100 training rows in batches of 16: a short last batch checks the scaling by rows.
+    trainer = Trainer(model, toy_image_task(133), TrainerConfig(batch_size=16, lr=0.05))
+    independent = _count_every_pass(trainer)
     stages = set()
     grow = {
         1: Decision(Action.GERMINATE, slot="mid", blueprint="conv_light", blend_algorithm="gated"),
@@ -102,19 +109,7 @@ def test_stages_without_compute_share_a_structure_and_totals_stay_exact():
     trainer = Trainer(
         model, toy_image_task(133), TrainerConfig(batch_size=16, lr=0.05, shadow_every=2)
     )
-    independent = {"train": 0, "eval": 0}
-
-    def counted(kind, fn):
-        def wrapper(*args, **kwargs):
-            with FlopCounterMode(display=False) as mode:
-                out = fn(*args, **kwargs)
-            independent[kind] += mode.get_total_flops()
-            return out
-
-        return wrapper
-
-    trainer.train_epoch = counted("train", trainer.train_epoch)
-    trainer.evaluate = counted("eval", trainer.evaluate)
+    independent = _count_every_pass(trainer)
     stages = set()
     for epoch in range(1, 10):
         trainer.observe()
