@@ -7,6 +7,8 @@ import contextlib
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import drive_to
 from esper.kasmina import BLEND_ALGORITHMS, blueprint_costs, build_blend, get_blueprint
@@ -225,6 +227,52 @@ def test_reported_alpha_is_the_alpha_used_for_the_gated_blend(tiny):
     reported = slot.report().metrics.current_alpha
     assert reported == pytest.approx(float(used.mean()), abs=1e-6)
     assert reported > 0.6 + 0.05  # the gate pushed it above the schedule, and that is reported
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    alpha=st.floats(0.0, 1.0),
+    scale=st.floats(-3.0, 3.0),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_lerp_with_a_float_weight_has_the_bits_of_the_alpha_buffer(alpha, scale, dtype):
+    """A scheduled blend passes alpha to ``lerp`` as a Python float (holding the buffer's
+    value), so that its backward forms ``1 - alpha`` on the host: output and both gradients
+    must be bit for bit what the 0-dim buffer as the weight gives."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, dtype=dtype, generator=gen) * 10**scale).requires_grad_()
+    y = torch.randn(64, dtype=dtype, generator=gen).requires_grad_()
+    grad = torch.randn(64, dtype=dtype, generator=gen)
+    buffer = torch.tensor(alpha, dtype=dtype)
+    results = []
+    for weight in (buffer, buffer.item()):
+        out = torch.lerp(x, y, weight)
+        results.append((out, *torch.autograd.grad(out, (x, y), grad)))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [0.1, 1 / 3, 0.7])
+def test_scheduled_blend_gives_the_bits_of_the_alpha_buffer(tiny_cnn, monkeypatch, alpha, dtype):
+    """The eager forward's float alpha against the buffer a compiled forward reads: the same
+    output and the same gradient for every parameter, in the model's dtype."""
+    model = tiny_cnn.model(slots=["mid"]).to(dtype)
+    slot = drive_to(model, "mid", S.BLENDING, blend="linear")
+    slot.set_alpha(alpha)
+    x, y = tiny_cnn.inputs().to(dtype), tiny_cnn.targets()
+    runs = []
+    for compiling in (False, True):  # True: the buffer path a compiled graph traces
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        tiny_cnn.loss(out, y).backward()
+        runs.append([out.detach(), *(p.grad.clone() for p in model.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    # A new alpha, or alpha written to the state by hand, is what the next forward uses.
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    slot.state.alpha = 0.25
+    assert slot._alpha_weight(dtype) == torch.tensor(0.25, dtype=torch.float32).to(dtype).item()
 
 
 def test_forced_alpha_is_used_and_restored(tiny):

@@ -223,6 +223,121 @@ def test_gradient_ratio_is_parameter_normalized_and_feeds_g2():
     assert expected == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("leaking", [False, True])
+def test_capture_reads_a_leak_accumulator_only_after_its_hook_fired(leaking):
+    """A capture reads back every gradient's norm and, per slot, the leak accumulator only if
+    a leak hook fired since the last capture (until then it holds 0); a schedule's alpha is
+    known on the host. So a healthy model's readback is its norms alone."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Stacks(TorchDispatchMode):
+        sizes: list[int] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "stack":
+                self.sizes.append(len(args[0]))
+            return func(*args, **(kwargs or {}))
+
+    model = _cnn_model()
+    slot = _to_stage(model, SeedStage.BLENDING)
+    slot.isolate_gradients = not leaking
+    x, y = _batch(model)
+    training_loss(model, x, y).backward()
+    assert slot._leak_seen == leaking
+    n_grads = sum(p.grad is not None for p in model.parameters())
+    with Stacks() as stacks:
+        model.capture_gradient_telemetry()
+    assert stacks.sizes == [n_grads + int(leaking)]
+    assert not slot._leak_seen and float(slot._leak_sq) == 0.0
+    m = slot.state.metrics
+    assert m.isolation_violations == int(leaking)
+    assert m.current_alpha == torch.tensor(0.5).item()
+
+
+def _steps_with_captures(model, wait, steps=4, between=None):
+    """Train ``steps`` steps capturing every step with ``wait``; ``between(step)`` runs after
+    each capture. Returns the lifecycle events announced."""
+    events = []
+    model.subscribe(events.append)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = _batch(model)
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        training_loss(model, x, y).backward()
+        model.capture_gradient_telemetry(wait=wait)
+        opt.step()
+        if between is not None:
+            between(step)
+    model.flush_telemetry()
+    return events
+
+
+def test_a_capture_folded_later_gives_the_same_metrics_and_events():
+    """``wait=False`` (the trainer's way: no wait for the backward on a GPU) folds the same
+    numbers, in the same order, with the same ``IsolationViolated`` events, as waiting."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MorphogeneticModel(CNNHost(num_classes=10, base_channels=8), slots=["early", "late"])
+    for name in ("early", "late"):
+        model.germinate_seed("conv_light", f"s-{name}", slot=name)
+        model.seed_slots[name].advance_stage(SeedStage.TRAINING)
+    model.seed_slots["late"].isolate_gradients = False  # one leaking slot, one healthy
+    twin = copy.deepcopy(model)
+    waited = _steps_with_captures(twin, wait=True)
+    seen_before_fold = []
+    later = _steps_with_captures(
+        model,
+        wait=False,
+        between=lambda step: seen_before_fold.append(
+            model.seed_slots["late"].state.metrics.gradient_captures
+        ),
+    )
+    assert seen_before_fold == [0, 1, 2, 3]  # each capture folded by the next one
+    assert later == waited and len(later) == 4  # one violation per capture of the leaking slot
+    for name in ("early", "late"):
+        assert model.seed_slots[name].state.metrics == twin.seed_slots[name].state.metrics
+
+
+def test_a_pending_capture_is_folded_before_anything_reads_the_metrics():
+    model = _cnn_model()
+    slot = _to_stage(model, SeedStage.TRAINING)
+    x, y = _batch(model)
+    for read in (model.slot_reports, model.step_epoch, slot.step_epoch, model.flush_telemetry):
+        before = slot.state.metrics.gradient_captures
+        training_loss(model, x, y).backward()
+        model.capture_gradient_telemetry(wait=False)
+        assert slot.state.metrics.gradient_captures == before
+        read()
+        assert slot.state.metrics.gradient_captures == before + 1
+
+
+def test_a_pending_capture_lands_on_the_seed_it_measured():
+    """The slot's seed replaced before the fold (here by loading another model's state, as a
+    rollback does): the numbers go to the seed that was measured, not to its successor. A deep
+    copy of the model does not fold its original's capture."""
+    import copy
+
+    model = _cnn_model()
+    slot = _to_stage(model, SeedStage.TRAINING)
+    slot.isolate_gradients = False
+    measured = slot.state
+    x, y = _batch(model)
+    training_loss(model, x, y).backward()
+    model.capture_gradient_telemetry(wait=False)
+    twin = copy.deepcopy(model)
+    events = []
+    model.subscribe(events.append)
+    model.load_state_dict(_cnn_model().state_dict())  # a fresh seed in the slot
+    assert slot.state is not measured
+    model.flush_telemetry()
+    assert measured.metrics.gradient_captures == 1 and measured.metrics.isolation_violations == 1
+    assert slot.state.metrics.gradient_captures == 0
+    assert [e.seed_id for e in events] == [measured.seed_id]
+    twin.flush_telemetry()
+    assert twin.seed_slots["mid"].state.metrics.gradient_captures == 0
+
+
 def test_model_level_capture_matches_per_slot_capture():
     """The batched capture (one sync for all slots) gives the same metrics as per-slot calls."""
     import copy

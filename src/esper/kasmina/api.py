@@ -71,6 +71,12 @@ class SlotDict(nn.ModuleDict):
         return x
 
 
+def _as_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t.float()``, without the dispatch when it is float32 already (every training step
+    converts a loss per incubating seed)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 class MorphogeneticMixin:
     """The lifecycle, event, telemetry and accounting API of a model with ``seed_slots``.
 
@@ -94,6 +100,7 @@ class MorphogeneticMixin:
         """
         gates = QualityGates(gate_config)
         self._host_tensors = None
+        self._pending_telemetry = None  # a capture made with wait=False, not yet folded
         self._listeners = Listeners()
         self._route_mode = None
         self.slot_settings = dict(settings)
@@ -170,7 +177,7 @@ class MorphogeneticMixin:
         if baseline is None:
             with torch.no_grad():  # the output may be any structure the loss reads
                 baseline = loss_fn(output)
-        baseline = baseline.detach().float()
+        baseline = _as_float32(baseline.detach())
         for name, shadow in shadows.items():
             slot = self._slot(name)
             if not slot.incubating:
@@ -178,7 +185,7 @@ class MorphogeneticMixin:
                     f"slot {name!r} is {slot.stage.name}; only a seed in TRAINING has a shadow"
                 )
             loss = loss_fn(shadow)
-            slot._add_incubation_gain(baseline - loss.detach().float())
+            slot._add_incubation_gain(baseline - _as_float32(loss.detach()))
             total = loss if total is None else total + loss
         return total
 
@@ -260,7 +267,9 @@ class MorphogeneticMixin:
         return self._slot(slot).advance_stage(target)
 
     def step_epoch(self) -> dict[str, SlotStepReport]:
-        """Advance every slot's mechanical lifecycle by one epoch."""
+        """Advance every slot's mechanical lifecycle by one epoch (a capture still on its way
+        is folded first: the gates read its numbers)."""
+        self.flush_telemetry()
         return {name: slot.step_epoch() for name, slot in self.seed_slots.items()}
 
     def record_validation(self, accuracy: float) -> list[str]:
@@ -286,14 +295,33 @@ class MorphogeneticMixin:
         """
         self._slot(slot).record_counterfactual(contribution)
 
-    def capture_gradient_telemetry(self) -> None:
+    def capture_gradient_telemetry(self, *, wait: bool = True) -> None:
         """Capture gradient telemetry on every slot holding a seed (call after backward).
 
         The host's gradient norm is computed once and every slot's numbers come back to the
-        host in a single synchronisation.
+        host in a single readback.
+
+        Args:
+            wait: True: the metrics are updated (and ``IsolationViolated`` announced) before
+                this returns, at the cost of one host/device synchronisation, which on a GPU
+                waits for the backward to finish. False: the readback is queued behind the step
+                and folded by the next capture, :meth:`flush_telemetry`, :meth:`step_epoch` or
+                :meth:`slot_reports`, whichever comes first, into the metrics of the seeds it
+                measured; the numbers are the same. The trainer captures so.
         """
+        self.flush_telemetry()
         params, n_host = self._host_parameter_list()
-        capture_telemetry(self.seed_slots.values(), params, n_host=n_host)
+        pending = capture_telemetry(self.seed_slots.values(), params, n_host=n_host, wait=wait)
+        if pending is not None:
+            self._pending_telemetry = pending
+
+    def flush_telemetry(self) -> None:
+        """Fold a capture made with ``wait=False`` into the metrics now (nothing if none is
+        pending)."""
+        pending = self.__dict__.get("_pending_telemetry")
+        if pending is not None:
+            self._pending_telemetry = None
+            pending.fold()
 
     def host_tensor_ptrs(self) -> frozenset[int]:
         """Storage addresses of the host's parameters and buffers, for the structural check that
@@ -431,6 +459,7 @@ class MorphogeneticMixin:
         ]
 
     def slot_reports(self) -> list[SeedStateReport]:
+        self.flush_telemetry()
         return [slot.report() for slot in self.seed_slots.values()]
 
     def count_parameters(self) -> dict[str, int]:

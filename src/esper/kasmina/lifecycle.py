@@ -433,6 +433,9 @@ class SlotLifecycle:
             What this step did, read off the events it emitted (a forced stage announced at the
             start is not part of the step).
         """
+        flush = getattr(self._owner[0], "flush_telemetry", None)
+        if flush is not None:
+            flush()  # the gates read what a pending capture of the model measured
         self._announce_forced()
         seed_id = self.state.seed_id
         with self._recording() as events:

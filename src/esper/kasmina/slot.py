@@ -56,6 +56,12 @@ from esper.leyline import (
 # Re-exported: these have been imported from here.
 __all__ = ["SeedSlot", "SeedState", "SlotStepReport", "all_finite", "capture_telemetry"]
 
+# A blend whose alpha() is this one uses the schedule's alpha as it is (linear, sigmoid).
+_RAMP_ALPHA = BlendAlgorithm.alpha
+
+# Feature dtypes in which lerp's backward gives the same bits for a float and a 0-dim weight.
+_EXACT_FLOAT_WEIGHT = (torch.float32, torch.float64)
+
 # Stages in which the seed runs in the forward pass. A tuple, not a set: torch.compile (2.13)
 # guards an enum's membership in a tuple but not in a frozenset, so a compiled forward would
 # silently keep a stale stage's graph.
@@ -132,6 +138,7 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         self.state = SeedState(slot=name, blending_steps=self.blending_steps)
         self.isolate_gradients = True
         self._alpha_forced = False
+        self._alpha_cache: tuple = (None, None, None, 0.0)  # see _alpha_weight
         # A reference to the owning model, kept in a tuple so nn.Module does not register it as a
         # child (which would duplicate the host's parameters); deepcopy maps it with the model.
         self._owner: tuple = (None,)
@@ -142,6 +149,9 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         self.register_buffer("alpha_tensor", torch.zeros(()))
         # Squared norm of seed-path gradient that reached the host since the last capture.
         self.register_buffer("_leak_sq", torch.zeros(()), persistent=False)
+        # Whether a leak hook fired since the last capture: until one does, the capture need
+        # not read _leak_sq back (it holds 0).
+        self._leak_seen = False
         # Mean alpha actually used by the last gated forward.
         self.register_buffer("_alpha_used", torch.zeros(()), persistent=False)
         # Sum of per-batch incubation gains since step_epoch last read them (TRAINING only),
@@ -207,14 +217,33 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
 
         seed_out = seed(seed_in)
         # BLENDING / PROBATIONARY
+        blend = self.blend
+        scheduled = blend is None or self._alpha_forced or type(blend).alpha is _RAMP_ALPHA
+        if scheduled and x.dtype in _EXACT_FLOAT_WEIGHT and not torch.compiler.is_compiling():
+            # The schedule's alpha as a Python float: lerp's backward then forms 1 - alpha on
+            # the host instead of in two device kernels per slot and step, with the same bits
+            # as the buffer would give (tests/test_blueprints_blending.py). Not in half
+            # precision, where the buffer's 1 - alpha is rounded to it; nor in a compiled
+            # forward, which reads the buffer so that a new alpha is no new graph.
+            return torch.lerp(x, seed_out, self._alpha_weight(x.dtype))
         alpha = self.alpha_tensor
         if alpha.dtype != x.dtype:  # a call to .to() costs even when it returns alpha itself
             alpha = alpha.to(x.dtype)
-        if self.blend is not None and not self._alpha_forced:
-            alpha = self.blend.alpha(seed_in, alpha)
-            if isinstance(self.blend, GatedBlend):
+        if not scheduled:
+            alpha = blend.alpha(seed_in, alpha)
+            if isinstance(blend, GatedBlend):
                 self._alpha_used.copy_(alpha.detach().mean())
         return torch.lerp(x, seed_out, alpha)
+
+    def _alpha_weight(self, dtype: torch.dtype) -> float:
+        """The value ``alpha_tensor.to(dtype)`` holds, worked out on the host (no device read):
+        ``set_alpha`` fills the buffer with ``state.alpha``. Cached until either changes."""
+        alpha, own = self.state.alpha, self.alpha_tensor.dtype
+        cached = self._alpha_cache
+        if cached[0] != alpha or cached[1] != own or cached[2] != dtype:
+            value = torch.tensor(alpha, dtype=own).to(dtype).item()
+            cached = self._alpha_cache = (alpha, own, dtype, value)
+        return cached[3]
 
     def buffers_forward_leaves_alone(self) -> frozenset[str]:
         """The buffers the slot's forward does not write in its current stage: the
@@ -234,7 +263,8 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         return self.seed(self._seed_input(x))
 
     def _add_incubation_gain(self, gain: torch.Tensor) -> None:
-        self._gain_sum.add_(gain.detach().float())
+        """Add one batch's gain: a float32 0-dim tensor without gradient."""
+        self._gain_sum.add_(gain)
         self._gain_batches += 1
 
     def _seed_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,6 +278,7 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
 
     def _record_leak(self, grad: torch.Tensor) -> None:
         self._leak_sq.add_(grad.detach().float().pow(2).sum())
+        self._leak_seen = True
 
     # ------------------------------------------------------------------ alpha
 

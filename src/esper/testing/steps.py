@@ -70,8 +70,10 @@ def make_train_step(
         optimizer: the optimizer over ``model``'s parameters.
         x: the inputs, reused every step so only the step itself is measured.
         y: the targets.
-        telemetry_stride: k > 0 calls ``model.capture_gradient_telemetry()`` after the
-            backward of every k-th step, the first one included; 0 never captures.
+        telemetry_stride: k > 0 calls ``model.capture_gradient_telemetry(wait=False)``, as
+            the trainer does, after the backward of every k-th step, the first one included
+            (each capture folds the one before; ``model.flush_telemetry()`` folds the last);
+            0 never captures.
 
     Returns:
         A function of no arguments that takes one step.
@@ -88,7 +90,7 @@ def make_train_step(
         optimizer.zero_grad(set_to_none=True)
         training_loss(model, x, y).backward()
         if telemetry_stride and steps_taken % telemetry_stride == 0:
-            model.capture_gradient_telemetry()
+            model.capture_gradient_telemetry(wait=False)
         steps_taken += 1
         optimizer.step()
 

@@ -275,7 +275,9 @@ class Trainer:
                 else:
                     loss.backward()
             if capture_now:
-                model.capture_gradient_telemetry()
+                # Folded by the next capture or at the end of the epoch, before anything reads
+                # it: the step does not wait for its own backward.
+                model.capture_gradient_telemetry(wait=False)
             opt.step()
             loss_sum += loss.detach()
             if accuracy:
@@ -283,6 +285,7 @@ class Trainer:
             n_batches += 1
             n_targets += yb.numel()
             self.global_step += 1
+        model.flush_telemetry()
         if self.dist is not None:
             # Each rank normalised its own batches; the model must stay one model.
             ranks.average_norm_statistics(model)
