@@ -313,14 +313,15 @@ class MorphogeneticMixin:
         params, n_host = self._host_parameter_list()
         pending = capture_telemetry(self.seed_slots.values(), params, n_host=n_host, wait=wait)
         if pending is not None:
-            self._pending_telemetry = pending
+            # Past nn.Module.__setattr__ (a plain attribute; its checks cost per capture).
+            self.__dict__["_pending_telemetry"] = pending
 
     def flush_telemetry(self) -> None:
         """Fold a capture made with ``wait=False`` into the metrics now (nothing if none is
         pending)."""
         pending = self.__dict__.get("_pending_telemetry")
         if pending is not None:
-            self._pending_telemetry = None
+            self.__dict__["_pending_telemetry"] = None
             pending.fold()
 
     def host_tensor_ptrs(self) -> frozenset[int]:

@@ -160,16 +160,34 @@ class PendingCapture:
     the capture does not wait for the backward to finish.
 
     A deep copy of a model does not take its pending capture along (the original folds it).
+
+    Args:
+        values: the capture's numbers on the device: every gradient's norm, then per probe its
+            leak and gated alpha where it reads them.
+        probes: ``(slot, probe)`` pairs, in the order they fold.
+        bounds: per group (the host, then each probe's seed), its norms' span in ``values``.
+        n_host: the host's parameter count.
+        n_norms: how many of ``values`` are norms.
+        behind: on CUDA, start the copy to the host now without waiting for it.
     """
 
     def __init__(
-        self, values, probes, bounds, n_host: int, n_norms: int, *, behind: bool = True
+        self,
+        values: torch.Tensor,
+        probes: list[tuple[SeedSlot, _TelemetryProbe]],
+        bounds: list[tuple[int, int]],
+        n_host: int,
+        n_norms: int,
+        *,
+        behind: bool = True,
     ) -> None:
         self.ready = None
         if behind and values.device.type == "cuda":
+            # The copy runs on the source device's current stream: the event goes there too.
+            stream = torch.cuda.current_stream(values.device)
             values = values.to("cpu", non_blocking=True)
             self.ready = torch.cuda.Event()
-            self.ready.record()
+            self.ready.record(stream)
         self.values, self.probes, self.bounds = values, probes, bounds
         self.n_host, self.n_norms = n_host, n_norms
 
@@ -238,7 +256,8 @@ def capture_telemetry(
     if leaks:
         torch._foreach_zero_(leaks)
     for slot, _ in probes:
-        slot._leak_seen = False
+        if slot._leak_seen:  # read first: nn.Module.__setattr__ is slow, and this is rare
+            slot._leak_seen = False
     if world > 1:
         # Gradients are all-reduced, so the norms agree; leaks and a gated alpha are rank-local.
         # One collective: leaks are summed (a leak on any rank is a violation on every rank),
