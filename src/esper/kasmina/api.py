@@ -267,9 +267,8 @@ class MorphogeneticMixin:
         return self._slot(slot).advance_stage(target)
 
     def step_epoch(self) -> dict[str, SlotStepReport]:
-        """Advance every slot's mechanical lifecycle by one epoch (a capture still on its way
-        is folded first: the gates read its numbers)."""
-        self.flush_telemetry()
+        """Advance every slot's mechanical lifecycle by one epoch (each slot's step first folds
+        a capture still on its way: the gates read its numbers)."""
         return {name: slot.step_epoch() for name, slot in self.seed_slots.items()}
 
     def record_validation(self, accuracy: float) -> list[str]:

@@ -53,8 +53,8 @@ class _TelemetryProbe:
     seed_params: list[nn.Parameter]
     leak: torch.Tensor | None
     alpha: torch.Tensor | float
+    state: SeedState
     shared_tensors: int = 0
-    state: SeedState | None = None
 
 
 class SlotTelemetry:
@@ -105,7 +105,7 @@ class SlotTelemetry:
             if self.isolation_required
             else 0
         )
-        return _TelemetryProbe(seed_params, leak, alpha, shared, self.state)
+        return _TelemetryProbe(seed_params, leak, alpha, self.state, shared)
 
     def fold_telemetry(
         self,
@@ -127,7 +127,7 @@ class SlotTelemetry:
             n_host: the host's parameter count.
         """
         self._announce_forced()
-        state = probe.state if probe.state is not None else self.state
+        state = probe.state  # the measured seed's, even if the slot holds another by now
         m = state.metrics
         m.seed_gradient_norm = seed_norm
         m.host_gradient_norm = host_norm
