@@ -11,7 +11,8 @@ Three sections, each independent (a failure in one is reported and the others st
    captures run under ``torch.cuda.set_sync_debug_mode("error")``: any host/device
    synchronisation in forward, backward or the optimizer step raises and is reported. Each
    capture then runs under ``"warn"`` and its synchronisations are counted (by design: one per
-   slot today).
+   capture). A fifth case captures as the trainer does (``wait=False``, the leak hook armed):
+   its count says whether folding the previous capture waits on the device.
 3. **recompiles**: a ``torch.compile``-d model goes through a whole lifecycle, DORMANT ->
    GERMINATED -> TRAINING -> BLENDING (the alpha ramp, several epochs) -> PROBATIONARY (with a
    counterfactual forward at alpha 0) -> FOSSILIZED, with a train and an eval pass every epoch.
@@ -35,6 +36,7 @@ count, the alpha ramp recompiled, the compiled model left the lifecycle) or a se
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -151,15 +153,18 @@ def _steps_without_sync(step, n: int, on_cuda: bool) -> str | None:
 
 
 def check_syncs(args) -> dict:
+    # (label, stage, blend, leak hook armed, capture waits): the last case captures as the
+    # trainer does, its readback behind the step (each capture folds the one before).
     cases = [
-        ("TRAINING", SeedStage.TRAINING, "linear", False),
-        ("TRAINING, leak hook armed", SeedStage.TRAINING, "linear", True),
-        ("BLENDING, gated alpha", SeedStage.BLENDING, "gated", False),
-        ("FOSSILIZED", SeedStage.FOSSILIZED, "linear", False),
+        ("TRAINING", SeedStage.TRAINING, "linear", False, True),
+        ("TRAINING, leak hook armed", SeedStage.TRAINING, "linear", True, True),
+        ("BLENDING, gated alpha", SeedStage.BLENDING, "gated", False, True),
+        ("FOSSILIZED", SeedStage.FOSSILIZED, "linear", False, True),
+        ("TRAINING, leak, wait=False", SeedStage.TRAINING, "linear", True, False),
     ]
     on_cuda = torch.device(args.device).type == "cuda"
     rows = []
-    for label, stage, blend, leaky in cases:
+    for label, stage, blend, leaky, wait in cases:
         torch.manual_seed(0)
         host = CNNHost(num_classes=10, n_blocks=3, base_channels=args.width)
         model = model_at_stage(
@@ -182,7 +187,9 @@ def check_syncs(args) -> dict:
             if error:
                 errors.append(error)
                 break
-            capture_syncs.append(_count_sync_warnings(model.capture_gradient_telemetry, on_cuda))
+            capture = functools.partial(model.capture_gradient_telemetry, wait=wait)
+            capture_syncs.append(_count_sync_warnings(capture, on_cuda))
+        model.flush_telemetry()  # a capture behind the step counts once folded
         violations = sum(s.state.metrics.isolation_violations for s in model.seed_slots.values())
         expect_leak = leaky
         rows.append(

@@ -105,6 +105,19 @@ def test_gpu_check_dry_run_reports_a_lifecycle():
     assert rec["total_graphs"] > 0
 
 
+def test_gpu_check_dry_run_counts_leaks_whether_the_capture_waits_or_not():
+    """The sync section's cases run on CPU too (no sync can be detected there): the leaking
+    cases count violations, a capture behind the step (``wait=False``) once it is folded."""
+    proc = _run("gpu_check.py", "--dry-run", "--skip", "timing", "--skip", "recompiles", "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    cases = {c["case"]: c for c in _last_json(proc.stdout)["sync"]["cases"]}
+    for case in cases.values():
+        assert case["violations_as_expected"] and not case["sync_between_captures"], case
+    assert cases["TRAINING"]["isolation_violations"] == 0
+    waited = cases["TRAINING, leak hook armed"]["isolation_violations"]
+    assert waited > 0 and cases["TRAINING, leak, wait=False"]["isolation_violations"] == waited
+
+
 def test_benchmarks_import_no_sibling_and_edit_no_sys_path():
     scripts = sorted(BENCHMARKS.glob("*.py"))
     siblings = {p.stem for p in scripts}
