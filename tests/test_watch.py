@@ -174,6 +174,25 @@ def _read_until(leader: int, proc: subprocess.Popen, needle: str, timeout: float
     return ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
 
 
+def _exit_status(leader: int, proc: subprocess.Popen, timeout: float) -> tuple[int | None, str]:
+    """Wait for the watch to end while reading what it still draws, as a terminal would: a
+    reader that stops leaves the pseudo-terminal's buffer full, and the watch's last frame (and
+    the terminal-mode restore, which waits for output to drain) then blocks it.
+    Returns ``(exit status, the text it drew meanwhile)``; ``subprocess.TimeoutExpired`` when it
+    is still running after ``timeout`` seconds."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if ready:
+            try:
+                chunks.append(os.read(leader, 65536))
+            except OSError:
+                break
+    status = proc.wait(timeout=max(0.0, deadline - time.monotonic()) or 0.1)
+    return status, ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+
+
 def test_watch_follows_a_run_being_written_and_quits_on_q(finished_run, tmp_path):
     run_dir = tmp_path / "live-run"
     run_dir.mkdir()
@@ -195,7 +214,7 @@ def test_watch_follows_a_run_being_written_and_quits_on_q(finished_run, tmp_path
             rows = [line for line in later.splitlines() if f"│ {slot} " in line]
             assert rows and stage in rows[-1], slot
         os.write(leader, b"q")
-        assert proc.wait(timeout=30) == 0
+        assert _exit_status(leader, proc, timeout=30)[0] == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -210,8 +229,9 @@ def test_watch_exits_cleanly_on_ctrl_c(finished_run):
         shown = _read_until(leader, proc, "q or Ctrl-C quits", timeout=60)
         assert "finished" in shown
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-        rest = _read_until(leader, proc, "Traceback", timeout=1)
+        status, drawn = _exit_status(leader, proc, timeout=30)
+        assert status == 0
+        rest = drawn + _read_until(leader, proc, "Traceback", timeout=1)
         assert "Traceback" not in rest
     finally:
         if proc.poll() is None:
