@@ -152,7 +152,16 @@ def _spawn_watch(run_dir: Path) -> tuple[subprocess.Popen, int]:
     leader, follower = pty.openpty()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120", "LINES": "40"}
     argv = [sys.executable, "-m", "esper", "watch", str(run_dir), "--interval", "0.1"]
-    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env)
+    proc = subprocess.Popen(
+        argv,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        # As from a terminal: the test run may itself ignore SIGINT (a shell's background job
+        # does), and a Python started so never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     os.close(follower)
     return proc, leader
 
