@@ -254,6 +254,17 @@ def test_capture_reads_a_leak_accumulator_only_after_its_hook_fired(leaking):
     assert m.current_alpha == torch.tensor(0.5).item()
 
 
+def _leaking_and_healthy_model():
+    """Seeds in TRAINING at ``early`` (isolated, healthy) and ``late`` (its path open: a leak)."""
+    torch.manual_seed(0)
+    model = MorphogeneticModel(CNNHost(num_classes=10, base_channels=8), slots=["early", "late"])
+    for name in ("early", "late"):
+        model.germinate_seed("conv_light", f"s-{name}", slot=name)
+        model.seed_slots[name].advance_stage(SeedStage.TRAINING)
+    model.seed_slots["late"].isolate_gradients = False
+    return model
+
+
 def _steps_with_captures(model, wait, steps=4, between=None):
     """Train ``steps`` steps capturing every step with ``wait``; ``between(step)`` runs after
     each capture. Returns the lifecycle events announced."""
@@ -277,12 +288,7 @@ def test_a_capture_folded_later_gives_the_same_metrics_and_events():
     numbers, in the same order, with the same ``IsolationViolated`` events, as waiting."""
     import copy
 
-    torch.manual_seed(0)
-    model = MorphogeneticModel(CNNHost(num_classes=10, base_channels=8), slots=["early", "late"])
-    for name in ("early", "late"):
-        model.germinate_seed("conv_light", f"s-{name}", slot=name)
-        model.seed_slots[name].advance_stage(SeedStage.TRAINING)
-    model.seed_slots["late"].isolate_gradients = False  # one leaking slot, one healthy
+    model = _leaking_and_healthy_model()
     twin = copy.deepcopy(model)
     waited = _steps_with_captures(twin, wait=True)
     seen_before_fold = []
@@ -342,12 +348,7 @@ def test_model_level_capture_matches_per_slot_capture():
     """The batched capture (one sync for all slots) gives the same metrics as per-slot calls."""
     import copy
 
-    torch.manual_seed(0)
-    model = MorphogeneticModel(CNNHost(num_classes=10, base_channels=8), slots=["early", "late"])
-    for name in ("early", "late"):
-        model.germinate_seed("conv_light", f"s-{name}", slot=name)
-        model.seed_slots[name].advance_stage(SeedStage.TRAINING)
-    model.seed_slots["late"].isolate_gradients = False  # one leaking slot, one healthy
+    model = _leaking_and_healthy_model()
     twin = copy.deepcopy(model)
     x, y = _batch(model)
     for m in (model, twin):

@@ -166,8 +166,9 @@ def _spawn_watch(run_dir: Path) -> tuple[subprocess.Popen, int]:
     return proc, leader
 
 
-def _read_until(leader: int, proc: subprocess.Popen, needle: str, timeout: float) -> str:
-    """What the terminal showed until ``needle`` appeared (or the process ended)."""
+def _read_until(leader: int, proc: subprocess.Popen, needle: str | None, timeout: float) -> str:
+    """What the terminal showed until ``needle`` appeared (None: until the process ended, or
+    ``timeout`` seconds passed)."""
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -178,28 +179,20 @@ def _read_until(leader: int, proc: subprocess.Popen, needle: str, timeout: float
             except OSError:
                 break
         text = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
-        if needle in text or (not ready and proc.poll() is not None):
+        if (needle is not None and needle in text) or (not ready and proc.poll() is not None):
             return text
     return ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
 
 
-def _exit_status(leader: int, proc: subprocess.Popen, timeout: float) -> tuple[int | None, str]:
+def _exit_status(leader: int, proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
     """Wait for the watch to end while reading what it still draws, as a terminal would: a
     reader that stops leaves the pseudo-terminal's buffer full, and the watch's last frame (and
     the terminal-mode restore, which waits for output to drain) then blocks it.
     Returns ``(exit status, the text it drew meanwhile)``; ``subprocess.TimeoutExpired`` when it
     is still running after ``timeout`` seconds."""
-    chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.1)
-        if ready:
-            try:
-                chunks.append(os.read(leader, 65536))
-            except OSError:
-                break
-    status = proc.wait(timeout=max(0.0, deadline - time.monotonic()) or 0.1)
-    return status, ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+    drawn = _read_until(leader, proc, None, timeout)
+    return proc.wait(timeout=max(0.1, deadline - time.monotonic())), drawn
 
 
 def test_watch_follows_a_run_being_written_and_quits_on_q(finished_run, tmp_path):

@@ -89,7 +89,7 @@ class SlotLifecycle:
     ``isolate_gradients``, ``_keeps_isolation_while_blending``, ``_probe_shape_dims``,
     ``_alpha_forced``, ``_leak_sq``, ``_gain_sum``, ``_gain_batches``, ``_listeners``,
     ``_recorder``, ``_owner``, ``set_alpha``, ``_device``, ``_build_seed``,
-    ``_tensors_shared_with_host``.
+    ``_tensors_shared_with_host``, ``_flush_owner_telemetry``.
     """
 
     name: str
@@ -433,9 +433,7 @@ class SlotLifecycle:
             What this step did, read off the events it emitted (a forced stage announced at the
             start is not part of the step).
         """
-        flush = getattr(self._owner[0], "flush_telemetry", None)
-        if flush is not None:
-            flush()  # the gates read what a pending capture of the model measured
+        self._flush_owner_telemetry()  # the gates read what a pending capture measured
         self._announce_forced()
         seed_id = self.state.seed_id
         with self._recording() as events:

@@ -72,11 +72,15 @@ class SlotTelemetry:
         One host/device synchronisation per call; none per training step.
         (``MorphogeneticModel.capture_gradient_telemetry`` does every slot with one sync.)
         """
+        self._flush_owner_telemetry()  # an earlier capture of the model's folds first
         owner = self._owner[0]
-        flush = getattr(owner, "flush_telemetry", None)
-        if flush is not None:
-            flush()  # an earlier capture of the model's folds first
         capture_telemetry([self], list(owner.host_parameters()) if owner is not None else [])
+
+    def _flush_owner_telemetry(self) -> None:
+        """Fold a capture of the owning model still on its way (``wait=False``), if any."""
+        flush = getattr(self._owner[0], "flush_telemetry", None)
+        if flush is not None:
+            flush()
 
     def telemetry_probe(self, *, read_leak: bool = False) -> _TelemetryProbe | None:
         """Queue this capture's device-side measurements (no sync).
