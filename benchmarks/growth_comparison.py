@@ -6,7 +6,7 @@ compute (and the final model's test accuracy and loss for tasks with a test spli
 sample standard deviation over the seeds. Usage::
 
     python benchmarks/growth_comparison.py --task digits --seeds 0 1 2 --out runs/compare
-    python benchmarks/growth_comparison.py --task fashion --growth-patience 2 --out runs/compare
+    python benchmarks/growth_comparison.py --task fashion --growth-patience 0 --out runs/compare
 
 The widened host uses ``--width-multiplier``: the smallest multiplier (in steps of the host's
 width granularity) whose static parameter count reaches the grown models' mean.
@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from esper.kasmina.host import MorphogeneticModel
+from esper.leyline import DEFAULT_GROWTH_PATIENCE
 from esper.scripts.train import widen_task
 from esper.tolaria.tasks import build_task_host, get_task
 
@@ -101,17 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--growth-patience",
         type=int,
-        default=0,
+        default=DEFAULT_GROWTH_PATIENCE,
         metavar="N",
-        help="the grown runs' --growth-patience (default 0); N > 0 names their folders "
-        "heuristic-patienceN-TASK-sS, so they sit beside the default runs in one --out",
+        help=f"the grown runs' --growth-patience (default {DEFAULT_GROWTH_PATIENCE}); N > 0 "
+        "names their folders heuristic-patienceN-TASK-sS and 0 heuristic-TASK-sS, so runs "
+        "with different patience sit side by side in one --out",
     )
     args, extra = parser.parse_known_args(argv)
     if args.growth_patience < 0:
         parser.error(f"--growth-patience must be >= 0, got {args.growth_patience}")
     out = Path(args.out)
     patience = args.growth_patience
-    grown_flags = [*extra, "--growth-patience", str(patience)] if patience else extra
+    grown_flags = [*extra, "--growth-patience", str(patience)]
     grown_name = f"heuristic-patience{patience}" if patience else "heuristic"
     static = [
         _run("static", args.task, s, out / f"static-{args.task}-s{s}", extra) for s in args.seeds
@@ -136,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     print(_header(_has_test(static)))
     print(_row("static host", static))
     print(
-        _row(f"grown (heuristic, patience {patience})" if patience else "grown (heuristic)", grown)
+        _row(
+            "grown (heuristic)"
+            if patience == DEFAULT_GROWTH_PATIENCE
+            else f"grown (heuristic, patience {patience})",
+            grown,
+        )
     )
     print(_row(f"static host widened x{factor}", wide))
     stages = [" → ".join(s["stages"]) for r in grown for s in r["seeds"]]

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/run_overhead.py --task digits --seeds 0,1,2
     python benchmarks/run_overhead.py --task digits --seeds 0 --reps 5 --json
     python benchmarks/run_overhead.py --task digits --shadow-every 1   # the shadow pass every step
-    python benchmarks/run_overhead.py --task digits --growth-patience 2  # stop after 2 culls
+    python benchmarks/run_overhead.py --task digits --growth-patience 0  # never stop growing
 
 Three runs per seed, built exactly as ``esper train`` builds them and timed side by side in one
 process (interleaved, ``--reps`` times, medians):
@@ -33,7 +33,7 @@ import sys
 import time
 
 from esper.kasmina import MorphogeneticModel
-from esper.leyline import SeedStage
+from esper.leyline import DEFAULT_GROWTH_PATIENCE, SeedStage
 from esper.simic.env import EpisodeConfig, build_run
 from esper.tamiyo import HeuristicConfig, HeuristicController
 from esper.testing import drive_to
@@ -61,10 +61,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--growth-patience",
         type=int,
-        default=0,
+        default=DEFAULT_GROWTH_PATIENCE,
         metavar="N",
-        help="the heuristic germinates no more after N seeds in a row were culled (default 0: "
-        "never stops, as esper train heuristic)",
+        help="the heuristic germinates no more after N seeds in a row were culled (default "
+        f"{DEFAULT_GROWTH_PATIENCE}, as esper train heuristic; 0: never stops)",
     )
     parser.add_argument("--json", action="store_true", help="last line: the numbers as JSON")
     return parser.parse_args(argv)

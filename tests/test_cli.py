@@ -107,8 +107,8 @@ def test_malformed_flag_is_one_line_exit_2(capsys):
 def test_growth_patience_stops_germinating_after_that_many_culls(tmp_path):
     import json
 
-    # Seed 0 of stock digits culls its first seed (stalled in TRAINING, epoch 16) and, without
-    # patience, goes on to germinate five more (measured; every one culled).
+    # Seed 0 of stock digits culls its first seed (stalled in TRAINING, epoch 16) and, with
+    # patience 0, goes on to germinate five more (measured; every one culled).
     run_dir = tmp_path / "run"
     argv = ["train", "heuristic", "--growth-patience", "1", "--run-dir", str(run_dir)]
     assert main([*argv, "--no-live"]) == 0

@@ -18,7 +18,7 @@ import torch
 
 from esper.cli import main
 from esper.kasmina.host import CNNHost, MorphogeneticModel
-from esper.leyline import Action, Decision
+from esper.leyline import DEFAULT_GROWTH_PATIENCE, Action, Decision
 from esper.nissa import MemorySink, TelemetryHub
 from esper.scripts.train import RunConfig
 from esper.tamiyo import HeuristicController
@@ -321,6 +321,17 @@ def test_a_run_recorded_before_timing_existed_resumes_on_the_plateau_rule(short_
     assert raw["timing"] == "relative"  # today's default is recorded with every run
     raw.pop("timing")
     assert RunConfig.from_dict(raw).timing == "plateau"
+
+
+def test_a_heuristic_run_recorded_before_growth_patience_existed_resumes_without_it(short_run):
+    raw = json.loads((short_run / "config.json").read_text())
+    assert raw["growth_patience"] is None  # a static run has no heuristic to be patient
+    heuristic = {**raw, "mode": "heuristic", "growth_patience": DEFAULT_GROWTH_PATIENCE + 1}
+    assert RunConfig.from_dict(heuristic).growth_patience == DEFAULT_GROWTH_PATIENCE + 1
+    heuristic.pop("growth_patience")
+    # It never stopped growing; today's default would change its controller under it.
+    assert RunConfig.from_dict(heuristic).growth_patience == 0
+    assert RunConfig(mode="heuristic").growth_patience == DEFAULT_GROWTH_PATIENCE > 0
 
 
 @pytest.mark.slow

@@ -7,24 +7,27 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from esper.leyline import SeedStage
+from esper.leyline import DEFAULT_GROWTH_PATIENCE, SeedStage
 from esper.simic.actions import ActionLayout
 from esper.simic.env import EpisodeConfig
 from esper.simic.evaluate import (
+    ControllerJob,
     MaskedRandomController,
     heuristic_config_from_dict,
     heuristic_config_to_dict,
+    make_controller,
     paired_bootstrap,
     tune_heuristic,
 )
 from esper.simic.imitation import behaviour_clone, demonstrate
-from esper.simic.policy import Policy, PolicyError
+from esper.simic.policy import Policy, PolicyError, shipped_policy_path
 from esper.simic.training import SimicConfig, behaviour_cloned, new_policy, train_policy
 from esper.tamiyo import HeuristicConfig
 from esper.testing import slot_report, training_signals
@@ -70,6 +73,25 @@ def test_behaviour_cloning_reproduces_the_heuristics_decisions():
     greedy = [policy.agent.act(o, m, greedy=True)[0] for o, m in pairs]
     agree = np.mean(np.array(greedy) == np.array(demos.actions))
     assert agree == pytest.approx(stats["accuracy"])
+
+
+def test_demonstrations_and_baselines_use_the_episodes_heuristic_patience():
+    legacy = replace(SHORT, heuristic_patience=0)
+    # Seed 3: without patience a second seed grows while the first blends (measured).
+    patient = demonstrate(SHORT, SHORT.default_layout(), seeds=[3])
+    eager = demonstrate(legacy, SHORT.default_layout(), seeds=[3])
+    assert patient.actions != eager.actions
+    assert sum(a != 0 for a in eager.actions) > sum(a != 0 for a in patient.actions)
+    for config, patience in ((SHORT, DEFAULT_GROWTH_PATIENCE), (legacy, 0)):
+        baseline = make_controller(ControllerJob("heuristic", 1000), config, {})
+        assert baseline.config == HeuristicConfig(patience=patience)
+        assert EpisodeConfig.from_dict(config.to_dict()).heuristic_patience == patience
+    # The shipped policies were cloned from, and are measured against, the heuristic of their
+    # day, which never stopped growing: their policy files predate the setting.
+    for task in ("digits", "pyref"):
+        episode = Policy.load(shipped_policy_path(task)).episode
+        assert "heuristic_patience" not in episode
+        assert EpisodeConfig.from_dict(episode).heuristic_patience == 0
 
 
 def test_training_clones_before_its_first_update(tmp_path):
@@ -138,6 +160,8 @@ def test_tuned_heuristic_searches_from_the_default_config():
     )
     assert len(trials) == 3 == len(seen)
     assert heuristic_config_from_dict(trials[0]["config"]) == HeuristicConfig()
+    # Every sampled config keeps the episodes' patience: the search is over the rest.
+    assert {t["config"]["patience"] for t in trials} == {DEFAULT_GROWTH_PATIENCE}
     assert best in [heuristic_config_from_dict(t["config"]) for t in trials]
     top = max(trials, key=lambda t: t["score"])
     assert heuristic_config_to_dict(best) == top["config"]

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from esper.kasmina import list_blueprints
-from esper.leyline import Outcome, SeedStage
+from esper.leyline import DEFAULT_GROWTH_PATIENCE, Outcome, SeedStage
 from esper.tamiyo import Action, Controller, HeuristicConfig, HeuristicController
 from esper.tamiyo.decisions import TrainingSignals
 from esper.testing import slot_report, training_signals
@@ -183,7 +183,10 @@ def test_with_patience_the_next_seed_waits_for_the_last_ones_fate():
     blending = slot_report("early", SeedStage.BLENDING)
     ready = training_signals(plateau=5, slots=[blending, slot_report("mid")])
     # Without patience the next seed grows while the last one blends.
-    assert HeuristicController("cnn").decide(ready).action == Action.GERMINATE
+    eager = HeuristicController("cnn", HeuristicConfig(patience=0))
+    assert eager.decide(ready).action == Action.GERMINATE
+    # The default is patient.
+    assert HeuristicController("cnn").decide(ready).action == Action.WAIT
     patient = HeuristicController("cnn", HeuristicConfig(patience=2)).decide(ready)
     assert patient.action == Action.WAIT
     assert patient.reason == "patience 2: waiting for the last seed's fate"
@@ -199,13 +202,17 @@ def test_with_patience_the_next_seed_waits_for_the_last_ones_fate():
 
 
 def test_patience_zero_never_stops_growing_and_negative_is_rejected():
-    controller = HeuristicController("cnn")
-    assert controller.config.patience == 0
+    controller = HeuristicController("cnn", HeuristicConfig(patience=0))
     for _ in range(10):
         controller.on_cull("conv_light")
     assert controller.decide(training_signals(plateau=5)).action == Action.GERMINATE
     with pytest.raises(ValueError, match="patience must be >= 0"):
         HeuristicConfig(patience=-1)
+    default = HeuristicController("cnn")
+    assert default.config.patience == DEFAULT_GROWTH_PATIENCE > 0
+    for _ in range(DEFAULT_GROWTH_PATIENCE):
+        default.on_cull("conv_light")
+    assert default.decide(training_signals(plateau=5)).action == Action.WAIT
 
 
 def test_the_cull_count_is_part_of_the_controller_state():

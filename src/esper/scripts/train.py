@@ -117,8 +117,10 @@ class RunConfig:
     #: When the heuristic grows: ``relative`` or ``plateau`` (see ``HeuristicConfig.timing``).
     timing: str = DEFAULT_TIMING
     #: The heuristic tries one seed at a time and germinates no more after this many seeds in a
-    #: row were culled (0: never stops; see ``HeuristicConfig.patience``).
-    growth_patience: int = DEFAULT_GROWTH_PATIENCE
+    #: row were culled (0: never stops; see ``HeuristicConfig.patience``). None: leyline's
+    #: default for a heuristic run (resolved here, so ``config.json`` keeps the number the run
+    #: used), and nothing for the other modes.
+    growth_patience: int | None = None
     #: The live view: True/False as asked with --live/--no-live; None: on when stdout is a
     #: terminal. Display only; it never changes what the run computes.
     live: bool | None = None
@@ -152,7 +154,9 @@ class RunConfig:
             raise UsageError(f"--max-seeds must be >= 0, got {self.max_seeds}")
         if self.shadow_every is not None and self.shadow_every < 1:
             raise UsageError(f"--shadow-every must be >= 1, got {self.shadow_every}")
-        if self.growth_patience < 0:
+        if self.growth_patience is None and self.mode == "heuristic":
+            object.__setattr__(self, "growth_patience", DEFAULT_GROWTH_PATIENCE)
+        if self.growth_patience is not None and self.growth_patience < 0:
             raise UsageError(
                 "--growth-patience must be >= 0 (0: never stop growing), "
                 f"got {self.growth_patience}"
@@ -198,6 +202,9 @@ class RunConfig:
         values.setdefault("timing", "plateau")
         # ...and before ``shadow_every`` existed, every step ran the shadow pass.
         values.setdefault("shadow_every", 1)
+        # ...and before ``growth_patience`` existed, a heuristic run never stopped growing.
+        if values.get("mode") == "heuristic":
+            values.setdefault("growth_patience", 0)
         for key in ("slots", "blueprints", "log"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -731,10 +738,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--growth-patience",
         type=int,
-        default=DEFAULT_GROWTH_PATIENCE,
+        default=None,
         metavar="N",
         help="heuristic: try one seed at a time and germinate no more once N seeds in a row "
-        "were culled (default 0: never stop); a fossilized seed starts the count again",
+        f"were culled (default {DEFAULT_GROWTH_PATIENCE}; 0: never stop, and the next seed "
+        "may grow while the last one blends); a fossilized seed starts the count again",
     )
     parser.add_argument(
         "--policy",

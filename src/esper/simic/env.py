@@ -23,11 +23,12 @@ from gymnasium import spaces
 
 from esper._atomic import atomic_path
 from esper.kasmina import MorphogeneticModel
-from esper.leyline import DEFAULT_PARAMETER_RENT
+from esper.leyline import DEFAULT_GROWTH_PATIENCE, DEFAULT_PARAMETER_RENT
 from esper.scripts.train import RunConfig, widen_task
 from esper.simic.actions import ActionLayout
 from esper.simic.observation import OBSERVATION_BOUND, observation_size, observe
 from esper.simic.reward import CRITIC_FEATURES, RewardTracker, StaticBaseline, quality
+from esper.tamiyo import HeuristicConfig
 from esper.tolaria.tasks import build_task_host, get_task
 from esper.tolaria.trainer import Trainer
 
@@ -46,6 +47,9 @@ class EpisodeConfig:
         data_dir: where a task with local data finds it.
         threads: torch intra-op threads (results on a CPU depend on it).
         shadow_every: steps between incubating seeds' shadow passes; None means the task's.
+        heuristic_patience: the growth patience (``HeuristicConfig.patience``) of the heuristic
+            a policy is cloned from and compared with (demonstrations, the default and tuned
+            heuristic baselines); None means leyline's default.
     """
 
     task: str
@@ -56,6 +60,7 @@ class EpisodeConfig:
     data_dir: str | None = None
     threads: int = 1
     shadow_every: int | None = None
+    heuristic_patience: int | None = None
 
     def run_config(self, seed: int, mode: str = "heuristic") -> RunConfig:
         """The equivalent ``esper train`` configuration (validated there)."""
@@ -71,6 +76,15 @@ class EpisodeConfig:
             threads=self.threads,
             shadow_every=self.shadow_every,
         )
+
+    def resolved_patience(self) -> int:
+        patience = self.heuristic_patience
+        return DEFAULT_GROWTH_PATIENCE if patience is None else patience
+
+    def heuristic_config(self) -> HeuristicConfig:
+        """The default heuristic at these episodes' patience: what a policy is cloned from and
+        compared with."""
+        return HeuristicConfig(patience=self.resolved_patience())
 
     def resolved_slots(self) -> tuple[str, ...]:
         return tuple(self.slots) if self.slots else get_task(self.task).slots
@@ -98,6 +112,7 @@ class EpisodeConfig:
             "slots": list(self.resolved_slots()),
             "max_seeds": self.max_seeds,
             "shadow_every": self.shadow_every or get_task(self.task).shadow_every,
+            "heuristic_patience": self.resolved_patience(),
         }
 
     @classmethod
@@ -111,6 +126,9 @@ class EpisodeConfig:
             max_seeds=raw.get("max_seeds"),
             # Policies trained before the setting existed saw the shadow pass on every step.
             shadow_every=raw.get("shadow_every", 1),
+            # ...and were cloned from, and measured against, a heuristic that never stopped
+            # growing (the default until patience became 2, in 0.3.0).
+            heuristic_patience=raw.get("heuristic_patience", 0),
         )
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esper.leyline import DEFAULT_PARAMETER_RENT, Decision, TrainingSignals, get_topology
+from esper.leyline import (
+    DEFAULT_GROWTH_PATIENCE,
+    DEFAULT_PARAMETER_RENT,
+    Decision,
+    TrainingSignals,
+    get_topology,
+)
 from esper.simic.actions import ActionLayout
 from esper.simic.env import BaselineCache, EpisodeConfig, fossilized, whole_run
 from esper.simic.policy import Policy, PolicyController
@@ -121,7 +127,7 @@ def make_controller(job: ControllerJob, config: EpisodeConfig, policies: dict[st
         layout = policy.layout if policy is not None else config.default_layout()
         return MaskedRandomController(layout, job.seed)
     if job.name == "heuristic":
-        return HeuristicController(topology, seed=job.seed)
+        return HeuristicController(topology, config.heuristic_config(), seed=job.seed)
     if job.name == "tuned":
         if job.heuristic is None:
             raise ValueError("a tuned run needs its heuristic configuration")
@@ -221,11 +227,14 @@ def paired_bootstrap(
 # -- the heuristic tuned by random search ------------------------------------------------------
 
 
-def sample_heuristic_config(rng: random.Random, blueprints: Sequence[str]) -> HeuristicConfig:
+def sample_heuristic_config(
+    rng: random.Random, blueprints: Sequence[str], *, patience: int = DEFAULT_GROWTH_PATIENCE
+) -> HeuristicConfig:
     """One point of the tuner's search space: every timing, cull and blueprint setting of
-    :class:`HeuristicConfig`."""
+    :class:`HeuristicConfig`, at growth ``patience``."""
     chosen = tuple(b for b in blueprints if rng.random() < 0.6) or (rng.choice(blueprints),)
     return HeuristicConfig(
+        patience=patience,
         min_epochs_before_germination=rng.randint(2, 12),
         plateau_epochs=rng.randint(2, 6),
         cull_after_epochs=rng.randint(3, 8),
@@ -267,9 +276,14 @@ def tune_heuristic(
     own = workers is None
     workers = EvaluationWorkers(config) if own else workers
     trials: list[dict] = []
-    best: tuple[float, HeuristicConfig] = (float("-inf"), HeuristicConfig())
+    default = config.heuristic_config()
+    best: tuple[float, HeuristicConfig] = (float("-inf"), default)
     for t in range(budget // seeds_per_config):
-        candidate = HeuristicConfig() if t == 0 else sample_heuristic_config(rng, layout.blueprints)
+        candidate = (
+            default
+            if t == 0
+            else sample_heuristic_config(rng, layout.blueprints, patience=default.patience)
+        )
         seeds = [rng.choice(list(train_seeds)) for _ in range(seeds_per_config)]
         raw = heuristic_config_to_dict(candidate)
         scores = []

@@ -74,11 +74,13 @@ class _Recorder:
 
 
 def demonstrate(config: EpisodeConfig, layout: ActionLayout, seeds) -> Demonstrations:
-    """Run the default heuristic on each seed and record every epoch's decision."""
+    """Run the episodes' heuristic (``config.heuristic_config()``) on each seed and record
+    every epoch's decision."""
     topology = get_task(config.task).topology
     demos, data = Demonstrations(), {}
     for seed in seeds:
-        recorder = _Recorder(HeuristicController(topology, seed=int(seed)), layout, demos)
+        heuristic = HeuristicController(topology, config.heuristic_config(), seed=int(seed))
+        recorder = _Recorder(heuristic, layout, demos)
         with whole_run(config, int(seed), data, controller=recorder):
             pass  # the recorder wrote down every decision as the run went
     return demos
