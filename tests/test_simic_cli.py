@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from esper.cli import main
+from esper.leyline import DEFAULT_GROWTH_PATIENCE
 from esper.simic.training import GROWTH_PPO
 
 #: Two updates of two 3-epoch episodes on a half-width digits host: seconds.
@@ -37,6 +38,8 @@ def test_simic_train_writes_a_policy_that_esper_train_ppo_runs(policy_file, tmp_
     assert summary["width_multiplier"] == 0.5 and "was trained on" not in capsys.readouterr().out
     # A policy trained now records the task's shadow stride, and its runs use it.
     assert saved["episode"]["shadow_every"] == 4
+    # ...and the patience of the heuristic it is cloned from and compared with.
+    assert saved["episode"]["heuristic_patience"] == DEFAULT_GROWTH_PATIENCE
     assert json.loads((run_dir / "config.json").read_text())["trainer"]["shadow_every"] == 4
     # Flags win, and a run unlike the training runs says so.
     wide = tmp_path / "wide"
@@ -82,6 +85,10 @@ def _bad_inputs(tmp_path, policy_file) -> list[tuple[list[str], str]]:
         (["simic", "train", "--episodes", "2", "--out", "p.pt", "--resume"], "does not exist"),
         (["simic", "train", "--episodes", "2"], "--out"),
         (["simic", "train", "--episodes", "2", "--out", "p.pt", "--gae-lambda", "2"], "[0, 1]"),
+        (
+            ["simic", "train", "--episodes", "2", "--out", "p.pt", "--heuristic-patience", "-1"],
+            "--heuristic-patience must be >= 0, got -1",
+        ),
         ([*ppo, "--policy", str(tmp_path / "missing.pt")], "no such policy file"),
         ([*ppo, "--policy", str(junk)], "not a readable policy file"),
         ([*ppo, "--task", "pyref", "--policy", str(policy_file)], "trained for task 'digits'"),
@@ -115,3 +122,10 @@ def test_ppo_settings_from_the_command_line_reach_the_learner(tmp_path):
     ppo = torch.load(path, weights_only=True)["training"]["config"]["ppo"]
     assert (ppo["entropy_coef"], ppo["gae_lambda"], ppo["lr"]) == (0.002, 1.0, 0.0005)
     assert ppo["update_epochs"] == GROWTH_PPO.update_epochs  # the rest keeps its defaults
+
+
+def test_heuristic_patience_reaches_the_episodes_the_policy_records(tmp_path):
+    path = tmp_path / "eager.pt"
+    argv = ["simic", "train", *SMOKE, "--episodes", "2", "--out", str(path)]
+    assert main([*argv, "--heuristic-patience", "0"]) == 0
+    assert torch.load(path, weights_only=True)["episode"]["heuristic_patience"] == 0

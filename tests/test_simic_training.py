@@ -118,3 +118,17 @@ def test_each_episode_samples_with_its_own_seed():
     env = GrowthEnv(EPISODE, policy.layout)
     runs = [run_episode(env, policy.agent, EpisodeJob(5, s)).buffer.actions for s in (1, 2, 1)]
     assert runs[0] == runs[2] and runs[0] != runs[1]
+
+
+def test_a_training_from_before_heuristic_patience_resumes_at_patience_zero(tmp_path):
+    path = tmp_path / "old.pt"
+    legacy = replace(_config(2), episode=replace(EPISODE, heuristic_patience=0))
+    train_policy(legacy, path)
+    saved = torch.load(path, weights_only=True)
+    del saved["episode"]["heuristic_patience"]  # as a file written before the setting
+    del saved["training"]["config"]["episode"]["heuristic_patience"]
+    torch.save(saved, path)
+    with pytest.raises(PolicyError, match="another configuration"):
+        train_policy(_config(4), path, resume=True)  # today's default is another heuristic
+    resumed = train_policy(replace(legacy, episodes=4), path, resume=True)
+    assert resumed.training["updates"] == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from esper.leyline import DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
+from esper.leyline import DEFAULT_GROWTH_PATIENCE, DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
 from esper.scripts.train import UsageError, count_progress, print_error
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import list_tasks
@@ -45,6 +45,15 @@ def add_simic_arguments(parser: argparse.ArgumentParser, sub_class) -> None:
         type=int,
         default=0,
         help="clone the heuristic on this many runs before PPO starts (default 0)",
+    )
+    train.add_argument(
+        "--heuristic-patience",
+        type=int,
+        default=None,
+        metavar="N",
+        help="growth patience of the heuristic cloned by --bc-episodes and compared with "
+        f"(default {DEFAULT_GROWTH_PATIENCE}; 0: the heuristic before patience, which the "
+        "shipped policies were trained beside)",
     )
     train.add_argument(
         "--train-seeds",
@@ -97,6 +106,7 @@ def config_from_args(args: argparse.Namespace):
         width_multiplier=args.width_multiplier,
         max_seeds=args.max_seeds,
         data_dir=args.data_dir,
+        heuristic_patience=args.heuristic_patience,
     )
     episode.run_config(0)  # the run's own checks (epochs, width, seed budget), as UsageError
     learner = ("lr", "entropy_coef", "gae_lambda", "update_epochs", "minibatch_size", "target_kl")

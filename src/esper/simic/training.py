@@ -41,6 +41,7 @@ LOWER_LIMITS = {
     "train_seeds": 1,
     "bc_episodes": 0,
     "rent": 0.0,
+    "heuristic_patience": 0,
 }
 
 
@@ -48,7 +49,7 @@ def check_limits(values: dict, name: Callable[[str], str] = str) -> None:
     """Raise ValueError for the first setting in ``values`` below its :data:`LOWER_LIMITS`
     entry; ``name`` spells the setting in the message (a command line passes its flag)."""
     for key, least in LOWER_LIMITS.items():
-        if key in values and values[key] < least:
+        if values.get(key) is not None and values[key] < least:
             raise ValueError(f"{name(key)} must be >= {least:g}, got {values[key]}")
 
 
@@ -158,6 +159,10 @@ def resume_policy(config: SimicConfig, path: Path) -> Policy:
     """
     policy = Policy.load(path)
     saved = policy.training.get("config")
+    if isinstance(saved, dict) and isinstance(saved.get("episode"), dict):
+        # A file written before a setting existed holds no key for it; read it as its day's
+        # default (what from_dict does), so the same flags still resume it.
+        saved = {**saved, "episode": EpisodeConfig.from_dict(saved["episode"]).to_dict()}
     if saved != config.to_dict():
         raise PolicyError(
             f"{path}: was trained with another configuration; resume it with the same task, "
