@@ -89,6 +89,10 @@ def _bad_inputs(tmp_path, policy_file) -> list[tuple[list[str], str]]:
             ["simic", "train", "--episodes", "2", "--out", "p.pt", "--heuristic-patience", "-1"],
             "--heuristic-patience must be >= 0, got -1",
         ),
+        (
+            ["simic", "train", "--episodes", "2", "--out", "p.pt", "--shadow-every", "0"],
+            "--shadow-every must be >= 1, got 0",
+        ),
         ([*ppo, "--policy", str(tmp_path / "missing.pt")], "no such policy file"),
         ([*ppo, "--policy", str(junk)], "not a readable policy file"),
         ([*ppo, "--task", "pyref", "--policy", str(policy_file)], "trained for task 'digits'"),
@@ -124,8 +128,9 @@ def test_ppo_settings_from_the_command_line_reach_the_learner(tmp_path):
     assert ppo["update_epochs"] == GROWTH_PPO.update_epochs  # the rest keeps its defaults
 
 
-def test_heuristic_patience_reaches_the_episodes_the_policy_records(tmp_path):
+def test_the_shipped_policies_settings_reach_the_episodes_the_policy_records(tmp_path):
     path = tmp_path / "eager.pt"
     argv = ["simic", "train", *SMOKE, "--episodes", "2", "--out", str(path)]
-    assert main([*argv, "--heuristic-patience", "0"]) == 0
-    assert torch.load(path, weights_only=True)["episode"]["heuristic_patience"] == 0
+    assert main([*argv, "--heuristic-patience", "0", "--shadow-every", "1"]) == 0
+    episode = torch.load(path, weights_only=True)["episode"]
+    assert episode["heuristic_patience"] == 0 and episode["shadow_every"] == 1

@@ -47,6 +47,14 @@ def add_simic_arguments(parser: argparse.ArgumentParser, sub_class) -> None:
         help="clone the heuristic on this many runs before PPO starts (default 0)",
     )
     train.add_argument(
+        "--shadow-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="each run's shadow pass every N training steps (default: the task's; the shipped "
+        "policies were trained with 1)",
+    )
+    train.add_argument(
         "--heuristic-patience",
         type=int,
         default=None,
@@ -106,6 +114,7 @@ def config_from_args(args: argparse.Namespace):
         width_multiplier=args.width_multiplier,
         max_seeds=args.max_seeds,
         data_dir=args.data_dir,
+        shadow_every=args.shadow_every,
         heuristic_patience=args.heuristic_patience,
     )
     episode.run_config(0)  # the run's own checks (epochs, width, seed budget), as UsageError

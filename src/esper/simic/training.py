@@ -42,6 +42,7 @@ LOWER_LIMITS = {
     "bc_episodes": 0,
     "rent": 0.0,
     "heuristic_patience": 0,
+    "shadow_every": 1,
 }
 
 
