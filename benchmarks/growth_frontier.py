@@ -18,8 +18,9 @@ the frontier is over widths only.
 Each run lives in ``OUT/{mode}-{task}-w{width}-s{seed}``. A run whose ``summary.json`` exists is
 read, not retrained, and a killed run is continued with ``esper train --resume`` (or started
 afresh if it died before its first checkpoint), so an interrupted benchmark picks up where it
-stopped. ``OUT/train-args-{task}.json`` records the arguments after ``--``; a rerun with
-different ones is refused rather than mixing old results into a new table.
+stopped. ``OUT/train-args-{task}.json`` records the arguments after ``--`` and the grown runs'
+growth patience; a rerun with different ones (or under another default patience) is refused
+rather than mixing old results into a new table.
 
 The metric is the final model's test accuracy, or test loss for language-model tasks (their
 output is a vocabulary). A task without a test split (``digits``, ``pyref``) is measured on its
@@ -50,7 +51,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from esper._atomic import atomic_path
-from esper.leyline import get_topology
+from esper.leyline import DEFAULT_GROWTH_PATIENCE, get_topology
 from esper.scripts.train import (
     OneLineParser,
     UsageError,
@@ -445,18 +446,36 @@ def _killed_before_training(run_dir: Path) -> bool:
     )
 
 
+def growth_patience(extra: list[str]) -> int:
+    """The grown runs' growth patience: ``--growth-patience`` after ``--``, else the default."""
+    parser = OneLineParser(prog="growth_frontier.py: arguments after --")
+    add_train_arguments(parser)
+    given = parser.parse_args(extra).growth_patience
+    return DEFAULT_GROWTH_PATIENCE if given is None else given
+
+
 def _record_train_args(out: Path, task: str, extra: list[str]) -> None:
     path = out / f"train-args-{task}.json"
+    patience = growth_patience(extra)
     if path.is_file():
-        before = json.loads(path.read_text())["train_args"]
+        record = json.loads(path.read_text())
+        before = record["train_args"]
         if before != extra:
             raise FrontierError(
                 f"{out} holds {task} runs made with `-- {' '.join(before)}`, not "
                 f"`-- {' '.join(extra)}`; use the same arguments or another --out"
             )
+        # Records from before the key existed were grown when the default patience was 0.
+        grown_at = record.get("growth_patience", 0)
+        if grown_at != patience:
+            raise FrontierError(
+                f"{out} holds {task} runs grown at growth patience {grown_at}, not {patience} "
+                "(the default changed); use another --out"
+            )
         return
+    record = {"task": task, "train_args": extra, "growth_patience": patience}
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"task": task, "train_args": extra}, indent=2) + "\n")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _write(path: Path, text: str) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from esper.leyline import DEFAULT_GROWTH_PATIENCE
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "growth_frontier.py"
 _spec = importlib.util.spec_from_file_location("_benchmark_growth_frontier", SCRIPT)
 gf = importlib.util.module_from_spec(_spec)
@@ -175,6 +177,19 @@ def test_widths_must_be_positive_and_build_different_hosts():
         gf.resolved_widths(digits, [1.0, -1.0])
     with pytest.raises(gf.FrontierError, match="1 and 1.1 both give base_channels=4"):
         gf.resolved_widths(digits, [1.0, 1.1])
+
+
+def test_runs_grown_under_another_default_patience_are_not_mixed_in(tmp_path):
+    gf._record_train_args(tmp_path, "digits", [])
+    record = json.loads((tmp_path / "train-args-digits.json").read_text())
+    assert record["growth_patience"] == DEFAULT_GROWTH_PATIENCE
+    gf._record_train_args(tmp_path, "digits", [])  # the same again: accepted
+    # A record written before the key existed: its runs grew at the old default, 0.
+    del record["growth_patience"]
+    (tmp_path / "train-args-digits.json").write_text(json.dumps(record))
+    with pytest.raises(gf.FrontierError, match=f"patience 0, not {DEFAULT_GROWTH_PATIENCE}"):
+        gf._record_train_args(tmp_path, "digits", [])
+    assert gf.growth_patience(["--growth-patience", "0"]) == 0
 
 
 def test_train_args_may_not_set_what_the_benchmark_sets():
