@@ -9,6 +9,8 @@ Why a sink: the trainer emits events per epoch and per lifecycle change, never p
 step, so a view that only reacts to events adds nothing to the step loop. The sink records the
 event under a lock (microseconds) and a background thread redraws at most
 ``refresh_per_second`` times a second, and only when something changed; between events it sleeps.
+A redraw holds the interpreter for a few milliseconds, so the rate bounds what the view costs a
+run that emits events faster than it (see ``DEFAULT_LIVE_REFRESH_PER_SECOND``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from esper.leyline import TelemetryEvent
+from esper.leyline import DEFAULT_LIVE_REFRESH_PER_SECOND, TelemetryEvent
 from esper.nissa.console import format_event
 from esper.nissa.run_state import RunState, SlotState, holds_seed
 
@@ -244,7 +246,10 @@ class LiveSink:
     """
 
     def __init__(
-        self, console: Console, state: RunState | None = None, refresh_per_second: float = 4.0
+        self,
+        console: Console,
+        state: RunState | None = None,
+        refresh_per_second: float = DEFAULT_LIVE_REFRESH_PER_SECOND,
     ) -> None:
         from rich.live import Live  # only a terminal run needs it
 
