@@ -23,8 +23,7 @@ from pathlib import Path
 
 from esper.kasmina.host import MorphogeneticModel
 from esper.leyline import DEFAULT_GROWTH_PATIENCE
-from esper.scripts.train import widen_task
-from esper.tolaria.tasks import build_task_host, get_task
+from esper.tolaria.tasks import build_task_host, get_task, widen_task
 
 
 def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> dict:

@@ -52,12 +52,9 @@ from matplotlib.figure import Figure
 
 from esper._atomic import atomic_path
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, get_topology
-from esper.scripts.train import (
-    OneLineParser,
-    UsageError,
-    add_train_arguments,
-    config_from_args,
-)
+from esper.leyline.formats import FRONTIER_RECORD, migrate, stamped
+from esper.runs import UsageError
+from esper.runs.flags import OneLineParser, add_spec_arguments, spec_from_args
 from esper.tolaria.tasks import TaskSpec, get_task
 
 DEFAULT_WIDTHS = (1.0, 1.25, 1.5, 2.0)
@@ -366,25 +363,26 @@ def check_train_args(task: str, extra: list[str]) -> None:
     Raises:
         FrontierError: the argument is named in the message.
     """
-    parser = OneLineParser(prog="growth_frontier.py: arguments after --")
-    add_train_arguments(parser)
-    unset = object()
-    parser.set_defaults(**dict.fromkeys(RESERVED_TRAIN_FLAGS, unset))
+    parser = _train_parser()
     args = parser.parse_args(extra)  # unknown flags: one line, exit code 2
-    given = [
-        flag for dest, flag in RESERVED_TRAIN_FLAGS.items() if getattr(args, dest) is not unset
-    ]
+    given = [flag for dest, flag in RESERVED_TRAIN_FLAGS.items() if getattr(args, dest) is not None]
     if given:
         raise FrontierError(
             f"arguments after -- must not set {', '.join(given)}: the benchmark sets them itself"
         )
-    for dest in RESERVED_TRAIN_FLAGS:
-        setattr(args, dest, None)
-    args.mode, args.task, args.seed, args.width_multiplier = "static", task, 0, 1.0
     try:
-        config_from_args(args)  # the run's own validation (--epochs 0, unknown blend, ...)
+        # The run's own validation (--epochs 0, unknown blend, ...).
+        spec_from_args(args, mode="static", task=task, seed=0, width_multiplier=1.0)
     except UsageError as exc:
         raise FrontierError(f"arguments after --: {exc}") from None
+
+
+def _train_parser() -> OneLineParser:
+    """``esper train``'s run flags, and ``--resume``, which the benchmark sets itself."""
+    parser = OneLineParser(prog="growth_frontier.py: arguments after --")
+    add_spec_arguments(parser)
+    parser.add_argument("--resume", default=None)
+    return parser
 
 
 def resolved_widths(spec: TaskSpec, widths: Sequence[float]) -> dict[float, int]:
@@ -448,9 +446,7 @@ def _killed_before_training(run_dir: Path) -> bool:
 
 def growth_patience(extra: list[str]) -> int:
     """The grown runs' growth patience: ``--growth-patience`` after ``--``, else the default."""
-    parser = OneLineParser(prog="growth_frontier.py: arguments after --")
-    add_train_arguments(parser)
-    given = parser.parse_args(extra).growth_patience
+    given = _train_parser().parse_args(extra).growth_patience
     return DEFAULT_GROWTH_PATIENCE if given is None else given
 
 
@@ -458,22 +454,23 @@ def _record_train_args(out: Path, task: str, extra: list[str]) -> None:
     path = out / f"train-args-{task}.json"
     patience = growth_patience(extra)
     if path.is_file():
-        record = json.loads(path.read_text())
+        record = migrate(FRONTIER_RECORD, json.loads(path.read_text()))
         before = record["train_args"]
         if before != extra:
             raise FrontierError(
                 f"{out} holds {task} runs made with `-- {' '.join(before)}`, not "
                 f"`-- {' '.join(extra)}`; use the same arguments or another --out"
             )
-        # Records from before the key existed were grown when the default patience was 0.
-        grown_at = record.get("growth_patience", 0)
+        grown_at = record["growth_patience"]
         if grown_at != patience:
             raise FrontierError(
                 f"{out} holds {task} runs grown at growth patience {grown_at}, not {patience} "
                 "(the default changed); use another --out"
             )
         return
-    record = {"task": task, "train_args": extra, "growth_patience": patience}
+    record = stamped(
+        FRONTIER_RECORD, {"task": task, "train_args": extra, "growth_patience": patience}
+    )
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
 

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         shadow_every=args.shadow_every,
     )
     try:
-        config.run_config(seeds[0])  # validates epochs and width before anything trains
+        config.run_spec(seeds[0])  # validates epochs and width before anything trains
     except ValueError as exc:
         return _fail(str(exc))
     data: dict = {}

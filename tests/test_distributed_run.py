@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper.scripts.checkpoints import read_run_checkpoint
+from esper.runs.checkpoints import read_run_checkpoint
 from esper.tolaria.data import iterate_batches
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]

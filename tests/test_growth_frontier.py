@@ -184,8 +184,9 @@ def test_runs_grown_under_another_default_patience_are_not_mixed_in(tmp_path):
     record = json.loads((tmp_path / "train-args-digits.json").read_text())
     assert record["growth_patience"] == DEFAULT_GROWTH_PATIENCE
     gf._record_train_args(tmp_path, "digits", [])  # the same again: accepted
-    # A record written before the key existed: its runs grew at the old default, 0.
-    del record["growth_patience"]
+    # A record written before the key existed (and before records had a format version): its
+    # runs grew at the old default, 0.
+    del record["growth_patience"], record["format"]
     (tmp_path / "train-args-digits.json").write_text(json.dumps(record))
     with pytest.raises(gf.FrontierError, match=f"patience 0, not {DEFAULT_GROWTH_PATIENCE}"):
         gf._record_train_args(tmp_path, "digits", [])

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from esper.kasmina import MorphogeneticModel
-from esper.scripts.train import RunConfig, run_training
+from esper.runs import RunSpec, train_run
 
 TO_PROBATION = ["GERMINATED", "TRAINING", "BLENDING", "PROBATIONARY"]
 
@@ -21,7 +21,7 @@ def runs(tmp_path_factory):
     out = {}
     for mode in ("heuristic", "static"):
         run_dir = tmp_path_factory.mktemp(mode)
-        run_training(RunConfig(mode=mode, seed=0, run_dir=str(run_dir)), quiet)
+        train_run(RunSpec(mode=mode, seed=0, run_dir=str(run_dir)), console=quiet)
         out[mode] = run_dir
     return out
 

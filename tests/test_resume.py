@@ -20,7 +20,7 @@ from esper.cli import main
 from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, Action, Decision
 from esper.nissa import MemorySink, TelemetryHub
-from esper.scripts.train import RunConfig
+from esper.runs import RunSpec
 from esper.tamiyo import HeuristicController
 from esper.testing import toy_image_task
 from esper.tolaria.config import TrainerConfig
@@ -320,18 +320,20 @@ def test_a_run_recorded_before_timing_existed_resumes_on_the_plateau_rule(short_
     raw = json.loads((short_run / "config.json").read_text())
     assert raw["timing"] == "relative"  # today's default is recorded with every run
     raw.pop("timing")
-    assert RunConfig.from_dict(raw).timing == "plateau"
+    raw.pop("format")  # a development version's config.json, written before formats had versions
+    assert RunSpec.from_dict(raw).timing == "plateau"
 
 
 def test_a_heuristic_run_recorded_before_growth_patience_existed_resumes_without_it(short_run):
     raw = json.loads((short_run / "config.json").read_text())
     assert raw["growth_patience"] is None  # a static run has no heuristic to be patient
     heuristic = {**raw, "mode": "heuristic", "growth_patience": DEFAULT_GROWTH_PATIENCE + 1}
-    assert RunConfig.from_dict(heuristic).growth_patience == DEFAULT_GROWTH_PATIENCE + 1
+    assert RunSpec.from_dict(heuristic).growth_patience == DEFAULT_GROWTH_PATIENCE + 1
     heuristic.pop("growth_patience")
+    heuristic.pop("format")  # a development version's config.json
     # It never stopped growing; today's default would change its controller under it.
-    assert RunConfig.from_dict(heuristic).growth_patience == 0
-    assert RunConfig(mode="heuristic").growth_patience == DEFAULT_GROWTH_PATIENCE > 0
+    assert RunSpec.from_dict(heuristic).growth_patience == 0
+    assert RunSpec(mode="heuristic").growth_patience == DEFAULT_GROWTH_PATIENCE > 0
 
 
 @pytest.mark.slow

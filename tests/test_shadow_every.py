@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import SeedStage
-from esper.scripts.train import RunConfig
+from esper.runs import RunSpec, resolve_spec, trainer_config
 from esper.testing import drive_to, toy_image_task
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.tasks import get_task
@@ -121,10 +121,13 @@ def test_the_setting_is_validated_and_reaches_the_trainer():
     with pytest.raises(ValueError, match="shadow_every must be >= 1"):
         TrainerConfig(shadow_every=0)
     spec = get_task("digits")
-    assert RunConfig("heuristic").trainer_config(spec, 3).shadow_every == spec.shadow_every
-    assert RunConfig("heuristic", shadow_every=2).trainer_config(spec, 3).shadow_every == 2
+    default = resolve_spec(RunSpec("heuristic"))
+    assert trainer_config(default, spec).shadow_every == spec.shadow_every
+    assert (
+        trainer_config(resolve_spec(RunSpec("heuristic", shadow_every=2)), spec).shadow_every == 2
+    )
     # A config.json from before the setting existed: every step ran the shadow pass.
-    assert RunConfig.from_dict({"mode": "heuristic", "task": "digits"}).shadow_every == 1
+    assert RunSpec.from_dict({"mode": "heuristic", "task": "digits"}).shadow_every == 1
 
 
 def test_an_injected_model_on_dataloaders_skips_the_shadow_pass_too():

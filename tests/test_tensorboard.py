@@ -154,7 +154,7 @@ def test_another_logger_plugs_in_by_name_without_esper_depending_on_it(tmp_path,
 
 
 def test_a_run_resumed_from_an_older_checkpoint_logs_each_epoch_once(tmp_path, monkeypatch):
-    from esper.scripts.train import resume_training
+    from esper.runs import resume_run
     from esper.tolaria.trainer import Trainer
 
     original = Trainer.run_epoch
@@ -170,7 +170,7 @@ def test_a_run_resumed_from_an_older_checkpoint_logs_each_epoch_once(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         main([*argv, "--checkpoint-every", "5", "--log", "tensorboard"])
     monkeypatch.undo()
-    resume_training(run_dir)  # keeps --log tensorboard: it is part of the run's configuration
+    resume_run(run_dir)  # keeps --log tensorboard: it is part of the run's configuration
     acc = read_back(run_dir / "tensorboard")
     steps = [e.step for e in acc.Scalars("accuracy/val")]
     assert steps == list(range(1, 15))  # epochs 11 and 12 were trained twice, shown once

@@ -4,7 +4,7 @@ A host network trains as usual while seeds grow into named slots, incubate witho
 host, blend in on a schedule and are kept only if they measurably help.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"
 
 
 def __getattr__(name: str):

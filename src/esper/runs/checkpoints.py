@@ -10,13 +10,11 @@ from pathlib import Path
 import torch
 
 from esper._atomic import atomic_path, stale_temporaries
+from esper.runs.errors import ResumeError
 
 CHECKPOINT_NAME = "checkpoint.pt"
-RUN_CHECKPOINT_FORMAT = 1
-
-
-class ResumeError(ValueError):
-    """A run directory cannot be resumed; the message names the file and what is wrong."""
+#: 2 in 0.4.0, the first release; the development versions' checkpoints were 1.
+RUN_CHECKPOINT_FORMAT = 2
 
 
 def write_run_checkpoint(

@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
-from esper.scripts.train import UsageError, count_progress, print_error
+from esper.runs import UsageError
+from esper.runs.console import count_progress
+from esper.scripts.train import print_error
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import list_tasks
 
@@ -117,7 +119,7 @@ def config_from_args(args: argparse.Namespace):
         shadow_every=args.shadow_every,
         heuristic_patience=args.heuristic_patience,
     )
-    episode.run_config(0)  # the run's own checks (epochs, width, seed budget), as UsageError
+    episode.run_spec(0)  # the run's own checks (epochs, width, seed budget), as UsageError
     learner = ("lr", "entropy_coef", "gae_lambda", "update_epochs", "minibatch_size", "target_kl")
     changes = {name: getattr(args, name) for name in learner if getattr(args, name) is not None}
     try:

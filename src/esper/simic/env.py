@@ -18,18 +18,19 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from esper._atomic import atomic_path
 from esper.kasmina import MorphogeneticModel
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, DEFAULT_PARAMETER_RENT
-from esper.scripts.train import RunConfig, widen_task
+from esper.leyline.formats import EPISODE, migrate, stamped
+from esper.runs import RunSpec
+from esper.runs import build_run as build_spec_run
 from esper.simic.actions import ActionLayout
 from esper.simic.observation import OBSERVATION_BOUND, observation_size, observe
 from esper.simic.reward import CRITIC_FEATURES, RewardTracker, StaticBaseline, quality
 from esper.tamiyo import HeuristicConfig
-from esper.tolaria.tasks import build_task_host, get_task
+from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import Trainer
 
 
@@ -62,9 +63,9 @@ class EpisodeConfig:
     shadow_every: int | None = None
     heuristic_patience: int | None = None
 
-    def run_config(self, seed: int, mode: str = "heuristic") -> RunConfig:
-        """The equivalent ``esper train`` configuration (validated there)."""
-        return RunConfig(
+    def run_spec(self, seed: int, mode: str = "heuristic") -> RunSpec:
+        """The equivalent ``esper train`` run (validated there)."""
+        return RunSpec(
             mode=mode,
             task=self.task,
             seed=seed,
@@ -105,30 +106,31 @@ class EpisodeConfig:
         )
 
     def to_dict(self) -> dict:
-        return {
-            "task": self.task,
-            "epochs": self.resolved_epochs(),
-            "width_multiplier": self.width_multiplier,
-            "slots": list(self.resolved_slots()),
-            "max_seeds": self.max_seeds,
-            "shadow_every": self.shadow_every or get_task(self.task).shadow_every,
-            "heuristic_patience": self.resolved_patience(),
-        }
+        return stamped(
+            EPISODE,
+            {
+                "task": self.task,
+                "epochs": self.resolved_epochs(),
+                "width_multiplier": self.width_multiplier,
+                "slots": list(self.resolved_slots()),
+                "max_seeds": self.max_seeds,
+                "shadow_every": self.shadow_every or get_task(self.task).shadow_every,
+                "heuristic_patience": self.resolved_patience(),
+            },
+        )
 
     @classmethod
     def from_dict(cls, raw: dict) -> EpisodeConfig:
-        """The configuration :meth:`to_dict` wrote (a policy file keeps one)."""
+        """The configuration :meth:`to_dict` wrote, of any version (a policy file keeps one)."""
+        raw = migrate(EPISODE, raw)
         return cls(
             task=raw["task"],
             epochs=raw.get("epochs"),
             width_multiplier=raw.get("width_multiplier", 1.0),
             slots=tuple(raw["slots"]) if raw.get("slots") else None,
             max_seeds=raw.get("max_seeds"),
-            # Policies trained before the setting existed saw the shadow pass on every step.
-            shadow_every=raw.get("shadow_every", 1),
-            # ...and were cloned from, and measured against, a heuristic that never stopped
-            # growing (the default until patience became 2, in 0.3.0).
-            heuristic_patience=raw.get("heuristic_patience", 0),
+            shadow_every=raw["shadow_every"],
+            heuristic_patience=raw["heuristic_patience"],
         )
 
 
@@ -139,28 +141,17 @@ def build_run(
     controller=None,
     prepare: Callable[[MorphogeneticModel], None] | None = None,
 ) -> Trainer:
-    """A fresh trainer for ``seed``, built as ``esper train`` builds it, so a run with no growth
-    is the static run bit for bit. Without ``controller`` decisions come through ``apply``.
-    ``prepare`` changes the model (for example puts seeds in it) before the trainer and its
-    optimizers are built."""
-    run = config.run_config(seed)
-    spec = get_task(run.task)
-    torch.set_num_threads(run.threads)
-    torch.manual_seed(seed)
-    if data_cache is not None and seed in data_cache:
-        data = data_cache[seed]
-    else:
-        data = spec.load(Path(run.data_dir) if run.data_dir else None, seed)
-        if data_cache is not None:
-            data_cache.clear()  # one seed's tensors at a time
-            data_cache[seed] = data
-    host_spec = spec if run.width_multiplier == 1.0 else widen_task(spec, run.width_multiplier)
-    host = build_task_host(host_spec, data)
-    model = MorphogeneticModel(host, device=run.device, slots=config.resolved_slots())
-    if prepare is not None:
-        prepare(model)
-    epochs = config.resolved_epochs()
-    return Trainer(model, data, run.trainer_config(spec, epochs), controller=controller)
+    """A fresh trainer for ``seed``, built as ``esper train`` builds it (by
+    :func:`esper.runs.build_run`), so a run with no growth is the static run bit for bit.
+    Without ``controller`` decisions come through ``apply``. ``prepare`` changes the model (for
+    example puts seeds in it) before the trainer and its optimizers are built."""
+    built = build_spec_run(
+        config.run_spec(seed),
+        controller=controller,
+        prepare=prepare,
+        data_cache=data_cache,
+    )
+    return built.trainer
 
 
 @contextmanager
@@ -249,7 +240,7 @@ class GrowthEnv(gym.Env):
         seeds: tuple[int, ...] | None = None,
     ) -> None:
         spec = get_task(config.task)
-        config.run_config(0)  # validates the configuration before anything is trained
+        config.run_spec(0)  # validates the configuration before anything is trained
         self.config = config
         self.topology = spec.topology
         self.layout = layout or config.default_layout()

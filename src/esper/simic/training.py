@@ -161,8 +161,8 @@ def resume_policy(config: SimicConfig, path: Path) -> Policy:
     policy = Policy.load(path)
     saved = policy.training.get("config")
     if isinstance(saved, dict) and isinstance(saved.get("episode"), dict):
-        # A file written before a setting existed holds no key for it; read it as its day's
-        # default (what from_dict does), so the same flags still resume it.
+        # An older file reads through the migration table (EpisodeConfig.from_dict), so the
+        # same flags still resume it.
         saved = {**saved, "episode": EpisodeConfig.from_dict(saved["episode"]).to_dict()}
     if saved != config.to_dict():
         raise PolicyError(

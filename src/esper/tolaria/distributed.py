@@ -66,6 +66,12 @@ class DistContext:
         return cls(rank, dist.get_world_size(), local, dist.get_backend())
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of its process group, or the only process."""
+    context = DistContext.current()
+    return context is None or context.is_main
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several workers started by ``torchrun``."""
     return all(k in os.environ for k in TORCHRUN_ENV) and int(os.environ["WORLD_SIZE"]) > 1

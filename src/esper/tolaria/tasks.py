@@ -12,7 +12,7 @@ Built-in tasks: ``digits`` (the default, scikit-learn's bundled 8x8 digits, CNN)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
@@ -162,6 +162,14 @@ def get_task(name: str) -> TaskSpec:
 def list_tasks() -> list[str]:
     """Names of the registered tasks, sorted."""
     return sorted(_TASKS)
+
+
+def widen_task(spec: TaskSpec, factor: float) -> TaskSpec:
+    """The task with its host's width multiplied by ``factor`` (a static host of another size,
+    for comparisons at equal parameters or compute); ``factor`` 1 is the task itself."""
+    if factor == 1.0:
+        return spec
+    return replace(spec, host_config=get_topology(spec.topology).widen(spec.host_config, factor))
 
 
 def build_task_host(spec: TaskSpec, data: TaskData) -> nn.Module:
