@@ -660,6 +660,38 @@ def test_fossilize_refused_below_contribution_threshold(tiny, contribution):
     assert slot.stage == S.FOSSILIZED
 
 
+@pytest.mark.parametrize("gain", [0.0, -0.05, None])
+def test_fossilize_refused_when_the_incubation_gain_alone_fails(gain):
+    """G5 reads the incubation gain again: a seed whose contribution, accuracy, stage and health
+    all pass is still refused when its gain is not above the floor (or was never measured)."""
+    model = TINY_HOSTS["cnn3"].model(slots=["mid"])  # default gates: G5's gain floor is 0.0
+    slot = drive_to(model, "mid", S.PROBATIONARY)
+    metrics = slot.state.metrics
+    metrics.counterfactual_contribution = 10.0  # far above the contribution threshold
+    metrics.incubation_gain = gain  # frozen since blending began; written here directly
+    assert metrics.healthy
+    assert metrics.accuracy_before_blending == metrics.current_val_accuracy  # nothing dropped
+    # The gate on its own: one failed check, the gain.
+    result = slot.gates.check_gate(slot.state, S.FOSSILIZED)
+    assert not result.passed
+    assert [c.split(":")[0] for c in result.checks_failed] == ["incubation_gain"]
+    assert "incubation_gain" not in result.checks_passed
+    assert {"contribution", "accuracy_held", "probationary", "healthy"} <= set(
+        c.split(":")[0] for c in result.checks_passed
+    )
+    # Through the model's verb: refused, and nothing changed.
+    before = snapshot(model, "mid")
+    with pytest.raises(GateFailedError) as err:
+        model.fossilize_seed(slot="mid")
+    assert [c.split(":")[0] for c in err.value.result.checks_failed] == ["incubation_gain"]
+    assert_unchanged(model, "mid", before)
+    assert slot.stage == S.PROBATIONARY
+    # The same seed with a positive gain fossilizes: the gain was the only thing missing.
+    metrics.incubation_gain = 0.01
+    assert model.fossilize_seed(slot="mid").passed
+    assert slot.stage == S.FOSSILIZED
+
+
 def test_fossilize_refused_for_unhealthy_seed():
     model = TINY_HOSTS["cnn3"].model(slots=["mid"])
     slot = drive_to(model, "mid", S.PROBATIONARY)

@@ -13,7 +13,7 @@ from esper.kasmina import GateConfig
 from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import Action, Decision, Outcome, SeedStage, TelemetryEventType
 from esper.nissa import MemorySink, TelemetryHub
-from esper.testing import permissive_gates, toy_image_task
+from esper.testing import pass_g2_metrics, permissive_gates, perturb_seed, toy_image_task
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.trainer import Trainer
 
@@ -57,18 +57,33 @@ ILLEGAL = [
     Decision(Action.GERMINATE, slot="early", blueprint="norm", blend_algorithm="cubic"),
     Decision(Action.CULL, slot="nowhere"),
 ]
+#: Both runs below grow two seeds, the most the budget allows, the second one after ILLEGAL.
+MAX_SEEDS = 2
+GROW_FIRST = Decision(Action.GERMINATE, slot="mid", blueprint="norm")
+GROW_SECOND = Decision(Action.GERMINATE, slot="late", blueprint="norm")
+SECOND_EPOCH = len(ILLEGAL) + 2
+#: Refused by the trainer's own rule alone: "early" is DORMANT and "norm" is valid, so the
+#: model would grow it, but the run's growth budget (MAX_SEEDS) is spent by then. It comes
+#: last, so the budget masks none of ILLEGAL's own reasons.
+OVER_BUDGET = Decision(Action.GERMINATE, slot="early", blueprint="norm")
+ILLEGAL_EPOCHS = len(ILLEGAL) + 3
 
 
 class Illegal:
-    """Grows one seed at epoch 1, then tries an illegal decision every epoch."""
+    """Grows one seed at epoch 1, then tries an illegal decision every epoch; then grows a
+    second seed (the budget's last) and tries one germination past the budget."""
 
     def __init__(self):
         self.outcomes = []
 
     def decide(self, signals):
         if signals.epoch == 1:
-            return Decision(Action.GERMINATE, slot="mid", blueprint="norm")
-        return ILLEGAL[(signals.epoch - 2) % len(ILLEGAL)]
+            return GROW_FIRST
+        if signals.epoch == SECOND_EPOCH:
+            return GROW_SECOND
+        if signals.epoch > SECOND_EPOCH:
+            return OVER_BUDGET
+        return ILLEGAL[signals.epoch - 2]
 
     def on_outcome(self, decision, outcome):
         self.outcomes.append((decision, outcome))
@@ -81,38 +96,107 @@ class GrowThenWait:
         return Decision(Action.WAIT)
 
 
-def _run(controller, epochs=8):
+class GrowTwiceAndWait:
+    """What :class:`Illegal` does, with WAIT in place of each illegal decision."""
+
+    def decide(self, signals):
+        plan = {1: GROW_FIRST, SECOND_EPOCH: GROW_SECOND}
+        return plan.get(signals.epoch, Decision(Action.WAIT))
+
+
+def _run(controller, epochs=ILLEGAL_EPOCHS, **config):
     sink = MemorySink()
-    trainer = Trainer(_model(), _data(), _config(), controller=controller, hub=TelemetryHub([sink]))
+    model = _model(slots=("early", "mid", "late"))
+    hub = TelemetryHub([sink])
+    trainer = Trainer(model, _data(), _config(**config), controller=controller, hub=hub)
     results = [trainer.run_epoch() for _ in range(epochs)]
     return trainer, results, sink.events
 
 
 def test_illegal_decisions_are_refused_and_the_run_is_as_if_it_waited():
-    illegal, results, events = _run(Illegal())
-    waited, waited_results, _ = _run(GrowThenWait())
-    assert len(results) == 8
+    illegal, results, events = _run(Illegal(), max_seeds=MAX_SEEDS)
+    waited, waited_results, _ = _run(GrowTwiceAndWait(), max_seeds=MAX_SEEDS)
+    assert len(results) == ILLEGAL_EPOCHS
     refusals = [e for e in events if e.event_type == E.DECISION_REFUSED]
     assert len(refusals) == 7
     assert all(e.data["refused"] for e in refusals)
-    outcomes = [o for _, o in illegal.controller.outcomes[1:]]
+    told = illegal.controller.outcomes
+    assert [d for d, _ in told] == [GROW_FIRST, *ILLEGAL, GROW_SECOND, OVER_BUDGET]
+    assert told[0][1].applied and told[-2][1].applied
+    outcomes = [o for _, o in told[1:-2]] + [told[-1][1]]
     assert all(not o.applied and o.reason for o in outcomes)
     assert "occupied" in outcomes[3].reason and "no_such_blueprint" in outcomes[2].reason
+    assert "cubic" in outcomes[4].reason
+    assert "max_seeds" in outcomes[6].reason
+    # The germination the model would have accepted left its slot empty.
+    assert illegal.model.seed_slots["early"].stage == SeedStage.DORMANT
+    assert illegal.model.seed_slots["early"].seed is None
+    assert illegal.model.count_parameters() == waited.model.count_parameters()
+    assert set(illegal.records) == set(waited.records)
+    grown = [e.slot for e in events if e.event_type == E.SEED_GERMINATED]
+    assert grown == ["mid", "late"]
     # Model, optimizers and the numbers are exactly those of a run that waited instead.
     a, b = illegal.model.state_dict(), waited.model.state_dict()
     assert a.keys() == b.keys()
     for key, value in a.items():
         if torch.is_tensor(value):
             assert torch.equal(value, b[key]), key
+        else:
+            assert value == b[key], key
     assert [r.val_loss for r in results] == [r.val_loss for r in waited_results]
     sa = illegal.optimizers.state_dict(illegal.model)
     sb = waited.optimizers.state_dict(waited.model)
     assert sa["host"]["param_groups"] == sb["host"]["param_groups"]
-    assert sa["seeds"].keys() == sb["seeds"].keys() == {"mid"}
+    assert sa["seeds"].keys() == sb["seeds"].keys()
+    assert "late" in illegal.optimizers.seeds and "early" not in illegal.optimizers.seeds
     for name, state in sa["host"]["state"].items():
         for k, v in state.items():
             assert torch.equal(v, sb["host"]["state"][name][k]), (name, k)
-    assert illegal.seed_counter == waited.seed_counter == 1
+    assert illegal.seed_counter == waited.seed_counter == MAX_SEEDS
+
+
+def test_a_germinate_only_the_trainer_refuses_changes_nothing():
+    """The growth budget is the trainer's rule, not the model's: the model would grow this seed
+    (a DORMANT slot, a valid blueprint and blend), so only the refusal keeps it out."""
+    sink = MemorySink()
+    trainer = Trainer(_model(), _data(), _config(max_seeds=1), hub=TelemetryHub([sink]))
+    model = trainer.model
+    assert trainer.apply(Decision(Action.GERMINATE, slot="mid", blueprint="norm")).applied
+    trainer.run_epoch()  # optimizer state exists for host and seed
+    early = model.seed_slots["early"]
+    assert early.stage == SeedStage.DORMANT
+    state = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    extra = {k: copy.deepcopy(v) for k, v in model.state_dict().items() if not torch.is_tensor(v)}
+    counts = model.count_parameters()
+    optim = copy.deepcopy(trainer.optimizers.state_dict(model))
+    host_groups = [list(g["params"]) for g in trainer.optimizers.host.param_groups]
+    seed_optimizers = dict(trainer.optimizers.seeds)
+    seed_counter, records = trainer.seed_counter, set(trainer.records)
+    sink.events.clear()
+
+    decision = Decision(Action.GERMINATE, slot="early", blueprint="conv_light")
+    outcome = trainer.apply(decision)
+
+    assert not outcome.applied and "max_seeds" in outcome.reason
+    assert outcome.seed_id is None
+    assert early.stage == SeedStage.DORMANT and early.seed is None
+    after = model.state_dict()
+    assert after.keys() == state.keys() | extra.keys()
+    for key, value in state.items():
+        assert torch.equal(after[key], value), key
+    for key, value in extra.items():
+        assert after[key] == value, key
+    assert model.count_parameters() == counts
+    assert [list(g["params"]) for g in trainer.optimizers.host.param_groups] == host_groups
+    assert dict(trainer.optimizers.seeds) == seed_optimizers
+    optim_after = trainer.optimizers.state_dict(model)
+    assert optim_after["host"]["param_groups"] == optim["host"]["param_groups"]
+    assert optim_after["seeds"].keys() == optim["seeds"].keys() == {"mid"}
+    assert optim_after["seeds"]["mid"]["param_groups"] == optim["seeds"]["mid"]["param_groups"]
+    assert trainer.seed_counter == seed_counter and set(trainer.records) == records
+    kinds = [e.event_type for e in sink.events]
+    assert kinds == [E.CONTROLLER_DECISION, E.DECISION_REFUSED], kinds
+    assert "max_seeds" in sink.events[-1].data["refused"]
 
 
 def test_a_refused_fossilize_reports_the_gate():
@@ -162,10 +246,34 @@ def test_fossilize_keeps_the_host_optimizer_state(kind):
 _SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
 
 
-def test_training_reads_numbers_back_only_at_captures_and_at_the_end(monkeypatch):
-    model = _model()
+@pytest.mark.parametrize(
+    "stage",
+    # Every stage whose seed has a forward path: the shadow pass (TRAINING), the blend
+    # (BLENDING, PROBATIONARY) and the seed as part of the host (FOSSILIZED).
+    [SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.PROBATIONARY, SeedStage.FOSSILIZED],
+    ids=lambda s: s.name,
+)
+def test_training_reads_numbers_back_only_at_captures_and_at_the_end(monkeypatch, stage):
+    model = _model(gate_config=OPEN_GATES)
     trainer = Trainer(model, _data(n=400), _config(batch_size=8, telemetry_stride=1000))
     assert trainer.apply(Decision(Action.GERMINATE, slot="mid", blueprint="norm")).applied
+    slot = model.seed_slots["mid"]
+    if stage != SeedStage.TRAINING:
+        # Through the lifecycle verbs (the trainer follows them: optimizers, events), with a
+        # seed that is not the identity, so its output really enters the host's stream.
+        pass_g2_metrics(slot)
+        assert slot.advance_stage(SeedStage.BLENDING).passed
+        perturb_seed(slot, fan_in_scaled=True)
+        slot.set_alpha(0.5)
+        if stage != SeedStage.BLENDING:
+            slot.set_alpha(1.0)
+            assert slot.advance_stage(SeedStage.PROBATIONARY).passed
+        if stage == SeedStage.FOSSILIZED:
+            slot.record_counterfactual(2.0)
+            assert model.fossilize_seed(slot="mid").passed
+    assert slot.stage == stage
+    seed_runs = []
+    slot.seed.register_forward_hook(lambda *_: seed_runs.append(1))
     calls = []
     for name in _SYNCING:
         original = getattr(torch.Tensor, name)
@@ -179,6 +287,7 @@ def test_training_reads_numbers_back_only_at_captures_and_at_the_end(monkeypatch
     trainer.train_epoch()
     steps = trainer.global_step - steps_before
     assert steps >= 30
+    assert len(seed_runs) >= steps  # the seed's forward path ran at every step
     # One telemetry capture (stride 1000) reads back once; the epoch's loss and accuracy once
     # each at the end. Anything per step would be >= 30.
     assert len(calls) <= 4, calls
