@@ -16,6 +16,7 @@ from esper.karn.report import (
     write_plots,
 )
 from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.nissa import RunState, read_events
 
 T = TelemetryEventType
 SLOTS = ["early", "mid", "late"]
@@ -146,6 +147,23 @@ def test_load_run_derives_epochs_marks_and_slots(tmp_path):
         (5, "rollback", None),  # no epoch on the event: placed at the last epoch seen
     ]
     assert run.count("fossilized") == 1
+
+
+def test_the_report_and_the_live_view_read_one_fold(tmp_path):
+    run = load_run(write_run(tmp_path / "grown"))
+    live = RunState.from_events(read_events(run.run_dir / "events.jsonl"))
+    assert run.epochs == live.epoch_records() and run.marks == live.marks
+    assert run.state.slots.keys() == live.slots.keys() and run.state.epoch == live.epoch == 6
+
+
+def test_slots_come_from_config_when_run_started_lists_none(tmp_path):
+    run_dir = write_run(tmp_path / "grown")
+    events = read_events(run_dir / "events.jsonl")
+    events[0] = TelemetryEvent(T.RUN_STARTED, data={"mode": "heuristic"})
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e.to_dict()) + "\n" for e in events))
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "slots": ["late", "early"]}))
+    assert load_run(run_dir).slots == ["late", "early", "mid"]
 
 
 def test_resumed_run_keeps_the_last_record_of_a_replayed_epoch(tmp_path):
@@ -284,6 +302,18 @@ def test_missing_summary(tmp_path):
             "events.jsonl",
             json.dumps({"event_type": "epoch_completed", "epoch": 1, "data": {}}) + "\n",
             r"events\.jsonl: epoch_completed event for epoch 1: 'val_accuracy' missing",
+        ),
+        (
+            "events.jsonl",
+            json.dumps(
+                {
+                    "event_type": "epoch_completed",
+                    "epoch": 2,
+                    "data": {"val_accuracy": 50.0, "seeds": {"mid": "seed-1"}},
+                }
+            )
+            + "\n",
+            r"events\.jsonl: epoch_completed event for epoch 2: 'seeds' must map slot names",
         ),
     ],
 )

@@ -23,6 +23,7 @@ from esper.nissa import (
     LiveSink,
     LiveView,
     RunState,
+    SeedSnapshot,
     TelemetryHub,
     events_through_epoch,
     read_events,
@@ -182,6 +183,51 @@ def test_resumed_state_reads_the_log_up_to_the_checkpoint(tmp_path):
     assert resumed_state(tmp_path / "missing.jsonl", 3).epoch == 0
 
 
+def test_the_fold_keeps_every_epoch_and_growth_mark_the_reports_draw():
+    state = RunState.from_events(RECORDED)
+    records = state.epoch_records()
+    assert [r.epoch for r in records] == [1, 2, 3, 4]
+    assert records[2].seeds["b"] == SeedSnapshot("seed-2", "norm", "TRAINING", 0.0)
+    # The live row of a slot is the last record's snapshot of its seed: one reading of an event.
+    a, last = state.slots["a"], records[-1].seeds["a"]
+    assert (a.seed_id, a.stage, a.alpha) == (last.seed_id, last.stage, last.alpha)
+    marks = [(m.epoch, m.kind, m.slot, m.seed_id) for m in state.marks]
+    assert marks == [(2, "germinated", "a", "seed-1"), (3, "germinated", "b", "seed-2"),
+                     (4, "culled", "b", "seed-2")]  # fmt: skip
+    assert state.slot_order() == ["a", "b"] and not state.rejected
+
+
+def test_a_replayed_epoch_keeps_its_later_record_and_each_mark_once():
+    replay = [RECORDED[-2], _epoch(4, [("a", ("seed-1", "conv_light", "BLENDING", 0.9))])]
+    rollback = _event(T.GOVERNOR_ROLLBACK, None, reason="loss spike")
+    state = RunState.from_events([*RECORDED, *replay, rollback])
+    assert [r.epoch for r in state.epoch_records()] == [1, 2, 3, 4]
+    assert state.epoch_records()[-1].seeds["a"].alpha == 0.9
+    # An event without an epoch is placed at the last epoch any event named.
+    assert [(m.epoch, m.kind) for m in state.marks][-2:] == [(4, "culled"), (4, "rollback")]
+
+
+def test_a_malformed_epoch_is_rejected_for_reports_while_the_view_goes_on():
+    bad = [
+        _event(T.EPOCH_COMPLETED, 5, val_loss=0.3),
+        _event(T.EPOCH_COMPLETED, 6, val_accuracy=71.0, seeds=["a"]),
+    ]
+    state = RunState.from_events([*RECORDED, *bad])
+    assert state.epoch == 6 and list(state.val_loss)[-1] == 0.3
+    assert [r.epoch for r in state.epoch_records()] == [1, 2, 3, 4]
+    assert state.rejected == [
+        "epoch_completed event for epoch 5: 'val_accuracy' missing or not a number",
+        "epoch_completed event for epoch 6: 'seeds' must map slot names to objects",
+    ]
+    assert "epoch 6/10" in _text(LiveView(state))
+
+
+def test_slot_order_starts_from_the_declared_slots_then_adds_what_events_named():
+    events = [*RECORDED[1:], _event(T.GATE_EVALUATED, 4, "c", "seed-9", passed=False)]
+    assert RunState.from_events(events).slot_order(["x", "a"]) == ["x", "a", "b", "c"]
+    assert RunState.from_events(RECORDED).slot_order(["x"]) == ["a", "b"]  # run_started wins
+
+
 def test_sparkline_and_alpha_bar():
     assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"
     assert sparkline([5.0, 5.0]) == "▅▅"
@@ -304,7 +350,7 @@ def _interrupt_after(monkeypatch, epoch: int) -> None:
 
 
 def test_a_resumed_runs_live_view_shows_the_whole_run(tmp_path, monkeypatch):
-    from esper.scripts.train import resume_training
+    from esper.runs import resume_run
 
     run_dir = tmp_path / "run"
     _interrupt_after(monkeypatch, 12)
@@ -315,7 +361,7 @@ def test_a_resumed_runs_live_view_shows_the_whole_run(tmp_path, monkeypatch):
         main(argv)
     monkeypatch.undo()
     console, out = _terminal_console()
-    summary = resume_training(run_dir, console)
+    summary = resume_run(run_dir, console=console).to_dict()
     plain = ANSI.sub("", out.getvalue())
     frames = plain.split("heuristic · digits · seed 0")
     assert "epoch 12/14" in frames[1]  # the first frame already holds the first 12 epochs

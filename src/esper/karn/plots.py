@@ -18,8 +18,9 @@ from matplotlib.transforms import offset_copy
 
 from esper._atomic import atomic_path
 from esper.karn.overlay import compute_figure, has_compute
-from esper.karn.run_data import LifecycleMark, RunData
+from esper.karn.run_data import RunData
 from esper.leyline import SeedStage
+from esper.nissa import LifecycleMark
 
 # One color per stage; the swimlane legend follows SeedStage order.
 STAGE_COLORS = {

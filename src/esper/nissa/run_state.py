@@ -1,9 +1,11 @@
-"""What a run looks like right now, rebuilt from its telemetry events alone.
+"""A run rebuilt from its telemetry events alone: the one fold of the event log.
 
-:class:`RunState` is the model behind the live view (``esper train --live``) and
-``esper watch``: both feed it the same event stream, one from the trainer's hub and one from
-``events.jsonl``, so what the terminal shows never depends on which of the two drew it. It is
-plain data and never touches a model or a file.
+:class:`RunState` is the model behind the live view (``esper train --live``), ``esper watch``
+and the reports (``esper report``, :mod:`esper.karn`). The live view and ``esper watch`` feed it
+the same event stream, one from the trainer's hub and one from ``events.jsonl``, so what the
+terminal shows never depends on which of the two drew it; the reports fold the whole file and
+read the typed history it keeps (:mod:`esper.nissa.records`: every epoch, every growth event).
+It is plain data and never touches a model or a file.
 
 Each event type that changes the picture has a handler in ``_HANDLERS``; every other type is
 ignored. Slot stages come from ``seed_stage_changed`` (an ``epoch_completed`` snapshot lists only
@@ -15,12 +17,21 @@ from __future__ import annotations
 import os
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from esper.leyline import SeedStage, TelemetryEvent, TelemetryEventType, is_active_stage
 from esper.nissa.jsonl import read_events
+from esper.nissa.records import (
+    MARK_KINDS,
+    EpochRecord,
+    LifecycleMark,
+    epoch_problem,
+    epoch_record,
+    is_number,
+    seed_snapshots,
+)
 
 T = TelemetryEventType
 
@@ -99,6 +110,11 @@ class RunState:
         rollbacks: Governor rollbacks so far.
         started_at, last_at: Timestamps of the first and the latest event.
         finished: True once ``run_completed`` arrived.
+        records: Epoch -> its :class:`EpochRecord`; a replayed epoch (a resume that did not
+            cut the log back) keeps its later record. :meth:`epoch_records` sorts them.
+        marks: Growth events (germinate, fossilize, cull, rollback), each once, in order.
+        rejected: Why each ``epoch_completed`` event that could not be recorded was left out;
+            the live view goes on regardless, a report refuses such a log.
     """
 
     history: int = 120
@@ -115,6 +131,14 @@ class RunState:
     started_at: float | None = None
     last_at: float | None = None
     finished: bool = False
+    records: dict[int, EpochRecord] = field(default_factory=dict)
+    marks: list[LifecycleMark] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    # The last epoch any event named: where an event without one is placed.
+    _event_epoch: int = field(default=0, init=False, repr=False)
+    # Every slot any event named, in order of first mention (for a report's lanes).
+    _named_slots: dict[str, None] = field(default_factory=dict, init=False, repr=False)
+    _marked: set[LifecycleMark] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.history < 1 or self.max_events < 0:
@@ -150,17 +174,48 @@ class RunState:
         if self.started_at is None:
             self.started_at = event.timestamp
         self.last_at = event.timestamp
+        if isinstance(event.epoch, int):
+            self._event_epoch = event.epoch
+        if event.slot is not None:
+            self._named_slots.setdefault(event.slot)
         handler = _HANDLERS.get(event.event_type)
         if handler is not None:
             handler(self, event)
         if event.event_type in LIFECYCLE_EVENTS:
             self.events.append(event)
+        kind = MARK_KINDS.get(event.event_type)
+        if kind is not None:
+            mark = LifecycleMark(self._event_epoch, kind, event.slot, event.seed_id)
+            if mark not in self._marked:  # a resume's replay repeats marks already made
+                self._marked.add(mark)
+                self.marks.append(mark)
 
     def slot(self, name: str) -> SlotState:
         """The slot called ``name``, added at the end if no event named it before."""
         if name not in self.slots:
             self.slots[name] = SlotState(name)
         return self.slots[name]
+
+    def epoch_records(self) -> list[EpochRecord]:
+        """Every recorded epoch, one record each, in epoch order."""
+        return [self.records[epoch] for epoch in sorted(self.records)]
+
+    def slot_order(self, declared: Sequence[str] = ()) -> list[str]:
+        """Every slot of the run, for a report's lanes.
+
+        Args:
+            declared: The slots to start with when ``run_started`` listed none (a run's
+                ``config.json`` may).
+
+        Returns:
+            The slots the last ``run_started`` listed (else ``declared``), then any other that
+            an epoch record holds a seed in, in epoch order, then any other an event named.
+        """
+        first = self.info.get("slots") or declared
+        seen = [str(s) for s in first]
+        seen += [slot for record in self.epoch_records() for slot in record.seeds]
+        seen += list(self._named_slots)
+        return list(dict.fromkeys(seen))
 
     # -------------------------------------------------------------------- handlers
 
@@ -176,26 +231,29 @@ class RunState:
         data = event.data
         if isinstance(event.epoch, int):
             self.epoch = event.epoch
-        self.metrics = {k: v for k, v in data.items() if _is_number(v)}
-        if _is_number(data.get("val_accuracy")):
+        self.metrics = {k: v for k, v in data.items() if is_number(v)}
+        if is_number(data.get("val_accuracy")):
             self.val_accuracy.append(float(data["val_accuracy"]))
-        if _is_number(data.get("val_loss")):
+        if is_number(data.get("val_loss")):
             self.val_loss.append(float(data["val_loss"]))
-        seeds = data.get("seeds") or {}
+        seeds = seed_snapshots(data.get("seeds"))
         for name, snap in seeds.items():
-            if not isinstance(snap, dict):
-                continue
-            slot = self.slot(str(name))
-            if snap.get("seed_id") != slot.seed_id:  # a seed we joined late (watch, resume)
-                slot.new_seed(snap.get("seed_id"), snap.get("blueprint"), self.epoch)
-            if snap.get("stage") and snap["stage"] != slot.stage:
-                slot.stage, slot.stage_since = str(snap["stage"]), self.epoch
-            slot.alpha = float(snap["alpha"]) if _is_number(snap.get("alpha")) else None
-            if _is_number(snap.get("params")):
-                slot.params = int(snap["params"])
-            if _is_number(snap.get("incubation_gain")):
-                slot.incubation_gain = float(snap["incubation_gain"])
+            slot = self.slot(name)
+            if snap.seed_id != slot.seed_id:  # a seed we joined late (watch, resume)
+                slot.new_seed(snap.seed_id, snap.blueprint, self.epoch)
+            if snap.stage != slot.stage:
+                slot.stage, slot.stage_since = snap.stage, self.epoch
+            slot.alpha = snap.alpha
+            if snap.params is not None:
+                slot.params = snap.params
+            if snap.incubation_gain is not None:
+                slot.incubation_gain = snap.incubation_gain
         self._infer_seed_params(data)
+        problem = epoch_problem(event)
+        if problem is None:
+            self.records[event.epoch] = epoch_record(event, seeds)
+        else:
+            self.rejected.append(problem)
 
     def _infer_seed_params(self, data: dict[str, Any]) -> None:
         """Give the one unfossilized seed without a count what ``total - host`` leaves for it.
@@ -204,7 +262,7 @@ class RunState:
         size is unknown, the difference is its size. A fossilized seed keeps the last count.
         """
         host, total = data.get("host_params"), data.get("total_params")
-        if not (_is_number(host) and _is_number(total)):
+        if not (is_number(host) and is_number(total)):
             return
         # A fossilized seed's parameters count as host, so only live seeds are in total - host.
         live = [
@@ -239,7 +297,7 @@ class RunState:
 
     def _contribution(self, event: TelemetryEvent) -> None:
         value = event.data.get("contribution")
-        if event.slot is not None and _is_number(value):
+        if event.slot is not None and is_number(value):
             self.slot(event.slot).contribution = float(value)
 
     def _isolation(self, event: TelemetryEvent) -> None:
@@ -248,7 +306,7 @@ class RunState:
         slot = self.slot(event.slot)
         # Kasmina reports the seed's running total; an event without one counts as one more.
         count = event.data.get("violations")
-        slot.violations = int(count) if _is_number(count) else slot.violations + 1
+        slot.violations = int(count) if is_number(count) else slot.violations + 1
 
     def _rollback(self, event: TelemetryEvent) -> None:
         self.rollbacks += 1
@@ -264,12 +322,8 @@ class RunState:
             ("val_loss", "final_val_loss"),
             ("val_accuracy", "final_val_accuracy"),
         ):
-            if _is_number(event.data.get(source)):
+            if is_number(event.data.get(source)):
                 self.metrics[key] = float(event.data[source])
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 _HANDLERS: dict[TelemetryEventType, Callable[[RunState, TelemetryEvent], None]] = {
