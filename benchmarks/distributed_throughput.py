@@ -22,23 +22,25 @@ import sys
 import tempfile
 from pathlib import Path
 
+from esper.runs import RunSummary
 
-def run_once(task: str, epochs: int, nproc: int, device: str, seed: int, out: Path) -> dict:
+
+def run_once(task: str, epochs: int, nproc: int, device: str, seed: int, out: Path) -> RunSummary:
     """One ``esper train static`` run on ``nproc`` processes; its summary."""
     run_dir = out / f"{task}-n{nproc}"
     train = ["--task", task, "--epochs", str(epochs), "--seed", str(seed), "--device", device]
     train += ["--run-dir", str(run_dir)]
     if nproc == 1:
-        cmd = [sys.executable, "-m", "esper.scripts.train", "static", *train]
+        cmd = [sys.executable, "-m", "esper", "train", "static", *train]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        cmd = [*launcher, "--nproc_per_node", str(nproc), "-m", "esper.scripts.train", "static"]
+        cmd = [*launcher, "--nproc_per_node", str(nproc), "-m", "esper", "train", "static"]
         cmd += train
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads((run_dir / "summary.json").read_text())
+    return RunSummary.from_dict(json.loads((run_dir / "summary.json").read_text()))
 
 
 def rows_per_epoch(task: str, seed: int) -> int:
@@ -66,12 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.nproc:
             summary = run_once(args.task, args.epochs, n, args.device, args.seed, Path(tmp))
-            rate = args.epochs * rows / summary["wall_seconds"]
+            rate = args.epochs * rows / summary.wall_seconds
             results[n] = {
-                "wall_seconds": summary["wall_seconds"],
+                "wall_seconds": summary.wall_seconds,
                 "rows_per_second": round(rate, 1),
-                "final_val_accuracy": summary["final_val_accuracy"],
-                "ranks_identical": summary.get("ranks_identical", True),
+                "final_val_accuracy": summary.final_val_accuracy,
+                # Written only under torchrun: one process is identical to itself.
+                "ranks_identical": (
+                    True if summary.ranks_identical is None else summary.ranks_identical
+                ),
             }
     base = results[args.nproc[0]]["rows_per_second"]
     print(f"{args.task}, {args.epochs} epochs of {rows} rows, device {args.device}")

@@ -23,10 +23,12 @@ from pathlib import Path
 
 from esper.kasmina.host import MorphogeneticModel
 from esper.leyline import DEFAULT_GROWTH_PATIENCE
+from esper.runs import RunSummary
+from esper.tolaria.records import SeedRecord
 from esper.tolaria.tasks import build_task_host, get_task, widen_task
 
 
-def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> dict:
+def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> RunSummary:
     summary = run_dir / "summary.json"
     if not summary.is_file():
         cmd = [
@@ -43,7 +45,7 @@ def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> di
         ]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(summary.read_text())
+    return RunSummary.from_dict(json.loads(summary.read_text()))
 
 
 def _static_params(task: str, factor: float) -> int:
@@ -60,8 +62,8 @@ def _widening_for(task: str, target: float) -> float:
     return factor
 
 
-def _has_test(runs: list[dict]) -> bool:
-    return all("test_accuracy" in r for r in runs)
+def _has_test(runs: list[RunSummary]) -> bool:
+    return all(r.has_test for r in runs)
 
 
 def _header(with_test: bool) -> str:
@@ -73,20 +75,24 @@ def _header(with_test: bool) -> str:
     return head + " fossilized |\n" + "| --- " * (7 + 2 * with_test) + "|"
 
 
-def _row(label: str, runs: list[dict], key_params: str = "total_params") -> str:
-    def mean(key: str, digits: int = 2) -> str:
+def _row(label: str, runs: list[RunSummary]) -> str:
+    def mean(values: list[float], digits: int = 2) -> str:
         # Sample standard deviation: the seeds are a sample of what the command gives.
-        values = [r[key] for r in runs]
         spread = statistics.stdev(values) if len(values) > 1 else float("nan")
         return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
 
-    params = statistics.fmean(r[key_params] for r in runs)
-    tflop = statistics.fmean(r["train_flops"] for r in runs) / 1e12
-    fossil = sum(r["fossilized"] for r in runs)
-    test = f" {mean('test_accuracy')} | {mean('test_loss', 4)} |" if _has_test(runs) else ""
+    params = statistics.fmean(r.total_params for r in runs)
+    tflop = statistics.fmean(r.train_flops for r in runs) / 1e12
+    fossil = sum(r.fossilized for r in runs)
+    test = (
+        f" {mean([r.test_accuracy for r in runs])} | {mean([r.test_loss for r in runs], 4)} |"
+        if _has_test(runs)
+        else ""
+    )
     return (
-        f"| {label} |{test} {mean('final_val_accuracy')} | {mean('best_val_accuracy')} | "
-        f"{statistics.fmean(r['final_val_loss'] for r in runs):.4f} | {params:,.0f} | "
+        f"| {label} |{test} {mean([r.final_val_accuracy for r in runs])} | "
+        f"{mean([r.best_val_accuracy for r in runs])} | "
+        f"{statistics.fmean(r.final_val_loss for r in runs):.4f} | {params:,.0f} | "
         f"{tflop:.4g} | {fossil} |"
     )
 
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         _run("heuristic", args.task, s, out / f"{grown_name}-{args.task}-s{s}", grown_flags)
         for s in args.seeds
     ]
-    target = statistics.fmean(r["total_params"] for r in grown)
+    target = statistics.fmean(r.total_params for r in grown)
     factor = _widening_for(args.task, target)
     wide = [
         _run(
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(_row(f"static host widened x{factor}", wide))
-    stages = [" → ".join(s["stages"]) for r in grown for s in r["seeds"]]
+    stages = [" → ".join(SeedRecord.from_dict(s).stages) for r in grown for s in r.seeds]
     print("\nseed lifecycles:\n" + "\n".join(f"- {s}" for s in stages))
     return 0
 

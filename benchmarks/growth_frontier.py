@@ -53,7 +53,7 @@ from matplotlib.figure import Figure
 from esper._atomic import atomic_path
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, get_topology
 from esper.leyline.formats import FRONTIER_RECORD, migrate, stamped
-from esper.runs import UsageError
+from esper.runs import RunSummary, UsageError
 from esper.runs.flags import OneLineParser, add_spec_arguments, spec_from_args
 from esper.tolaria.tasks import TaskSpec, get_task
 
@@ -61,7 +61,7 @@ DEFAULT_WIDTHS = (1.0, 1.25, 1.5, 2.0)
 DEFAULT_SEEDS = (0, 1, 2)
 #: How a run is started: ``esper train`` through this interpreter, so it is the installation
 #: this script imports whatever ``PATH`` holds.
-TRAIN = (sys.executable, "-m", "esper.scripts.train")
+TRAIN = (sys.executable, "-m", "esper", "train")
 #: ``esper train`` flags the benchmark sets itself; after ``--`` they would override its choice.
 RESERVED_TRAIN_FLAGS = {
     "mode": "a mode",
@@ -82,7 +82,8 @@ class MetricSpec:
     """Which ``summary.json`` number the frontier compares, and how to read it.
 
     Attributes:
-        key: the summary key (``test_accuracy``, ``final_val_loss``, ...).
+        key: the :class:`esper.runs.RunSummary` field (``test_accuracy``, ``final_val_loss``,
+            ...); :meth:`value` reads it.
         label: column header and axis label.
         higher_is_better: accuracy rises, loss falls; the front and the verdict follow this.
         fmt: ``str.format`` spec for one value.
@@ -99,6 +100,10 @@ class MetricSpec:
         """True when ``a`` is strictly better than ``b``."""
         return a > b if self.higher_is_better else a < b
 
+    def value(self, summary: RunSummary) -> float | None:
+        """The run's number (None: a test number of a run without a test split)."""
+        return getattr(summary, self.key)
+
 
 ACCURACY = MetricSpec("test_accuracy", "test acc (%)", True, "{:.2f}")
 LOSS = MetricSpec("test_loss", "test loss", False, "{:.4f}")
@@ -107,11 +112,11 @@ LOSS = MetricSpec("test_loss", "test loss", False, "{:.4f}")
 METRIC_BY_OUTPUT = {"num_classes": ACCURACY, "vocab_size": LOSS}
 
 
-def metric_for(spec: TaskSpec, summaries: Sequence[dict]) -> MetricSpec:
+def metric_for(spec: TaskSpec, summaries: Sequence[RunSummary]) -> MetricSpec:
     """The metric for this task's runs: test accuracy or loss, or the final validation one when
     some run has no test split (a number measured on another split would not compare)."""
     metric = METRIC_BY_OUTPUT[get_topology(spec.topology).output_key]
-    if all(metric.key in s for s in summaries):
+    if all(metric.value(s) is not None for s in summaries):
         return metric
     name = metric.key.removeprefix("test_")
     return MetricSpec(
@@ -407,7 +412,7 @@ def resolved_widths(spec: TaskSpec, widths: Sequence[float]) -> dict[float, int]
     return actual
 
 
-def run_once(cmd: list[str], run_dir: Path) -> dict:
+def run_once(cmd: list[str], run_dir: Path) -> RunSummary:
     """The run's summary: read if it finished, continued if it was killed, else trained."""
     summary = run_dir / "summary.json"
     if not summary.is_file():
@@ -427,7 +432,10 @@ def run_once(cmd: list[str], run_dir: Path) -> dict:
                 f"esper train exited with {done.returncode} for {run_dir} (its error is above); "
                 f"rerun the benchmark to continue"
             )
-    return json.loads(summary.read_text())
+    try:
+        return RunSummary.from_dict(json.loads(summary.read_text()))
+    except ValueError as exc:  # JSONDecodeError and FormatError included
+        raise FrontierError(f"{summary}: {exc}") from None
 
 
 def _killed_before_training(run_dir: Path) -> bool:
@@ -532,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metric = metric_for(spec, [s for *_, s in summaries])
     points = [
-        Point(mode, w, seed, s[metric.key], s["train_flops"], s["total_params"], str(d))
+        Point(mode, w, seed, metric.value(s), s.train_flops, s.total_params, str(d))
         for mode, w, seed, d, s in summaries
     ]
     rows = frontier_rows(points, metric)

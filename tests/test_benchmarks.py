@@ -17,6 +17,7 @@ import torch
 
 from esper.kasmina import GateFailedError
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, SeedStage
+from esper.runs import RunSummary
 from esper.testing import TINY_HOSTS, model_at_stage, permissive_gates, set_contribution
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -193,24 +194,45 @@ def _growth_comparison():
 def test_growth_comparison_rows_give_mean_sample_std_and_compute():
     gc = _growth_comparison()
     runs = [
-        {
-            "test_accuracy": acc,
-            "test_loss": loss,
-            "final_val_accuracy": acc + 1,
-            "best_val_accuracy": acc + 2,
-            "final_val_loss": loss,
-            "total_params": 100,
-            "train_flops": 2e12,
-            "fossilized": 1,
-        }
-        for acc, loss in ((80.0, 0.5), (82.0, 0.7), (84.0, 0.9))
+        RunSummary(
+            mode="heuristic",
+            task="digits",
+            seed=seed,
+            epochs=20,
+            width_multiplier=1.0,
+            test_accuracy=acc,
+            test_loss=loss,
+            final_val_accuracy=acc + 1,
+            best_val_accuracy=acc + 2,
+            final_val_loss=loss,
+            final_train_loss=loss,
+            best_val_loss=loss,
+            host_params=90,
+            total_params=100,
+            fossilized=1,
+            culled=0,
+            rollbacks=0,
+            train_flops=2 * 10**12,
+            eval_flops=10**9,
+            counterfactual_flops=0,
+            counterfactual_seconds=0.0,
+            param_epochs=2000,
+            wall_seconds=1.0,
+        )
+        for seed, (acc, loss) in enumerate(((80.0, 0.5), (82.0, 0.7), (84.0, 0.9)))
     ]
+    assert gc._has_test(runs)
     header = gc._header(True).splitlines()[0]
     row = gc._row("grown", runs)
     assert header.count("|") == row.count("|")
     # Sample std of 80, 82, 84 is 2 (the population std would be 1.63).
     assert "| 82.00 ± 2.00 | 0.7000 ± 0.2000 |" in row
     assert row.endswith("| 100 | 2 | 3 |")
+    for run in runs:  # without a test split the test columns go, in the header and the rows
+        run.test_accuracy = run.test_loss = None
+    assert not gc._has_test(runs)
+    assert gc._header(False).splitlines()[0].count("|") == gc._row("grown", runs).count("|")
+    assert gc._row("grown", runs).startswith("| grown | 83.00 ± 2.00 | 84.00 ± 2.00 |")
 
 
 def test_rollout_scaling_runs_the_same_episodes_on_every_pool():
@@ -300,7 +322,7 @@ def test_growth_comparison_runs_the_grown_arm_with_patience_beside_the_default(t
     grown = out / "heuristic-patience1-digits-s0"
     assert json.loads((grown / "config.json").read_text())["growth_patience"] == 1
     # Seed 0 culls its first seed; with patience 1 it tries no other (measured).
-    assert len(json.loads((grown / "summary.json").read_text())["seeds"]) == 1
+    assert len(RunSummary.from_dict(json.loads((grown / "summary.json").read_text())).seeds) == 1
     static = json.loads((out / "static-digits-s0" / "config.json").read_text())
     assert static["growth_patience"] is None
     assert not (out / "heuristic-digits-s0").exists()

@@ -13,11 +13,13 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
 
 from esper.leyline import DEFAULT_GROWTH_PATIENCE
+from esper.runs import RunSummary
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "growth_frontier.py"
 _spec = importlib.util.spec_from_file_location("_benchmark_growth_frontier", SCRIPT)
@@ -31,6 +33,17 @@ LOSS = gf.LOSS
 
 def _point(mode, width, seed, metric, flops, params=100):
     return gf.Point(mode, width, seed, metric, flops, params, f"{mode}-w{width}-s{seed}")
+
+
+def _summary(**values) -> RunSummary:
+    """A run's summary: every required number 1, then ``values``."""
+    required = [
+        f.name for f in fields(RunSummary) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    raw = dict.fromkeys(required, 1) | {"mode": "static", "task": "digits"} | values
+    summary = RunSummary.from_dict(raw)
+    summary.check()
+    return summary
 
 
 # --- Pareto front ------------------------------------------------------------------------------
@@ -160,14 +173,28 @@ def test_growth_outside_the_static_flop_range_is_not_compared():
 
 def test_metric_is_loss_for_language_models_and_falls_back_to_validation():
     fashion, pystd, digits = (gf.get_task(t) for t in ("fashion", "pystd", "digits"))
-    assert gf.metric_for(fashion, [{"test_accuracy": 1.0}]) is ACC
-    assert gf.metric_for(pystd, [{"test_loss": 1.0}]) is LOSS
+    with_test = _summary(test_accuracy=1.0, test_loss=1.0)
+    assert gf.metric_for(fashion, [with_test]) is ACC
+    assert gf.metric_for(pystd, [with_test]) is LOSS
+    assert ACC.value(with_test) == 1.0 and LOSS.value(with_test) == 1.0
     # A run without test numbers (a summary written before its task had a test split).
-    val = gf.metric_for(digits, [{"final_val_accuracy": 1.0}])
+    val = gf.metric_for(digits, [with_test, _summary(final_val_accuracy=2.0)])
     assert (val.key, val.higher_is_better) == ("final_val_accuracy", True)
     assert val.label == "final val acc (%)"
     assert val.note == "digits has no test split: the final validation accuracy is compared"
-    assert gf.metric_for(digits, [{"test_accuracy": 1.0}]) is ACC
+    assert val.value(_summary(final_val_accuracy=2.0)) == 2.0
+    assert gf.metric_for(digits, [with_test]) is ACC
+
+
+def test_a_finished_run_with_a_broken_summary_fails_with_one_line(tmp_path):
+    run_dir = tmp_path / "static-digits-w1-s0"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text('{"mode": "static"}')
+    with pytest.raises(gf.FrontierError, match=r"summary\.json: missing key\(s\) task, seed"):
+        gf.run_once([], run_dir)
+    (run_dir / "summary.json").write_text("{oops")
+    with pytest.raises(gf.FrontierError, match=r"summary\.json: Expecting property name"):
+        gf.run_once([], run_dir)
 
 
 def test_widths_must_be_positive_and_build_different_hosts():

@@ -17,6 +17,7 @@ from esper.karn.report import (
 )
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import RunState, read_events
+from esper.runs import RunSummary
 
 T = TelemetryEventType
 SLOTS = ["early", "mid", "late"]
@@ -95,32 +96,42 @@ def write_run(
     lines = "".join(json.dumps(e.to_dict()) + "\n" for e in events)
     (run_dir / "events.jsonl").write_text(lines)
 
-    summary = {
-        "mode": mode,
-        "task": "cifar10",
-        "seed": seed,
-        "epochs": epochs,
-        "final_val_accuracy": accs[-1],
-        "final_val_loss": 0.2,
-        "best_val_accuracy": max(accs),
-        "host_params": 1000,
-        "total_params": 1200 if grown else 1000,
-        "fossilized": 1 if grown else 0,
-        "culled": 1 if grown else 0,
-        "wall_seconds": 12.5,
-        "seeds": [
+    summary = RunSummary(
+        mode=mode,
+        task="cifar10",
+        seed=seed,
+        epochs=epochs,
+        width_multiplier=1.0,
+        final_val_accuracy=accs[-1],
+        final_val_loss=0.2,
+        final_train_loss=1.0 / epochs,
+        best_val_accuracy=max(accs),
+        best_val_loss=0.2,
+        host_params=1000,
+        total_params=1200 if grown else 1000,
+        fossilized=1 if grown else 0,
+        culled=1 if grown else 0,
+        rollbacks=1 if grown else 0,
+        train_flops=6_000_000,
+        eval_flops=1_000_000,
+        counterfactual_flops=0,
+        counterfactual_seconds=0.0,
+        param_epochs=6000,
+        wall_seconds=12.5,
+        seeds=[
             {
                 "seed_id": "seed-1",
                 "slot": "mid",
                 "blueprint": "conv_light",
                 "final_stage": "FOSSILIZED",
                 "stages": ["GERMINATED", "TRAINING", "BLENDING", "PROBATIONARY", "FOSSILIZED"],
+                "germinated_epoch": 1,
             }
         ]
         if grown
         else [],
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary.to_dict()))
     return run_dir
 
 
@@ -146,7 +157,7 @@ def test_load_run_derives_epochs_marks_and_slots(tmp_path):
         (5, "fossilized", "seed-1"),
         (5, "rollback", None),  # no epoch on the event: placed at the last epoch seen
     ]
-    assert run.count("fossilized") == 1
+    assert run.summary.fossilized == 1 and run.summary.seeds[0]["seed_id"] == "seed-1"
 
 
 def test_the_report_and_the_live_view_read_one_fold(tmp_path):
@@ -234,17 +245,19 @@ def test_comparison_table_rows_and_means(tmp_path):
     ]  # fmt: skip
 
 
-def test_comparison_table_tolerates_null_and_nan_values(tmp_path):
+def test_comparison_table_tolerates_nan_and_missing_test_numbers(tmp_path):
     a = write_run(tmp_path / "a", mode="static", seed=0)
     b = write_run(tmp_path / "b", mode="static", seed=1)
-    summary = json.loads((b / "summary.json").read_text())
-    summary.update(final_val_loss=float("nan"), final_val_accuracy=None, culled=["x", "y"])
-    (b / "summary.json").write_text(json.dumps(summary))
+    summary = RunSummary.from_dict(json.loads((b / "summary.json").read_text()))
+    summary.final_val_loss = float("nan")  # a diverged seed
+    summary.test_accuracy, summary.test_loss = 90.0, 0.3
+    (b / "summary.json").write_text(json.dumps(summary.to_dict()))
     text = _render(comparison_table([load_run(a), load_run(b)]))
+    assert "test acc (%)" in text  # one run has test numbers: the columns are shown
     assert "—" in text and "nan" in text  # shown as they are in the run's own row
     mean_row = next(line for line in text.splitlines() if "mean of 2" in line)
-    assert "70.00" in mean_row and "0.2000" in mean_row  # the mean skips null and NaN
-    assert mean_row.split("│")[-2].strip() == "1"  # culled: mean of 0 and len(["x", "y"])
+    assert "70.00" in mean_row and "0.2000" in mean_row  # the mean skips NaN
+    assert "90.00" in mean_row and "0.3000" in mean_row  # and the run without test numbers
 
 
 def test_report_main_writes_plots_and_prints_table(tmp_path):
@@ -325,13 +338,50 @@ def test_malformed_files_name_the_path(tmp_path, file, content, message):
     assert "\n" not in str(info.value)
 
 
-def test_summary_with_wrong_types(tmp_path):
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("final_val_accuracy", "high", "'final_val_accuracy' must be a number, got 'high'"),
+        ("final_val_accuracy", None, "'final_val_accuracy' must be a number, got None"),
+        ("test_loss", "low", "'test_loss' must be a number, got 'low'"),
+        ("mode", 3, "'mode' must be a string, got 3"),
+        ("seed", 1.5, "'seed' must be an integer, got 1.5"),
+        # The trainer has always written counts; a list of seed ids is refused.
+        ("culled", ["x"], r"'culled' must be a count \(an integer >= 0\), got \['x'\]"),
+        ("fossilized", True, r"'fossilized' must be a count \(an integer >= 0\), got True"),
+        ("seeds", {"a": 1}, r"'seeds' must be a list, got \{'a': 1\}"),
+        ("seeds", ["seed-1"], r"'seeds'\[0\] must be a seed record \(an object\), got 'seed-1'"),
+        ("format", 99, r"run-summary version 99 is not one this Esper reads"),
+    ],
+)
+def test_summary_with_wrong_types(tmp_path, key, value, message):
     run_dir = write_run(tmp_path / "grown")
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary["final_val_accuracy"] = "high"
+    summary[key] = value
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(ReportError, match="'final_val_accuracy' must be a number, got 'high'"):
+    with pytest.raises(ReportError, match=r"summary\.json: " + message) as info:
         load_run(run_dir)
+    assert "\n" not in str(info.value)
+
+
+def test_summary_missing_a_key_the_schema_requires(tmp_path):
+    run_dir = write_run(tmp_path / "grown")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    del summary["train_flops"], summary["rollbacks"]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(
+        ReportError, match=r"summary\.json: missing key\(s\) rollbacks, train_flops$"
+    ):
+        load_run(run_dir)
+
+
+def test_summary_reads_what_the_trainer_leaves_out(tmp_path):
+    # No test split, one process: those keys are not written, and the summary has no value.
+    run = load_run(write_run(tmp_path / "grown"))
+    raw = json.loads((run.run_dir / "summary.json").read_text())
+    assert "test_accuracy" not in raw and "ranks_identical" not in raw
+    assert not run.summary.has_test and run.summary.ranks_identical is None
+    assert run.summary.to_dict() == raw
 
 
 def _crowded_run(tmp_path: Path) -> Path:

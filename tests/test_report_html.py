@@ -18,6 +18,7 @@ from rich.console import Console
 
 from esper.cli import main
 from esper.karn import comparison_renderables, default_page_path, load_run, report_main
+from esper.runs import RunSummary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG_SRC = re.compile(r'<img [^>]*src="([^"]*)"')
@@ -44,6 +45,10 @@ def reported(runs) -> list[Path]:
     return runs
 
 
+def _summary(run_dir: Path) -> RunSummary:
+    return RunSummary.from_dict(json.loads((run_dir / "summary.json").read_text()))
+
+
 def _plots(run_dirs: list[Path]) -> int:
     names = ("accuracy.png", "lifecycle.png", "alpha.png", "compute.png")
     return sum((d / name).is_file() for d in run_dirs for name in names)
@@ -67,9 +72,10 @@ def test_every_run_gets_a_self_contained_report_page(reported):
     images = _assert_self_contained(page)
     assert len(images) == 4  # accuracy, lifecycle, alpha, compute
     assert images[0] == (grown / "accuracy.png").read_bytes()
-    summary = json.loads((grown / "summary.json").read_text())
-    assert f"{summary['final_val_accuracy']:.2f}" in page
-    for seed in summary["seeds"]:
+    summary = _summary(grown)
+    assert f"{summary.final_val_accuracy:.2f}" in page
+    assert summary.seeds  # the grown run's seed table is checked
+    for seed in summary.seeds:
         assert seed["seed_id"] in page and seed["final_stage"] in page
     static_page = (static / "report.html").read_text()
     assert len(_assert_self_contained(static_page)) == 2  # no seed plots: accuracy, compute
@@ -85,8 +91,7 @@ def test_several_runs_get_a_side_by_side_page_next_to_them(reported):
     # runs have no seed plots).
     assert len(images) == 2 + _plots(reported) and _plots(reported) >= 4 + 2 + 2
     for run_dir in reported:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert f"{summary['final_val_accuracy']:.2f}" in page
+        assert f"{_summary(run_dir).final_val_accuracy:.2f}" in page
         assert f'href="{run_dir.name}/report.html"' in page
     assert "static vs grown" in page
     assert '<tr class="mean"><td>heuristic</td><td>digits</td><td>mean of 2</td>' in page
@@ -105,9 +110,9 @@ def test_out_chooses_the_page_and_a_folder_is_refused(runs, tmp_path, capsys):
 def test_values_from_a_run_are_escaped(runs, tmp_path):
     run_dir = tmp_path / "odd"
     shutil.copytree(runs[0], run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["seeds"][0]["blueprint"] = "<b>bold</b>"
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    summary = _summary(run_dir)
+    summary.seeds[0]["blueprint"] = "<b>bold</b>"
+    (run_dir / "summary.json").write_text(json.dumps(summary.to_dict()))
     assert report_main([str(run_dir)], Console(file=io.StringIO())) == 0
     page = (run_dir / "report.html").read_text()
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold" not in page
@@ -132,8 +137,8 @@ def test_comparison_prints_whole_on_an_80_column_console(runs, tmp_path, copies)
     for word in ("heuristic", "static", "digits", "final val acc (%)", "fossilized", "culled"):
         assert word in text, word
     for run in loaded:
-        assert f"{run.summary['final_val_accuracy']:.2f}" in text
-        assert f"{run.summary['total_params']:,}" in text
+        assert f"{run.summary.final_val_accuracy:.2f}" in text
+        assert f"{run.summary.total_params:,}" in text
 
 
 @pytest.mark.parametrize("width", [120, 200])

@@ -34,15 +34,15 @@ class Metric:
 
 
 METRICS = (
-    Metric("final val acc (%)", lambda r: r.summary["final_val_accuracy"], "{:.2f}"),
-    Metric("best val acc (%)", lambda r: r.summary["best_val_accuracy"], "{:.2f}"),
-    Metric("final val loss", lambda r: r.summary["final_val_loss"], "{:.4f}"),
-    Metric("test acc (%)", lambda r: _number(r.summary.get("test_accuracy")), "{:.2f}", True),
-    Metric("test loss", lambda r: _number(r.summary.get("test_loss")), "{:.4f}", True),
-    Metric("host params", lambda r: r.summary["host_params"], "{:,.0f}"),
-    Metric("total params", lambda r: r.summary["total_params"], "{:,.0f}"),
-    Metric("fossilized", lambda r: r.count("fossilized"), "{:.3g}"),
-    Metric("culled", lambda r: r.count("culled"), "{:.3g}"),
+    Metric("final val acc (%)", lambda r: r.summary.final_val_accuracy, "{:.2f}"),
+    Metric("best val acc (%)", lambda r: r.summary.best_val_accuracy, "{:.2f}"),
+    Metric("final val loss", lambda r: r.summary.final_val_loss, "{:.4f}"),
+    Metric("test acc (%)", lambda r: r.summary.test_accuracy, "{:.2f}", True),
+    Metric("test loss", lambda r: r.summary.test_loss, "{:.4f}", True),
+    Metric("host params", lambda r: r.summary.host_params, "{:,.0f}"),
+    Metric("total params", lambda r: r.summary.total_params, "{:,.0f}"),
+    Metric("fossilized", lambda r: r.summary.fossilized, "{:.3g}"),
+    Metric("culled", lambda r: r.summary.culled, "{:.3g}"),
 )
 
 
@@ -109,10 +109,6 @@ def comparison_title(runs: Sequence[RunData]) -> str:
     """``"Comparison: static vs grown"`` when both kinds of run are there, else ``"...: runs"``."""
     modes = {r.mode for r in runs}
     return f"Comparison: {'static vs grown' if {'static', 'heuristic'} <= modes else 'runs'}"
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _fmt(value: float | None, spec: str) -> str:

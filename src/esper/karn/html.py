@@ -40,7 +40,8 @@ PLOTS = (
     ("alpha.png", "Blend alpha of every seed"),
     ("compute.png", "Validation accuracy against the training FLOPs spent; growth marked"),
 )
-# (summary key, label, format) for a run page's summary table; missing keys are left out.
+# (RunSummary field, label, format) for a run page's summary table; fields without a value
+# (test numbers of a task without a test split) are left out.
 SUMMARY_ROWS = (
     ("final_val_accuracy", "final validation accuracy (%)", "{:.2f}"),
     ("best_val_accuracy", "best validation accuracy (%)", "{:.2f}"),
@@ -91,9 +92,8 @@ def write_run_page(run: RunData, images: Iterable[Path]) -> Path:
         "<h2>Summary</h2>",
         _summary_table(run),
     ]
-    seeds = run.summary.get("seeds") or []
-    if seeds:
-        body += ["<h2>Seeds</h2>", _seed_table(seeds)]
+    if run.summary.seeds:
+        body += ["<h2>Seeds</h2>", _seed_table(run.summary.seeds)]
     body.append("<h2>Plots</h2>")
     for name, caption in PLOTS:
         if name in by_name:
@@ -172,13 +172,11 @@ def _side_by_side(cells: list[str], columns: int) -> str:
 
 def _summary_table(run: RunData) -> str:
     rows = []
-    for key, label, spec in SUMMARY_ROWS:
-        value = run.summary.get(key)
-        if isinstance(value, list):  # fossilized/culled may list seed ids
-            value = len(value)
+    for name, label, spec in SUMMARY_ROWS:
+        value = getattr(run.summary, name)
         if value is None:
             continue
-        text = spec.format(value) if isinstance(value, int | float) else str(value)
+        text = spec.format(value)
         rows.append(f'<tr><th scope="row">{_e(label)}</th><td class="num">{_e(text)}</td></tr>')
     return f"<table>{''.join(rows)}</table>"
 

@@ -14,20 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from esper.nissa import EpochRecord, LifecycleMark, RunState, read_events
-from esper.nissa.records import is_number
+from esper.runs.summary import RunSummary
 
 REQUIRED_FILES = ("config.json", "events.jsonl", "summary.json")
-# Summary keys the comparison table shows; numeric ones may be null (a run with no epochs).
-SUMMARY_TEXT_KEYS = ("mode", "task")
-SUMMARY_NUMBER_KEYS = (
-    "seed",
-    "final_val_accuracy",
-    "best_val_accuracy",
-    "final_val_loss",
-    "host_params",
-    "total_params",
-)
-SUMMARY_COUNT_KEYS = ("fossilized", "culled")  # an int, or a list of seed ids
 
 
 class ReportError(ValueError):
@@ -41,7 +30,7 @@ class RunData:
     Attributes:
         run_dir: The folder.
         config: ``config.json``.
-        summary: ``summary.json``.
+        summary: ``summary.json``, read and checked (:class:`esper.runs.RunSummary`).
         state: The fold of ``events.jsonl`` (:class:`esper.nissa.RunState`).
         epochs: Sorted by epoch, one record per epoch.
         marks: Growth events, each once.
@@ -50,7 +39,7 @@ class RunData:
 
     run_dir: Path
     config: dict[str, Any]
-    summary: dict[str, Any]
+    summary: RunSummary
     state: RunState
     epochs: list[EpochRecord]
     marks: list[LifecycleMark]
@@ -58,25 +47,20 @@ class RunData:
 
     @property
     def mode(self) -> str:
-        return str(self.summary["mode"])
+        return self.summary.mode
 
     @property
     def task(self) -> str:
-        return str(self.summary["task"])
+        return self.summary.task
 
     @property
-    def seed(self) -> int | float | None:
-        return self.summary["seed"]
+    def seed(self) -> int:
+        return self.summary.seed
 
     @property
     def has_seeds(self) -> bool:
         """True when any epoch recorded a seed in any slot (never for a static run)."""
         return any(record.seeds for record in self.epochs)
-
-    def count(self, key: str) -> int:
-        """``summary[key]`` as a number, for the ``fossilized``/``culled`` int-or-list fields."""
-        value = self.summary.get(key) or 0
-        return len(value) if isinstance(value, list) else int(value)
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -102,8 +86,7 @@ def load_run(run_dir: str | Path) -> RunData:
             f"{', '.join(REQUIRED_FILES)})"
         )
     config = _read_json_object(run_dir / "config.json")
-    summary = _read_json_object(run_dir / "summary.json")
-    _check_summary(run_dir / "summary.json", summary)
+    summary = _read_summary(run_dir / "summary.json")
     try:
         state = RunState.from_events(read_events(run_dir / "events.jsonl"))
     except ValueError as exc:  # already "path:line: what is wrong"
@@ -134,15 +117,13 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _check_summary(path: Path, summary: dict[str, Any]) -> None:
-    required = SUMMARY_TEXT_KEYS + SUMMARY_NUMBER_KEYS + SUMMARY_COUNT_KEYS
-    missing = [key for key in required if key not in summary]
-    if missing:
-        raise ReportError(f"{path}: missing key(s) {', '.join(missing)}")
-    for key in SUMMARY_NUMBER_KEYS:
-        if summary[key] is not None and not is_number(summary[key]):
-            raise ReportError(f"{path}: {key!r} must be a number, got {summary[key]!r}")
-    for key in SUMMARY_COUNT_KEYS:
-        value = summary[key]
-        if not (isinstance(value, list) or (is_number(value) and value >= 0)):
-            raise ReportError(f"{path}: {key!r} must be a count or a list, got {value!r}")
+def _read_summary(path: Path) -> RunSummary:
+    """``summary.json`` as a checked :class:`RunSummary`; a missing key, a wrong type or an
+    unknown format version is one line naming the file."""
+    raw = _read_json_object(path)
+    try:
+        summary = RunSummary.from_dict(raw)
+        summary.check()
+    except ValueError as exc:  # FormatError included
+        raise ReportError(f"{path}: {exc}") from None
+    return summary

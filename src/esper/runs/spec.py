@@ -232,6 +232,11 @@ class RunSpec:
             if value is not None and not value > 0:
                 raise UsageError(f"{flag} must be > 0, got {value}")
 
+    @classmethod
+    def default(cls, name: str):
+        """The default of the field ``name`` (what a flag left unset means)."""
+        return cls.__dataclass_fields__[name].default
+
     def to_dict(self) -> dict:
         """The spec as ``config.json`` holds it (lists for tuples, with its format version)."""
         raw = asdict(self)

@@ -7,7 +7,7 @@ never by string key, so the schema lives here once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from esper.leyline.formats import RUN_SUMMARY, migrate, stamped
 
@@ -27,6 +27,22 @@ NOT_IN_EVENTS = (
 #: process).
 OPTIONAL = ("test_accuracy", "test_loss", "ranks_identical", "rank_state_digests")
 _TEST_KEYS = ("test_accuracy", "test_loss")
+#: What :meth:`RunSummary.check` asks of each field's value.
+_TEXT = ("mode", "task")
+_COUNTS = (
+    "epochs",
+    "host_params",
+    "total_params",
+    "fossilized",
+    "culled",
+    "rollbacks",
+    "train_flops",
+    "eval_flops",
+    "counterfactual_flops",
+    "param_epochs",
+    "world_size",
+)
+_LISTS = ("seeds", "rank_state_digests", "rank_event_digests")
 
 
 @dataclass
@@ -109,6 +125,57 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> RunSummary:
-        """A ``summary.json`` of any version (unknown keys are ignored)."""
+        """A ``summary.json`` of any version (unknown keys are ignored).
+
+        Raises:
+            ValueError: a required key is missing (``"missing key(s) task, seed"``), or the
+                version is not one this Esper reads (:class:`esper.leyline.formats.FormatError`).
+        """
+        migrated = migrate(RUN_SUMMARY, raw)
+        required = [
+            f.name
+            for f in fields(cls)
+            if f.default is MISSING and f.default_factory is MISSING and f.name not in migrated
+        ]
+        if required:
+            raise ValueError(f"missing key(s) {', '.join(required)}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in migrate(RUN_SUMMARY, raw).items() if k in known})
+        return cls(**{k: v for k, v in migrated.items() if k in known})
+
+    def check(self) -> None:
+        """Check each field holds what its type says (a summary read from a file may not).
+
+        Numbers are JSON numbers (ints where a count), never bools; test numbers, rank results
+        and digests may be None.
+
+        Raises:
+            ValueError: one line naming the first wrong field and its value, e.g.
+                ``"'final_val_accuracy' must be a number, got 'high'"``.
+        """
+        for f in fields(self):
+            name, value = f.name, getattr(self, f.name)
+            if name in _TEXT:
+                ok, what = isinstance(value, str), "a string"
+            elif name == "seed":
+                ok, what = _is_int(value), "an integer"
+            elif name in _COUNTS:
+                ok, what = _is_int(value) and value >= 0, "a count (an integer >= 0)"
+            elif name in _LISTS:
+                ok, what = isinstance(value, list), "a list"
+            elif name == "ranks_identical":
+                ok, what = isinstance(value, bool), "true or false"
+            else:
+                ok, what = _is_number(value), "a number"
+            if not ok and not (value is None and name in OPTIONAL + ("rank_event_digests",)):
+                raise ValueError(f"{name!r} must be {what}, got {value!r}")
+        for i, record in enumerate(self.seeds):
+            if not isinstance(record, dict):
+                raise ValueError(f"'seeds'[{i}] must be a seed record (an object), got {record!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

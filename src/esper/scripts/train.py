@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from esper.runs import MODES, ResumeError, UsageError, resume_run, train_run
+from esper.runs import MODES, ResumeError, RunSpec, UsageError, resume_run, train_run
 from esper.runs.flags import OneLineParser, add_spec_arguments, given_flags, spec_from_args
 from esper.tolaria import distributed as ranks
 from esper.tolaria.data import DataNotFoundError
@@ -88,7 +88,13 @@ def train_main(args: argparse.Namespace) -> int:
         print_error(UsageError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}"))
         return 2
     if ranks.launched_by_torchrun():
-        context, args.device = ranks.init_from_env(args.device, args.dist_timeout)
+        # A device given on the command line becomes this rank's own (cuda -> cuda:LOCAL_RANK);
+        # left unset, the spec's default applies (and --resume sees no flag given).
+        context, device = ranks.init_from_env(
+            args.device or RunSpec.default("device"), args.dist_timeout
+        )
+        if args.device is not None:
+            args.device = device
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     together = False
     try:
