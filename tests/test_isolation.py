@@ -1,4 +1,4 @@
-"""The gradient-isolation contract (SYSTEM.md §2) and the bug report that started the project."""
+"""The gradient-isolation contract and its snippet (docs/design.md, "The isolation snippet")."""
 
 from __future__ import annotations
 

@@ -287,7 +287,7 @@ def test_direct_stage_assignment_is_recorded_as_forced():
     model = _bug_report_model(recorder)
     n_germination = len(recorder.events)
     slot = model.seed_slots["mid"]
-    slot.state.stage = SeedStage.TRAINING  # SYSTEM.md section 9
+    slot.state.stage = SeedStage.TRAINING  # docs/design.md, "The isolation snippet"
     assert slot.stage == S.TRAINING and slot.state.previous_stage == S.GERMINATED
     assert slot.state.stage_history == [S.DORMANT, S.GERMINATED, S.TRAINING]
     assert slot.state.forced == [2]

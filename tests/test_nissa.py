@@ -15,6 +15,7 @@ from esper.nissa import (
     JsonlSink,
     MemorySink,
     TelemetryHub,
+    TelemetrySink,
     available_sinks,
     create_sink,
     read_events,
@@ -83,6 +84,37 @@ def test_hub_rejects_non_events_and_non_sinks():
         hub.emit({"event_type": "run_started"})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="emit"):
         hub.add_sink(object())  # type: ignore[arg-type]
+
+
+def test_the_hub_wraps_a_sink_that_only_has_emit_and_keeps_it_as_given():
+    class Collects:  # no close, no state: the defaults stand in
+        def __init__(self) -> None:
+            self.events = []
+
+        def emit(self, event: TelemetryEvent) -> None:
+            self.events.append(event)
+
+    own = Collects()
+    with TelemetryHub() as hub:
+        assert hub.add_sink(own) is own and hub.sinks == (own,)
+        hub.emit(_event())
+        assert len(own.events) == 1 and hub.state_dict() == {"sinks": {}}
+
+
+def test_sink_hooks_default_to_nothing_and_a_position_needs_a_sink_that_keeps_one(tmp_path):
+    plain = TelemetrySink()
+    plain.close()
+    plain.load_state_dict({"offset": 3})  # nothing to restore
+    assert plain.state_dict() == {}
+    with pytest.raises(NotImplementedError, match="emit"):
+        plain.emit(_event())
+    with TelemetryHub([JsonlSink(tmp_path / "a.jsonl"), MemorySink()]) as hub:
+        hub.emit(_event())
+        state = hub.state_dict()
+    assert list(state["sinks"]) == ["0"]  # only the sinks that keep a position
+    with TelemetryHub([MemorySink(), JsonlSink(tmp_path / "b.jsonl")]) as swapped:
+        with pytest.raises(ValueError, match="no sink 0 with a saved position"):
+            swapped.load_state_dict(state)
 
 
 def test_hubs_are_independent():

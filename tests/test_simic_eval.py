@@ -87,10 +87,12 @@ def test_demonstrations_and_baselines_use_the_episodes_heuristic_patience():
         assert baseline.config == HeuristicConfig(patience=patience)
         assert EpisodeConfig.from_dict(config.to_dict()).heuristic_patience == patience
     # The shipped policies were cloned from, and are measured against, the heuristic of their
-    # day, which never stopped growing: their policy files predate the setting.
+    # day, which never stopped growing: their policy files predate the setting, and read
+    # through the migration table as patience 0.
     for task in ("digits", "pyref"):
+        raw = torch.load(shipped_policy_path(task), weights_only=True)["episode"]
+        assert "heuristic_patience" not in raw and "format" not in raw
         episode = Policy.load(shipped_policy_path(task)).episode
-        assert "heuristic_patience" not in episode
         assert EpisodeConfig.from_dict(episode).heuristic_patience == 0
 
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from esper.kasmina import list_blueprints
-from esper.leyline import DEFAULT_GROWTH_PATIENCE, Outcome, SeedStage
-from esper.tamiyo import Action, Controller, HeuristicConfig, HeuristicController
+from esper.leyline import DEFAULT_GROWTH_PATIENCE, Outcome, SeedStage, as_controller
+from esper.tamiyo import Action, Controller, Decision, HeuristicConfig, HeuristicController
 from esper.tamiyo.decisions import TrainingSignals
 from esper.testing import slot_report, training_signals
 from esper.tolaria import SignalTracker
@@ -18,6 +18,51 @@ SLOTS = ("early", "mid", "late")
 
 def test_is_a_controller():
     assert isinstance(HeuristicController("cnn"), Controller)
+
+
+def test_controller_hooks_default_to_nothing():
+    class Waits(Controller):
+        def decide(self, signals):
+            return Decision(Action.WAIT)
+
+    waits = Waits()
+    waits.on_outcome(Decision(Action.WAIT), Outcome(applied=True))
+    waits.on_cull("norm")
+    waits.reset()
+    waits.load_state_dict({})
+    assert waits.reads_blending_counterfactuals and waits.state_dict() == {}
+    with pytest.raises(ValueError, match="Waits cannot load one"):
+        waits.load_state_dict({"rng": 1})  # a checkpoint written under another controller
+    with pytest.raises(NotImplementedError, match="decide"):
+        Controller().decide(training_signals())
+
+
+def test_as_controller_wraps_an_object_with_decide_in_its_own_hooks_and_the_defaults():
+    class Own:
+        reads_blending_counterfactuals = False
+
+        def __init__(self):
+            self.culled = []
+
+        def decide(self, signals):
+            return Decision(Action.WAIT)
+
+        def on_cull(self, blueprint):
+            self.culled.append(blueprint)
+
+    own = Own()
+    wrapped = as_controller(own)
+    assert isinstance(wrapped, Controller) and as_controller(wrapped) is wrapped
+    assert as_controller(None) is None
+    wrapped.on_cull("norm")
+    wrapped.on_outcome(Decision(Action.WAIT), Outcome(applied=True))  # the default
+    assert own.culled == ["norm"] and wrapped.culled is own.culled  # its other attributes
+    assert not wrapped.reads_blending_counterfactuals and wrapped.state_dict() == {}
+    assert wrapped.decide(training_signals()).action == Action.WAIT
+    with pytest.raises(ValueError, match="Own cannot load one"):
+        wrapped.load_state_dict({"rng": 1})
+    with pytest.raises(TypeError, match="decide"):
+        as_controller(object())
 
 
 @pytest.mark.parametrize(
@@ -113,7 +158,8 @@ def test_tracker_counts_plateau_against_best_accuracy():
 
 
 def test_a_controller_needs_only_decide(tmp_path):
-    """The trainer accepts any object with decide(); the hooks are optional."""
+    """The trainer accepts any object with decide(), wrapped once by as_controller; the hooks
+    are optional."""
     import torch
 
     from esper.kasmina.host import CNNHost, MorphogeneticModel
@@ -127,7 +173,7 @@ def test_a_controller_needs_only_decide(tmp_path):
                 return Decision(Action.GERMINATE, slot="mid", blueprint="norm")
             return Decision(Action.WAIT)
 
-    assert isinstance(GrowOnce(), Controller)
+    assert isinstance(as_controller(GrowOnce()), Controller)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
     data = TaskData(train_x=x, train_y=y, val_x=x, val_y=y, num_classes=3)

@@ -294,6 +294,22 @@ def inject_slots(
             shape across calls, does not output floating-point features of a known layout, or
             the model already has slots; one line naming the target. The model is unchanged.
     """
+    _check_model(model)
+    resolved = _resolve_targets(model, targets)
+    widths, layouts = dict(widths or {}), dict(layouts or {})
+    spec, order = _slot_specs(model, resolved, example_input, widths, layouts)
+    # Everything is checked: from here on the model changes.
+    settings = {
+        "blending_steps": blending_steps,
+        "probation_epochs": probation_epochs,
+        "embargo_epochs": embargo_epochs,
+    }
+    _install(model, {name: (*spec[name], resolved[name]) for name in order}, gate_config, settings)
+    return model
+
+
+def _check_model(model) -> None:
+    """Refuse what is not a module, or a module that has slots (or their names) already."""
     if not isinstance(model, nn.Module):
         raise InjectionError(
             f"inject_slots: model must be an nn.Module, got {type(model).__name__}"
@@ -304,8 +320,17 @@ def inject_slots(
             f"inject_slots: {type(model).__name__} already has {', '.join(taken)} (slots were "
             "injected already, or the names are its own); inject every target in one call"
         )
-    resolved = _resolve_targets(model, targets)
-    widths, layouts = dict(widths or {}), dict(layouts or {})
+
+
+def _slot_specs(
+    model: nn.Module,
+    resolved: dict[str, str],
+    example_input,
+    widths: dict[str, int],
+    layouts: dict[str, str],
+) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """Each slot's ``(width, topology)``, from the probe or from ``widths``/``layouts``, and the
+    slots in forward order (the order of ``resolved`` without a probe). Changes nothing."""
     spec: dict[str, tuple[int, str]] = {}
     order = list(resolved)
     if example_input is not None:
@@ -332,20 +357,20 @@ def inject_slots(
             spec[slot] = (width, _explicit_topology(target, layouts[slot]))
     for extra in sorted((set(widths) | set(layouts)) - set(resolved)):
         raise InjectionError(f"inject_slots: widths/layouts name {extra!r}, which is not a slot")
+    return spec, order
 
-    # Everything is checked: from here on the model changes.
+
+def _install(
+    model: nn.Module,
+    slots: dict[str, tuple[int, str, str]],
+    gate_config: GateConfig | None,
+    settings: dict[str, int],
+) -> None:
+    """Turn ``model`` into an injected model with ``{slot: (width, topology, target)}``, in
+    forward order, on the device and in the train/eval mode of the model's own parameters."""
     model.__class__ = _injected_class(type(model))
-    model._install_slots(
-        model,
-        {name: (*spec[name], resolved[name]) for name in order},
-        gate_config,
-        {
-            "blending_steps": blending_steps,
-            "probation_epochs": probation_epochs,
-            "embargo_epochs": embargo_epochs,
-        },
-    )
-    model.slot_targets = {name: resolved[name] for name in order}
+    model._install_slots(model, slots, gate_config, settings)
+    model.slot_targets = {name: target for name, (_, _, target) in slots.items()}
     if not hasattr(model, "topology"):  # a host that names its own (the built-in ones) keeps it
         topologies = {slot.topology for slot in model.seed_slots.values()}
         model.topology = topologies.pop() if len(topologies) == 1 else "mixed"
@@ -355,4 +380,3 @@ def inject_slots(
     if reference is not None:
         model.seed_slots.to(reference.device)
     model.seed_slots.train(model.training)
-    return model

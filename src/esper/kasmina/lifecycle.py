@@ -427,7 +427,7 @@ class SlotLifecycle:
         return step, self.blend.schedule(step, state.blending_steps)
 
     def step_epoch(self) -> SlotStepReport:
-        """Advance what is mechanical at the end of an epoch; see SYSTEM.md §2 (Quality gates).
+        """Advance what is mechanical at the end of an epoch; see docs/design.md, "Gates".
 
         Returns:
             What this step did, read off the events it emitted (a forced stage announced at the

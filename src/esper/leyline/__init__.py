@@ -6,6 +6,7 @@ from esper.leyline.controller import (
     Decision,
     Outcome,
     TrainingSignals,
+    as_controller,
     controller_state,
 )
 from esper.leyline.defaults import *  # noqa: F403 - every DEFAULT_* is part of the contract
@@ -28,7 +29,7 @@ from esper.leyline.stages import (
     is_terminal_stage,
     is_valid_transition,
 )
-from esper.leyline.telemetry import TelemetryEvent, TelemetryEventType
+from esper.leyline.telemetry import TelemetryEvent, TelemetryEventType, TelemetrySink, as_sink
 from esper.leyline.topology import TOPOLOGIES, Topology, get_topology
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "StageChanged",
     "Topology",
     "TrainingSignals",
+    "as_controller",
+    "as_sink",
     "controller_state",
     "get_topology",
     "TELEMETRY_SCHEMA_VERSION",
@@ -55,6 +58,7 @@ __all__ = [
     "SeedStateReport",
     "TelemetryEvent",
     "TelemetryEventType",
+    "TelemetrySink",
     "affects_output",
     "is_active_stage",
     "is_failure_stage",

@@ -1,5 +1,5 @@
 """The controller contracts: what a controller sees each epoch (signals), what it says
-(a decision), what became of it (an outcome), and the ``Controller`` protocol.
+(a decision), what became of it (an outcome), and the ``Controller`` base class.
 
 They live here so that the training loop (tolaria), the heuristic (tamiyo) and the learned
 controller (simic) agree on them without importing one another.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from esper.leyline.reports import SeedStateReport
 
@@ -105,30 +105,110 @@ class Outcome:
         return {"applied": self.applied, "reason": self.reason, "seed_id": self.seed_id}
 
 
-@runtime_checkable
-class Controller(Protocol):
-    """Anything that turns signals into a decision: the heuristic (Tamiyo) or PPO (Simic).
+class Controller:
+    """Turns signals into a decision: the heuristic (Tamiyo), PPO (Simic) or your own.
 
-    Optional methods the loop calls when a controller has them:
+    Subclass it and write :meth:`decide`; every other hook has a default that does nothing, so
+    the trainer calls each one without asking whether it is there (as Lightning's ``Callback``
+    does). An object that has ``decide`` but does not subclass this is wrapped once by
+    :func:`as_controller`.
 
-    * ``on_outcome(decision, outcome)``: whether the decision was carried out;
-    * ``on_cull(blueprint)``: a seed of that blueprint was culled, by anyone;
-    * ``reset()``: start a new episode (a new run) with fresh internal state;
-    * ``state_dict()`` / ``load_state_dict(state)``: internal state, saved in checkpoints so a
-      resumed run decides exactly as the uninterrupted one would.
-
-    And one optional attribute:
-
-    * ``reads_blending_counterfactuals`` (True when absent): False says the controller reads a
-      seed's counterfactual contribution only once the seed has left BLENDING. The trainer
-      then skips the counterfactual passes of the BLENDING epochs before the last, whose
-      values nothing would read (the last one's is what PROBATIONARY starts with).
+    Attributes:
+        reads_blending_counterfactuals: False says the controller reads a seed's
+            counterfactual contribution only once the seed has left BLENDING. The trainer then
+            skips the counterfactual passes of the BLENDING epochs before the last, whose
+            values nothing would read (the last one's is what PROBATIONARY starts with).
     """
 
-    def decide(self, signals: TrainingSignals) -> Decision: ...
+    reads_blending_counterfactuals: bool = True
+
+    def decide(self, signals: TrainingSignals) -> Decision:
+        """This epoch's decision.
+
+        Args:
+            signals: the epoch just finished, as the signal tracker saw it.
+
+        Returns:
+            The decision; the trainer refuses one it cannot carry out (see ``on_outcome``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement decide(signals)")
+
+    def on_outcome(self, decision: Decision, outcome: Outcome) -> None:
+        """Called after each decision other than WAIT: whether it was carried out, and why
+        not. Does nothing by default."""
+
+    def on_cull(self, blueprint: str | None) -> None:
+        """Called when a seed of ``blueprint`` was culled, by this controller or by the
+        lifecycle itself. Does nothing by default."""
+
+    def reset(self) -> None:
+        """Start a new episode (a new run) with fresh internal state. Does nothing by default."""
+
+    def state_dict(self) -> dict:
+        """Internal state, saved in checkpoints so that a resumed run decides exactly as the
+        uninterrupted one would. Empty by default: a controller without state."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output. By default a controller keeps no state: the
+        empty state loads as a no-op.
+
+        Raises:
+            ValueError: ``state`` is not empty, yet this controller keeps no state (the
+                checkpoint was written under another controller).
+        """
+        if state:
+            name = type(self.wrapped if isinstance(self, _ControllerAdapter) else self).__name__
+            raise ValueError(
+                f"the state holds a controller's state, but {name} cannot load one (it keeps "
+                "no state: override state_dict and load_state_dict to keep some)"
+            )
+
+
+#: The hooks :func:`as_controller` takes from a wrapped object where it has them.
+_HOOKS = ("on_outcome", "on_cull", "reset", "state_dict", "load_state_dict")
+
+
+class _ControllerAdapter(Controller):
+    """A :class:`Controller` over an object with ``decide`` that does not subclass it: the
+    object's own hooks where it has them, the defaults elsewhere. Any other attribute is the
+    object's own."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.decide = wrapped.decide
+        self.reads_blending_counterfactuals = bool(
+            getattr(wrapped, "reads_blending_counterfactuals", True)
+        )
+        for hook in _HOOKS:
+            method = getattr(wrapped, hook, None)
+            if callable(method):
+                setattr(self, hook, method)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "wrapped":  # not set yet (e.g. during unpickling): not the object's
+            raise AttributeError(name)
+        return getattr(self.wrapped, name)
+
+
+def as_controller(controller: Any) -> Controller | None:
+    """``controller`` as a :class:`Controller`: itself when it subclasses one (or None), else
+    wrapped once so that its missing hooks get the defaults.
+
+    Raises:
+        TypeError: ``controller`` has no ``decide`` method.
+    """
+    if controller is None or isinstance(controller, Controller):
+        return controller
+    if not callable(getattr(controller, "decide", None)):
+        raise TypeError(
+            f"a controller needs decide(signals) -> Decision; got {type(controller).__name__} "
+            "(subclass esper.leyline.Controller)"
+        )
+    return _ControllerAdapter(controller)
 
 
 def controller_state(controller: Any) -> dict:
-    """``controller.state_dict()`` when it has one, else an empty dict."""
-    getter = getattr(controller, "state_dict", None)
-    return dict(getter()) if callable(getter) else {}
+    """``controller.state_dict()`` as a dict; empty for no controller."""
+    controller = as_controller(controller)
+    return {} if controller is None else dict(controller.state_dict())

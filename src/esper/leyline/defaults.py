@@ -99,7 +99,7 @@ DEFAULT_CULL_STALLED_AFTER_EPOCHS = 10
 #: Stop germinating once this many seeds in a row were culled, trying one seed at a time (0:
 #: never stop, and the next seed may grow while the last one blends). 2 gave the test results
 #: of 0 on digits, fashion, pyref and pystd for up to 16% less training compute
-#: (docs/performance.md, sections 11 and 13); one cull can be bad luck, two in a row rarely are.
+#: (docs/performance.md, "Growth patience 2"); one cull can be bad luck, two in a row rarely are.
 DEFAULT_GROWTH_PATIENCE = 2
 #: Penalty added to a blueprint's score each time one of its seeds is culled.
 DEFAULT_BLUEPRINT_CULL_PENALTY = 1.0

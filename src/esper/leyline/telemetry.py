@@ -63,3 +63,63 @@ class TelemetryEvent:
             timestamp=float(raw.get("timestamp", 0.0)),
             schema_version=int(raw.get("schema_version", TELEMETRY_SCHEMA_VERSION)),
         )
+
+
+class TelemetrySink:
+    """Receives every event a telemetry hub emits (the hub is one too: it fans them out).
+
+    Subclass it and write :meth:`emit`; the other hooks have defaults that do nothing, so the
+    hub and the trainer call each one without asking whether it is there. An object that has
+    ``emit`` but does not subclass this is wrapped once by :func:`as_sink`.
+    """
+
+    def emit(self, event: TelemetryEvent) -> None:
+        """Handle one event. May raise; the hub turns a failure into a warning."""
+        raise NotImplementedError(f"{type(self).__name__} must implement emit(event)")
+
+    def close(self) -> None:
+        """Release files or other resources. Called once by the hub; must be idempotent. Does
+        nothing by default."""
+
+    def state_dict(self) -> dict:
+        """The sink's position (e.g. a log file's length), saved in checkpoints so a resumed
+        run can go on from it. Empty by default: a sink without one."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output. Does nothing by default: a sink without a
+        position has nothing to restore."""
+
+
+#: The hooks :func:`as_sink` takes from a wrapped object where it has them.
+_SINK_HOOKS = ("close", "state_dict", "load_state_dict")
+
+
+class _SinkAdapter(TelemetrySink):
+    """A :class:`TelemetrySink` over an object with ``emit`` that does not subclass it: the
+    object's own hooks where it has them, the defaults elsewhere."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.emit = wrapped.emit
+        for hook in _SINK_HOOKS:
+            method = getattr(wrapped, hook, None)
+            if callable(method):
+                setattr(self, hook, method)
+
+
+def as_sink(sink: Any) -> TelemetrySink:
+    """``sink`` as a :class:`TelemetrySink`: itself when it subclasses one, else wrapped once
+    so that its missing hooks get the defaults.
+
+    Raises:
+        TypeError: ``sink`` has no ``emit`` method.
+    """
+    if isinstance(sink, TelemetrySink):
+        return sink
+    if not callable(getattr(sink, "emit", None)):
+        raise TypeError(
+            f"a telemetry sink needs emit(event) (close() is optional); got "
+            f"{type(sink).__name__} (subclass esper.leyline.TelemetrySink)"
+        )
+    return _SinkAdapter(sink)

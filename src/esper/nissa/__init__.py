@@ -15,6 +15,7 @@ from esper.nissa.follow import EventFollower, Poll
 from esper.nissa.hub import TelemetryHub
 from esper.nissa.jsonl import JsonlSink, parse_event_line, read_events
 from esper.nissa.live import LiveSink, LiveView, render_run
+from esper.nissa.records import EpochRecord, LifecycleMark, SeedSnapshot
 from esper.nissa.run_state import RunState, SlotState, events_through_epoch, resumed_state
 from esper.nissa.sinks import (
     DigestSink,
@@ -36,8 +37,10 @@ from esper.nissa.watch import WatchError, check_run_dir, watch_run
 __all__ = [
     "ConsoleSink",
     "DigestSink",
+    "EpochRecord",
     "EventFollower",
     "JsonlSink",
+    "LifecycleMark",
     "LiveSink",
     "LiveView",
     "LoggerContext",
@@ -45,6 +48,7 @@ __all__ = [
     "MemorySink",
     "Poll",
     "RunState",
+    "SeedSnapshot",
     "SlotState",
     "TelemetryHub",
     "TelemetrySink",

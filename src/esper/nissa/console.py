@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
-from esper.nissa.sinks import register_sink
+from esper.nissa.sinks import TelemetrySink, register_sink
 
 T = TelemetryEventType
 
@@ -89,7 +89,7 @@ def format_event(event: TelemetryEvent) -> str | None:
 
 
 @register_sink("console")
-class ConsoleSink:
+class ConsoleSink(TelemetrySink):
     """Prints lifecycle events to a Rich console.
 
     Args:

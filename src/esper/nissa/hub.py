@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import warnings
 from types import TracebackType
+from typing import Any
 
 from esper.leyline import TelemetryEvent
-from esper.nissa.sinks import TelemetrySink
+from esper.nissa.sinks import TelemetrySink, as_sink
 
 
-class TelemetryHub:
-    """Sends each emitted event to every sink, in the order the sinks were added.
+class TelemetryHub(TelemetrySink):
+    """Sends each emitted event to every sink, in the order the sinks were added (a sink
+    itself, whose position is its sinks' positions).
 
     A sink that raises must neither stop training nor fail silently: the hub issues one
     ``RuntimeWarning`` per failing sink (not one per event, which would flood the console) and
@@ -25,7 +27,8 @@ class TelemetryHub:
     """
 
     def __init__(self, sinks: list[TelemetrySink] | tuple[TelemetrySink, ...] = ()) -> None:
-        self._sinks: list[TelemetrySink] = []
+        # (the sink as added, the sink as called: itself, or its as_sink wrapper)
+        self._sinks: list[tuple[Any, TelemetrySink]] = []
         self._failures: dict[int, int] = {}  # id(sink) -> errors raised by it
         self._closed = False
         for sink in sinks:
@@ -34,7 +37,7 @@ class TelemetryHub:
     @property
     def sinks(self) -> tuple[TelemetrySink, ...]:
         """The attached sinks (read-only view)."""
-        return tuple(self._sinks)
+        return tuple(added for added, _ in self._sinks)
 
     @property
     def closed(self) -> bool:
@@ -48,22 +51,20 @@ class TelemetryHub:
         """Attach a sink.
 
         Args:
-            sink: Any object with ``emit(event)`` and ``close()``.
+            sink: A :class:`TelemetrySink`, or any object with ``emit(event)`` (wrapped once by
+                :func:`~esper.nissa.sinks.as_sink`).
 
         Returns:
             The same sink, so ``mem = hub.add_sink(MemorySink())`` reads naturally.
 
         Raises:
-            TypeError: If ``sink`` lacks ``emit`` or ``close``.
+            TypeError: If ``sink`` lacks ``emit``.
             RuntimeError: If the hub is closed.
         """
-        if not isinstance(sink, TelemetrySink):
-            raise TypeError(
-                f"a telemetry sink needs emit(event) and close(); got {type(sink).__name__}"
-            )
+        called = as_sink(sink)
         if self._closed:
             raise RuntimeError("cannot add a sink to a closed TelemetryHub")
-        self._sinks.append(sink)
+        self._sinks.append((sink, called))
         return sink
 
     def emit(self, event: TelemetryEvent) -> None:
@@ -80,44 +81,42 @@ class TelemetryHub:
             raise TypeError(f"expected a TelemetryEvent, got {type(event).__name__}")
         if self._closed:
             raise RuntimeError(f"TelemetryHub is closed; {event.event_type.value} event dropped")
-        for sink in self._sinks:
+        for added, sink in self._sinks:
             try:
                 sink.emit(event)
             except Exception as exc:  # any sink error: training must go on
-                self._record_failure(sink, f"failed on a {event.event_type.value} event", exc)
+                self._record_failure(added, f"failed on a {event.event_type.value} event", exc)
 
     def state_dict(self) -> dict:
         """Positions of the sinks that have one (e.g. a JSONL file's length), by sink index."""
-        return {
-            "sinks": {
-                str(i): sink.state_dict()
-                for i, sink in enumerate(self._sinks)
-                if callable(getattr(sink, "state_dict", None))
-            }
-        }
+        positions = {str(i): sink.state_dict() for i, (_, sink) in enumerate(self._sinks)}
+        return {"sinks": {key: position for key, position in positions.items() if position}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Give each sink its saved position back (sinks added in the same order as before)."""
+        """Give each sink its saved position back (sinks added in the same order as before).
+
+        Raises:
+            ValueError: a saved position has no sink at its index, or one without a position
+                (the sinks are not the ones, or not in the order, the checkpoint saw).
+        """
         for key, sink_state in state.get("sinks", {}).items():
             index = int(key)
-            if index >= len(self._sinks) or not callable(
-                getattr(self._sinks[index], "load_state_dict", None)
-            ):
+            if index >= len(self._sinks) or not self._sinks[index][1].state_dict():
                 raise ValueError(f"no sink {index} with a saved position in this hub")
-            self._sinks[index].load_state_dict(sink_state)
+            self._sinks[index][1].load_state_dict(sink_state)
 
     def close(self) -> None:
         """Close every sink once; later calls do nothing. Close errors become warnings too."""
         if self._closed:
             return
         self._closed = True
-        for sink in self._sinks:
+        for added, sink in self._sinks:
             try:
                 sink.close()
             except Exception as exc:  # close every sink even if one fails
-                self._record_failure(sink, "failed to close", exc)
+                self._record_failure(added, "failed to close", exc)
 
-    def _record_failure(self, sink: TelemetrySink, what: str, exc: Exception) -> None:
+    def _record_failure(self, sink: Any, what: str, exc: Exception) -> None:
         key = id(sink)
         self._failures[key] = self._failures.get(key, 0) + 1
         if self._failures[key] == 1:

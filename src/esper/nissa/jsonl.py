@@ -8,11 +8,11 @@ import warnings
 from pathlib import Path
 
 from esper.leyline import TELEMETRY_SCHEMA_VERSION, TelemetryEvent
-from esper.nissa.sinks import register_sink
+from esper.nissa.sinks import TelemetrySink, register_sink
 
 
 @register_sink("jsonl")
-class JsonlSink:
+class JsonlSink(TelemetrySink):
     """Appends ``json.dumps(event.to_dict())`` plus a newline for every event.
 
     Each line is flushed as soon as it is written, so a run that crashes still leaves every event

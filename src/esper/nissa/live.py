@@ -26,6 +26,7 @@ from rich.text import Text
 from esper.leyline import DEFAULT_LIVE_REFRESH_PER_SECOND, TelemetryEvent
 from esper.nissa.console import format_event
 from esper.nissa.run_state import RunState, SlotState, holds_seed
+from esper.nissa.sinks import TelemetrySink
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 24  # epochs shown in a sparkline
@@ -229,7 +230,7 @@ def _events(state: RunState) -> RenderableType:
     return Group(*texts)
 
 
-class LiveSink:
+class LiveSink(TelemetrySink):
     """A telemetry sink that keeps a :class:`LiveView` on the terminal while a run trains.
 
     The view starts drawing when the sink is created and stays on screen, in its final state,

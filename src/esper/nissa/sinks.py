@@ -1,6 +1,8 @@
 """What a telemetry sink is, the in-memory sink, and the registry of sinks by name.
 
-A sink is anything with ``emit(event)`` and ``close()``. Sinks are looked up by name (``console``,
+A sink subclasses :class:`TelemetrySink` (its home is :mod:`esper.leyline.telemetry`, so the
+trainer can rely on its hooks without importing nissa); any other object with ``emit(event)``
+is wrapped once by :func:`as_sink`. Sinks are looked up by name (``console``,
 ``jsonl``, ``memory``) so the CLI can map ``--telemetry jsonl`` onto a class without an
 ``isinstance`` chain. The registry holds factories only, never live sinks, so nothing leaks from
 one run into the next.
@@ -18,21 +20,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
 
-
-@runtime_checkable
-class TelemetrySink(Protocol):
-    """Receives every event a :class:`~esper.nissa.hub.TelemetryHub` emits."""
-
-    def emit(self, event: TelemetryEvent) -> None:
-        """Handle one event. May raise; the hub turns a failure into a warning."""
-
-    def close(self) -> None:
-        """Release files or other resources. Called once by the hub; must be idempotent."""
-
+# Re-exported: the sink contract's home is leyline; nissa is where users look for it.
+from esper.leyline.telemetry import TelemetrySink as TelemetrySink
+from esper.leyline.telemetry import as_sink as as_sink
 
 SinkFactory = Callable[..., TelemetrySink]
 
@@ -87,7 +81,7 @@ def create_sink(name: str, **kwargs: Any) -> TelemetrySink:
 
 
 @register_sink("memory")
-class MemorySink:
+class MemorySink(TelemetrySink):
     """Keeps every event in ``self.events``; meant for tests and notebooks."""
 
     def __init__(self) -> None:
@@ -107,7 +101,7 @@ class MemorySink:
 
 
 @register_sink("digest")
-class DigestSink:
+class DigestSink(TelemetrySink):
     """A SHA-256 over every event's content (its timestamp left out): two processes that saw
     the same events in the same order have the same :meth:`hexdigest`. How the ranks of a
     distributed run show that they took the same decisions."""

@@ -25,7 +25,12 @@ from rich.text import Text
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa.console import format_event
-from esper.nissa.sinks import LoggerContext, LoggerUnavailableError, register_logger
+from esper.nissa.sinks import (
+    LoggerContext,
+    LoggerUnavailableError,
+    TelemetrySink,
+    register_logger,
+)
 
 T = TelemetryEventType
 #: The folder under a run directory that holds the event files.
@@ -65,7 +70,7 @@ def scalar_tag(key: str) -> str:
     return f"run/{key}"
 
 
-class TensorBoardSink:
+class TensorBoardSink(TelemetrySink):
     """Writes scalars and lifecycle text for every event it receives.
 
     Args:

@@ -19,6 +19,7 @@ import torch
 from esper.leyline import (
     DEFAULT_GROWTH_PATIENCE,
     DEFAULT_PARAMETER_RENT,
+    Controller,
     Decision,
     TrainingSignals,
     get_topology,
@@ -32,7 +33,7 @@ from esper.tamiyo.heuristic import SLOT_ORDERS, TIMINGS
 from esper.tolaria.tasks import get_task
 
 
-class MaskedRandomController:
+class MaskedRandomController(Controller):
     """Picks uniformly among the legal actions each epoch (seeded): the floor a learned policy
     must clear to show it learned anything."""
 

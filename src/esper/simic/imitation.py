@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from esper.leyline import Decision, TrainingSignals
+from esper.leyline import Controller, Decision, TrainingSignals
 from esper.simic.actions import ActionLayout
 from esper.simic.env import EpisodeConfig, whole_run
 from esper.simic.observation import observe
@@ -51,7 +51,7 @@ class Demonstrations:
         return out
 
 
-class _Recorder:
+class _Recorder(Controller):
     """A controller that asks the heuristic and writes down the question and the answer."""
 
     def __init__(self, heuristic: HeuristicController, layout: ActionLayout, demos) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from esper._atomic import atomic_path
-from esper.leyline import Decision, TrainingSignals
+from esper.leyline import Controller, Decision, TrainingSignals
+from esper.leyline.formats import EPISODE, migrate
 from esper.simic.actions import ActionLayout
 from esper.simic.observation import observation_size, observe
 from esper.simic.ppo import PPO
@@ -100,7 +101,8 @@ class Policy:
                 task=str(raw["task"]),
                 topology=str(raw["topology"]),
                 layout=ActionLayout.from_dict(raw["layout"]),
-                episode=dict(raw.get("episode", {})),
+                # The settings it was trained with, each present whatever version wrote it.
+                episode=migrate(EPISODE, raw.get("episode", {})),
                 training=dict(raw.get("training", {})),
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -133,7 +135,7 @@ def shipped_policies() -> list[Path]:
     return sorted(SHIPPED_DIR.glob("*.pt")) if SHIPPED_DIR.is_dir() else []
 
 
-class PolicyController:
+class PolicyController(Controller):
     """The :class:`~esper.leyline.Controller` a trained policy is in a real run: greedy, masked
     by the lifecycle, with no state of its own between epochs."""
 

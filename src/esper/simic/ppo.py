@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from esper._atomic import atomic_path
-from esper.simic.rollout import RolloutBuffer, compute_gae, explained_variance
+from esper.simic.rollout import Batch, RolloutBuffer, compute_gae, explained_variance
 
 #: Observations are clipped to this many standard deviations after normalisation, so one
 #: outlier cannot saturate the tanh trunk.
@@ -425,16 +425,7 @@ class PPO:
         """
         cfg = self.config
         batch = buffer.to_batch()
-        if batch.obs.shape[1] != self.obs_dim or batch.mask.shape[1] != self.n_actions:
-            raise ValueError(
-                f"buffer has obs width {batch.obs.shape[1]} and {batch.mask.shape[1]} actions; "
-                f"the agent expects {self.obs_dim} and {self.n_actions}"
-            )
-        if self.critic_dim and batch.critic_obs.shape[1] != self.critic_dim:
-            raise ValueError(
-                f"buffer has {batch.critic_obs.shape[1]} critic inputs per step; the critic "
-                f"expects {self.critic_dim}"
-            )
+        self._check_batch(batch)
         advantages, returns = compute_gae(
             batch.rewards, batch.values, batch.dones, buffer.last_value, cfg.gamma, cfg.gae_lambda
         )
@@ -449,8 +440,49 @@ class PPO:
         critic_obs = (
             self.normalize_critic_obs(batch.critic_obs) if self.critic_dim else None
         )  # (T, critic_dim)
+        sums, evaluated, progress = self._run_epochs(
+            batch, obs, critic_obs, advantages, targets, old_values
+        )
+        if cfg.normalize_observations:
+            self.obs_rms.update(batch.obs)
+            if self.critic_dim:
+                self.critic_rms.update(batch.critic_obs)
+        stats = {key: value / evaluated for key, value in sums.items()}
+        stats.update(explained_variance=ev, **progress)
+        return stats
 
-        n = len(buffer)
+    def _check_batch(self, batch: Batch) -> None:
+        """Refuse a buffer whose widths do not fit this agent."""
+        if batch.obs.shape[1] != self.obs_dim or batch.mask.shape[1] != self.n_actions:
+            raise ValueError(
+                f"buffer has obs width {batch.obs.shape[1]} and {batch.mask.shape[1]} actions; "
+                f"the agent expects {self.obs_dim} and {self.n_actions}"
+            )
+        if self.critic_dim and batch.critic_obs.shape[1] != self.critic_dim:
+            raise ValueError(
+                f"buffer has {batch.critic_obs.shape[1]} critic inputs per step; the critic "
+                f"expects {self.critic_dim}"
+            )
+
+    def _run_epochs(
+        self,
+        batch: Batch,
+        obs: Tensor,
+        critic_obs: Tensor | None,
+        advantages: Tensor,
+        targets: Tensor,
+        old_values: Tensor,
+    ) -> tuple[dict[str, float], int, dict[str, float]]:
+        """The update's epochs of shuffled minibatches, each a gradient step unless
+        ``target_kl`` stops the update first.
+
+        Returns:
+            The summed minibatch stats, how many minibatches were evaluated, and the progress
+            stats (``epochs_run``, ``minibatches_run``, ``early_stopped``,
+            ``first_minibatch_ratio_max_dev``).
+        """
+        cfg = self.config
+        n = len(batch.actions)
         size = min(cfg.minibatch_size, n)
         sums = dict.fromkeys(
             ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0
@@ -483,20 +515,13 @@ class PPO:
                 steps += 1
             if stopped:
                 break
-
-        if cfg.normalize_observations:
-            self.obs_rms.update(batch.obs)
-            if self.critic_dim:
-                self.critic_rms.update(batch.critic_obs)
-        stats = {key: value / evaluated for key, value in sums.items()}
-        stats.update(
-            explained_variance=ev,
-            epochs_run=float(epochs),
-            minibatches_run=float(steps),
-            early_stopped=float(stopped),
-            first_minibatch_ratio_max_dev=first_dev,
-        )
-        return stats
+        progress = {
+            "epochs_run": float(epochs),
+            "minibatches_run": float(steps),
+            "early_stopped": float(stopped),
+            "first_minibatch_ratio_max_dev": first_dev,
+        }
+        return sums, evaluated, progress
 
     def _minibatch_loss(
         self,

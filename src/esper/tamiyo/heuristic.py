@@ -22,6 +22,7 @@ from esper.leyline import (
     DEFAULT_TIMING,
     QUALITY_UNITS,
     Action,
+    Controller,
     Decision,
     Outcome,
     SeedStage,
@@ -105,7 +106,7 @@ class HeuristicConfig:
             )
 
 
-class HeuristicController:
+class HeuristicController(Controller):
     """Decides WAIT / GERMINATE / FOSSILIZE / CULL from :class:`TrainingSignals`.
 
     Priorities each epoch: settle probation (fossilize a seed whose incubation gain and
@@ -170,8 +171,20 @@ class HeuristicController:
         self._rng.setstate(state["rng"])
 
     def decide(self, signals: TrainingSignals) -> Decision:
+        """This epoch's decision: settle probation, cull a failing seed, else grow or wait."""
+        decision = self._settle_probation(signals)
+        if decision is None:
+            decision = self._cull_failing(signals)
+        if decision is not None:
+            return decision
+        waiting, why_now = self._growth_wait(signals)
+        if waiting:
+            return Decision(Action.WAIT, reason=waiting)
+        return self._germinate(signals, why_now)
+
+    def _settle_probation(self, signals: TrainingSignals) -> Decision | None:
+        """Fossilize or cull the first seed in PROBATIONARY whose contribution is measured."""
         unit = self.config.unit
-        quality = "accuracy" if unit == "points" else "quality (negative loss)"
         for report in signals.slots:
             m = report.metrics
             if report.stage == SeedStage.PROBATIONARY and m.counterfactual_contribution is not None:
@@ -193,6 +206,12 @@ class HeuristicController:
                     slot=report.slot,
                     reason=f"contribution {c:+.2f} {unit} is not positive",
                 )
+        return None
+
+    def _cull_failing(self, signals: TrainingSignals) -> Decision | None:
+        """Cull a seed that lingered in a stage while quality fell, or stalled in TRAINING."""
+        unit = self.config.unit
+        quality = "accuracy" if unit == "points" else "quality (negative loss)"
         for report in signals.slots:
             m = report.metrics
             if report.stage in (SeedStage.TRAINING, SeedStage.BLENDING) and (
@@ -214,29 +233,31 @@ class HeuristicController:
                     slot=report.slot,
                     reason=f"stalled: {epochs} epochs in TRAINING without passing G2",
                 )
+        return None
+
+    def _growth_wait(self, signals: TrainingSignals) -> tuple[str, str]:
+        """(why not to grow now, why to grow now): one of them is empty, as in :meth:`_timing`."""
         if any(r.stage in _INCUBATING for r in signals.slots):
-            return Decision(Action.WAIT, reason="a seed is incubating")
+            return "a seed is incubating", ""
         if signals.seeds_left == 0:
-            return Decision(Action.WAIT, reason="the run's seed budget (max_seeds) is spent")
+            return "the run's seed budget (max_seeds) is spent", ""
         patience = self.config.patience
         if patience and self.culls_in_a_row >= patience:
-            return Decision(
-                Action.WAIT,
-                reason=f"growth stopped: the last {self.culls_in_a_row} seeds were culled "
-                f"(patience {patience})",
-            )
+            return (
+                f"growth stopped: the last {self.culls_in_a_row} seeds were culled "
+                f"(patience {patience})"
+            ), ""
         if patience and any(r.stage in _UNDECIDED for r in signals.slots):
             # Counting culls means knowing each seed's fate before trying the next: without
             # this wait a new seed grows while the last one blends, and by the time the count
             # reaches the limit one or two more trials are already paid for.
-            return Decision(
-                Action.WAIT, reason=f"patience {patience}: waiting for the last seed's fate"
-            )
+            return f"patience {patience}: waiting for the last seed's fate", ""
         if signals.epoch < self.config.min_epochs_before_germination:
-            return Decision(Action.WAIT, reason="too early to grow")
-        waiting, why_now = self._timing(signals)
-        if waiting:
-            return Decision(Action.WAIT, reason=waiting)
+            return "too early to grow", ""
+        return self._timing(signals)
+
+    def _germinate(self, signals: TrainingSignals, why_now: str) -> Decision:
+        """Germinate into the first free slot (WAIT when there is none)."""
         # signals.slots is in forward order (shallow to deep). Empty slots first; then a slot
         # whose seed fossilized takes a new one stacked after it.
         order = self.config.slot_order

@@ -185,13 +185,7 @@ def drive_to(
     """
     s = model.seed_slots[slot]
     target = SeedStage(target)
-    if s.stage not in (SeedStage.DORMANT, SeedStage.FOSSILIZED):
-        raise ValueError(
-            f"drive_to starts from DORMANT (or FOSSILIZED, to stack a new seed); slot {slot!r} "
-            f"is {s.stage.name}"
-        )
-    if target == SeedStage.UNKNOWN:
-        raise ValueError("drive_to: UNKNOWN is not a stage a slot can be driven to")
+    _check_start(s, slot, target)
     if target == s.stage and s.stage == SeedStage.DORMANT:
         return s
     model.germinate_seed(
@@ -203,33 +197,56 @@ def drive_to(
     if target == SeedStage.GERMINATED:
         return s
     if is_failure_stage(target):
-        model.cull_seed(slot=slot)
-        if target != SeedStage.CULLED:
-            s.step_epoch()  # CULLED -> EMBARGOED
-        while target == SeedStage.RESETTING and s.stage == SeedStage.EMBARGOED:
-            s.step_epoch()  # the embargo counts down one epoch at a time
-        _expect(s, target)
-        return s
+        _cull_to(model, s, slot, target)
+    else:
+        _earn_gates_to(model, s, slot, target, perturb)
+    return s
+
+
+def _check_start(s: SeedSlot, slot: str, target: SeedStage) -> None:
+    """Refuse a slot :func:`drive_to` cannot start from, or an UNKNOWN target."""
+    if s.stage not in (SeedStage.DORMANT, SeedStage.FOSSILIZED):
+        raise ValueError(
+            f"drive_to starts from DORMANT (or FOSSILIZED, to stack a new seed); slot {slot!r} "
+            f"is {s.stage.name}"
+        )
+    if target == SeedStage.UNKNOWN:
+        raise ValueError("drive_to: UNKNOWN is not a stage a slot can be driven to")
+
+
+def _cull_to(model: MorphogeneticModel, s: SeedSlot, slot: str, target: SeedStage) -> None:
+    """From GERMINATED to a failure stage: cull, then step epochs through the embargo."""
+    model.cull_seed(slot=slot)
+    if target != SeedStage.CULLED:
+        s.step_epoch()  # CULLED -> EMBARGOED
+    while target == SeedStage.RESETTING and s.stage == SeedStage.EMBARGOED:
+        s.step_epoch()  # the embargo counts down one epoch at a time
+    _expect(s, target)
+
+
+def _earn_gates_to(
+    model: MorphogeneticModel, s: SeedSlot, slot: str, target: SeedStage, perturb: bool
+) -> None:
+    """From GERMINATED along the path a run takes, earning each gate, until ``target``."""
     _advance(s, SeedStage.TRAINING)
     if target == SeedStage.TRAINING:
-        return s
+        return
     pass_g2_metrics(s)
     _advance(s, SeedStage.BLENDING)
     if perturb:
         perturb_seed(s)
     if target == SeedStage.BLENDING:
-        return s
+        return
     for _ in range(s.blending_steps + 3):  # the ramp, plus slack for G3's epoch minimum
         s.step_epoch()
         if s.stage != SeedStage.BLENDING:
             break
     _expect(s, SeedStage.PROBATIONARY)
     if target == SeedStage.PROBATIONARY:
-        return s
+        return
     set_contribution(s, 2.0)
     model.fossilize_seed(slot=slot)
     _expect(s, target)
-    return s
 
 
 def model_at_stage(

@@ -339,41 +339,11 @@ def char_lm_data(
     Raises:
         ValueError: bad sizes, or a text too short to give a window in each split.
     """
-    if block_size < 1 or n_train_windows < 1 or max_val_windows < 1:
-        raise ValueError(
-            "char_lm_data: block_size, n_train_windows and max_val_windows must be >= 1, got "
-            f"{block_size}, {n_train_windows}, {max_val_windows}"
-        )
-    if not 0.0 < val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 - val_fraction:
-        raise ValueError(
-            "char_lm_data: need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
-            f"got {val_fraction} and {test_fraction}"
-        )
-    vocab = "".join(sorted(set(text)))
-    lookup = {ch: i for i, ch in enumerate(vocab)}
-    # np.frombuffer over UTF-32 code points, then a table lookup: far faster than a Python loop
-    # over millions of characters.
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    table = np.zeros(max(ord(c) for c in vocab) + 1 if vocab else 1, dtype=np.int64)
-    for ch, i in lookup.items():
-        table[ord(ch)] = i
-    tokens = torch.from_numpy(table[codes])  # (len(text),)
-
-    n_train = int(len(tokens) * (1.0 - val_fraction - test_fraction))
-    n_test = int(len(tokens) * test_fraction)
-    train_tokens = tokens[:n_train]
-    val_tokens = tokens[n_train : len(tokens) - n_test]
-    test_tokens = tokens[len(tokens) - n_test :]
-    need = block_size + 1  # a window plus its next-token target
-    if (
-        len(train_tokens) < need
-        or len(val_tokens) < need
-        or (test_fraction and len(test_tokens) < need)
-    ):
-        raise ValueError(
-            f"char_lm_data: text of {len(text)} characters is too short for block_size "
-            f"{block_size}: each split needs at least {need} characters"
-        )
+    _check_char_lm_sizes(block_size, n_train_windows, max_val_windows, val_fraction, test_fraction)
+    vocab, tokens = _encode_chars(text)
+    train_tokens, val_tokens, test_tokens = _split_tokens(
+        tokens, len(text), block_size, val_fraction, test_fraction
+    )
 
     gen = torch.Generator().manual_seed(seed)
     train_x, train_y = random_windows(train_tokens, block_size, n_train_windows, gen)
@@ -391,6 +361,65 @@ def char_lm_data(
         test_x=test_x,
         test_y=test_y,
     )
+
+def _check_char_lm_sizes(
+    block_size: int,
+    n_train_windows: int,
+    max_val_windows: int,
+    val_fraction: float,
+    test_fraction: float,
+) -> None:
+    """Refuse sizes and fractions :func:`char_lm_data` cannot work with."""
+    if block_size < 1 or n_train_windows < 1 or max_val_windows < 1:
+        raise ValueError(
+            "char_lm_data: block_size, n_train_windows and max_val_windows must be >= 1, got "
+            f"{block_size}, {n_train_windows}, {max_val_windows}"
+        )
+    if not 0.0 < val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 - val_fraction:
+        raise ValueError(
+            "char_lm_data: need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
+            f"got {val_fraction} and {test_fraction}"
+        )
+
+
+def _encode_chars(text: str) -> tuple[str, torch.Tensor]:
+    """The vocabulary (every distinct character, sorted) and ``text`` as int64 token ids."""
+    vocab = "".join(sorted(set(text)))
+    lookup = {ch: i for i, ch in enumerate(vocab)}
+    # np.frombuffer over UTF-32 code points, then a table lookup: far faster than a Python loop
+    # over millions of characters.
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    table = np.zeros(max(ord(c) for c in vocab) + 1 if vocab else 1, dtype=np.int64)
+    for ch, i in lookup.items():
+        table[ord(ch)] = i
+    return vocab, torch.from_numpy(table[codes])  # (len(text),)
+
+
+def _split_tokens(
+    tokens: torch.Tensor,
+    text_length: int,
+    block_size: int,
+    val_fraction: float,
+    test_fraction: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Contiguous train, validation and test parts of ``tokens``, each long enough for a
+    window plus its next-token target (the test part only when ``test_fraction`` is set)."""
+    n_train = int(len(tokens) * (1.0 - val_fraction - test_fraction))
+    n_test = int(len(tokens) * test_fraction)
+    train_tokens = tokens[:n_train]
+    val_tokens = tokens[n_train : len(tokens) - n_test]
+    test_tokens = tokens[len(tokens) - n_test :]
+    need = block_size + 1  # a window plus its next-token target
+    if (
+        len(train_tokens) < need
+        or len(val_tokens) < need
+        or (test_fraction and len(test_tokens) < need)
+    ):
+        raise ValueError(
+            f"char_lm_data: text of {text_length} characters is too short for block_size "
+            f"{block_size}: each split needs at least {need} characters"
+        )
+    return train_tokens, val_tokens, test_tokens
 
 
 def random_windows(

@@ -1,5 +1,5 @@
 """The loop's one lifecycle listener: keeps optimizers, seed records and the event log in step
-with what the model announces (SYSTEM.md §4). Nothing here re-derives a transition."""
+with what the model announces (docs/design.md, "The epoch loop"). Nothing here re-derives it."""
 
 from __future__ import annotations
 

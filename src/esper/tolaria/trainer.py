@@ -1,4 +1,4 @@
-"""The epoch loop as steps (SYSTEM.md §4).
+"""The epoch loop as steps (docs/design.md, "The epoch loop").
 
 One epoch is::
 
@@ -35,6 +35,8 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
     TrainingSignals,
+    as_controller,
+    as_sink,
     controller_state,
     is_valid_transition,
 )
@@ -126,8 +128,11 @@ class Trainer:
             batches (:class:`~esper.tolaria.data.LoaderData`: ``DataLoader``s or any
             re-iterable of ``(inputs, targets)`` pairs).
         config: how to train (learning rates, schedule, batch sizes, governor thresholds...).
-        controller: decides growth each epoch; ``None`` trains the host alone.
-        hub: a telemetry hub (anything with ``emit(event)``), or None.
+        controller: decides growth each epoch (a :class:`~esper.leyline.Controller`; any other
+            object with ``decide`` is wrapped once by :func:`~esper.leyline.as_controller`);
+            ``None`` trains the host alone.
+        hub: a telemetry hub (a :class:`~esper.leyline.TelemetrySink`; any other object with
+            ``emit(event)`` is wrapped once by :func:`~esper.leyline.as_sink`), or None.
         tracker: builds the controller's signals; a fresh :class:`SignalTracker` when None.
         loss_fn: ``loss_fn(output, targets)`` -> a scalar mean loss; cross-entropy over the last
             dimension when None.
@@ -170,8 +175,8 @@ class Trainer:
             raise ValueError("compile under torch.distributed is not supported yet; drop one")
         self.model = model
         self.device = next(model.parameters()).device
-        self.controller = controller
-        self.hub = hub
+        self.controller = as_controller(controller)
+        self.hub = None if hub is None else as_sink(hub)
         self.governor = Governor(
             history=config.governor_history,
             sensitivity=config.governor_sensitivity,
@@ -201,7 +206,7 @@ class Trainer:
             self.optimizers,
             self.emit,
             epoch=lambda: self.epoch,
-            on_cull=getattr(controller, "on_cull", None),
+            on_cull=None if self.controller is None else self.controller.on_cull,
         )
         model.subscribe(self.recorder)
         model.subscribe(self.tracker.on_lifecycle)
@@ -438,7 +443,7 @@ class Trainer:
         measured = 0
         name_of = "accuracy" if self.unit == "points" else "loss"
         sign = 1.0 if self.unit == "points" else -1.0  # the event reports the loss itself
-        every_epoch = getattr(self.controller, "reads_blending_counterfactuals", True)
+        every_epoch = self.controller is None or self.controller.reads_blending_counterfactuals
         for name, slot in self.model.seed_slots.items():
             if slot.seed is None or slot.stage not in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
                 continue
@@ -539,7 +544,7 @@ class Trainer:
                 slot=decision.slot,
                 data={**decision.to_dict(), "refused": outcome.reason},
             )
-        if hasattr(self.controller, "on_outcome"):
+        if self.controller is not None:
             self.controller.on_outcome(decision, outcome)
         return outcome
 
@@ -701,7 +706,6 @@ class Trainer:
         Loadable with ``torch.load(weights_only=True)``. Call between epochs."""
         if self._pending is not None:
             raise RuntimeError("state_dict() mid-epoch; call it after end_epoch()")
-        hub_state = getattr(self.hub, "state_dict", None)
         return {
             "format": STATE_FORMAT,
             "model": self.model.state_dict(),
@@ -722,7 +726,7 @@ class Trainer:
             "controller": controller_state(self.controller),
             "recorder": self.recorder.state_dict(),
             "history": [asdict(h) for h in self.history],
-            "telemetry": hub_state() if callable(hub_state) else {},
+            "telemetry": {} if self.hub is None else self.hub.state_dict(),
             # Under torch.distributed, every rank's own generators, by rank (a collective:
             # every rank calls state_dict; one of them writes it).
             "rank_rng": [] if self.dist is None else ranks.gather_objects(self._rank_rng()),
@@ -757,18 +761,15 @@ class Trainer:
         self.governor.load_state_dict(state["governor"])
         self.tracker.load_state_dict(state["tracker"])
         if state["controller"]:
-            load = getattr(self.controller, "load_state_dict", None)
-            if not callable(load):
+            if self.controller is None:
                 raise ValueError(
-                    "the state holds a controller's state, but this trainer's "
-                    "controller cannot load one"
+                    "the state holds a controller's state, but this trainer has no controller"
                 )
-            load(state["controller"])
+            self.controller.load_state_dict(state["controller"])
         self.recorder.load_state_dict(state["recorder"])
         self.history = [EpochResult(**h) for h in state["history"]]
-        hub_load = getattr(self.hub, "load_state_dict", None)
-        if callable(hub_load):
-            hub_load(state["telemetry"])
+        if self.hub is not None:
+            self.hub.load_state_dict(state["telemetry"])
         rng = state["rng"]
         per_rank = state.get("rank_rng") or []
         world = 1 if self.dist is None else self.dist.world_size
