@@ -199,25 +199,14 @@ def test_seed_state_round_trips_through_plain_data(tiny):
     assert slot.state.to_dict()["forced"] == [3]
 
 
-def test_checkpoint_written_before_forced_and_blending_steps_still_loads(tmp_path):
-    tiny = TINY_HOSTS["cnn3"]
-    model, points = grown(tiny, blending_steps=4)
+def test_a_development_versions_checkpoint_is_refused_in_one_line(tmp_path):
+    model, _ = grown(TINY_HOSTS["cnn3"], blending_steps=4)
     path = model.save_checkpoint(tmp_path / "new.pt")
     payload = torch.load(path, weights_only=True)
-    for key, extra in payload["state_dict"].items():
-        if key.endswith("_extra_state"):
-            del extra["state"]["forced"], extra["state"]["blending_steps"]
-    old = tmp_path / "old.pt"
-    torch.save(payload, old)
-    loaded = MorphogeneticModel.load_checkpoint(old)
-    for name in points:
-        state = loaded.seed_slots[name].state
-        assert state.forced == [] and state.blending_steps == 4  # the slot's own ramp length
-        assert state == model.seed_slots[name].state
-    x = tiny.inputs()
-    model.eval()
-    loaded.eval()
-    assert torch.equal(loaded(x), model(x))
+    payload["architecture"]["format"] = 1  # written before 0.4.0, the first release
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="model architecture format 1 is not 2; it was written"):
+        MorphogeneticModel.load_checkpoint(tmp_path / "old.pt")
 
 
 def test_load_missing_checkpoint_raises(tmp_path):

@@ -234,7 +234,7 @@ def test_saved_and_loaded_agent_acts_and_learns_identically(tmp_path):
         _agent().load_state_dict(agent.state_dict())
 
 
-def test_checkpoints_keep_the_critics_inputs_and_format_1_still_loads(tmp_path):
+def test_checkpoints_keep_the_critics_inputs_and_format_1_is_refused(tmp_path):
     agent = PPO(OBS_DIM, N_ACTIONS, seed=1, critic_dim=2)
     agent.update(_one_step_episodes(agent, np.random.default_rng(0), 16))
     agent.save(tmp_path / "a.pt")
@@ -243,16 +243,13 @@ def test_checkpoints_keep_the_critics_inputs_and_format_1_still_loads(tmp_path):
     torch.testing.assert_close(loaded.critic_rms.mean, agent.critic_rms.mean, rtol=0, atol=0)
     obs, extra = np.ones(OBS_DIM), np.array([0.5, -1.0])
     assert loaded.value(obs, extra) == agent.value(obs, extra)
-    # A checkpoint written before the critic had inputs of its own (format 1) still loads.
+    # A development version's checkpoint (format 1: the critic had no inputs of its own) is
+    # refused with one line that names its format, before anything is built from it.
     old = PPO(OBS_DIM, N_ACTIONS, seed=1).state_dict()
     old["format"] = 1
     del old["critic_dim"], old["critic_rms"]
-    restored = PPO.from_state_dict(old)
-    mask = np.ones(N_ACTIONS, dtype=bool)
-    assert restored.critic_dim == 0
-    assert restored.act(obs, mask, greedy=True) == PPO(OBS_DIM, N_ACTIONS, seed=1).act(
-        obs, mask, greedy=True
-    )
+    with pytest.raises(ValueError, match=r"checkpoint format 1 is not one of \(2,\)"):
+        PPO.from_state_dict(old)
 
 
 def test_the_global_rng_is_never_used():

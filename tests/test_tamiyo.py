@@ -271,10 +271,6 @@ def test_the_cull_count_is_part_of_the_controller_state():
     assert again.culls_in_a_row == 2
     again.on_cull("norm")
     assert again.decide(training_signals(plateau=5)).action == Action.WAIT
-    del state["culls_in_a_row"]  # a checkpoint from before patience existed
-    old = HeuristicController("cnn", HeuristicConfig(patience=3))
-    old.load_state_dict(state)
-    assert old.culls_in_a_row == 0
     controller.reset()
     assert controller.culls_in_a_row == 0
 
@@ -328,5 +324,3 @@ def test_tracker_recent_loss_share_and_its_state():
     again.load_state_dict(state)
     nxt = dict(epoch=7, train_loss=1.0, val_loss=1.03, val_accuracy=50.0, topology="cnn")
     assert again.update(**nxt) == tracker.update(**nxt)
-    old = {k: v for k, v in state.items() if k not in ("first_val_loss", "recent_val_losses")}
-    SignalTracker().load_state_dict(old)  # a checkpoint from before the field loads

@@ -26,7 +26,9 @@ from esper.leyline import (
     DEFAULT_PROBATION_EPOCHS,
 )
 
-CHECKPOINT_FORMAT = 1
+#: The format of ``architecture()`` and ``model.pt``: 2 in 0.4.0, the first release (the
+#: development versions wrote 1).
+CHECKPOINT_FORMAT = 2
 
 
 class _Downstream(nn.Module):
@@ -189,6 +191,17 @@ class MorphogeneticModel(MorphogeneticMixin, nn.Module):
     def from_architecture(
         cls, arch: dict, device: str | torch.device = "cpu"
     ) -> MorphogeneticModel:
+        """Rebuild the model :meth:`architecture` describes (no seeds yet: loading the state
+        dict puts them in).
+
+        Raises:
+            ValueError: an architecture of another format (written by another version).
+        """
+        if arch.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"model architecture format {arch.get('format')!r} is not {CHECKPOINT_FORMAT}; "
+                "it was written by another version of esper"
+            )
         host = build_host(arch["host_kind"], arch["host_config"])
         return cls(
             host,

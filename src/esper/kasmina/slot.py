@@ -387,16 +387,14 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
     def set_extra_state(self, extra: dict) -> None:
         # Runs before the children's weights are loaded, so rebuilding here lets load_state_dict
         # fill a seed into a model that had none.
-        raw = dict(extra["state"])
-        raw.setdefault("blending_steps", self.blending_steps)  # written before it was saved
-        state = SeedState.from_dict(raw)
+        state = SeedState.from_dict(extra["state"])
         seed = blend = None
         if extra["has_seed"]:
             seed = self._build_seed(state.blueprint_id)
         if extra["has_blend"]:
             blend = build_blend(state.blend_algorithm_id, self.width, self.topology)
             blend = blend.to(self._device(), self.alpha_tensor.dtype)
-        fossil_seeds = [(str(i), str(b)) for i, b in extra.get("fossils", ())]
+        fossil_seeds = [(str(i), str(b)) for i, b in extra["fossils"]]
         fossils = nn.ModuleList(self._build_seed(blueprint_id) for _, blueprint_id in fossil_seeds)
         for module in (seed, blend, fossils):
             if module is not None:

@@ -228,9 +228,6 @@ class SeedState:
     def from_dict(cls, raw: dict) -> SeedState:
         """Rebuild a state from :meth:`to_dict` output.
 
-        Checkpoints written before ``forced`` and ``blending_steps`` existed load too: no
-        forced steps, and the default ramp length (a slot passes its own).
-
         Args:
             raw: the dict from :meth:`to_dict`.
 
@@ -242,7 +239,6 @@ class SeedState:
             TypeError, ValueError: a field fails validation.
         """
         raw = dict(raw)
-        raw.setdefault("forced", [])
         raw["metrics"] = SeedMetrics(**raw["metrics"])
         state = cls(**raw)
         object.__setattr__(state, "_announced", len(state.forced))

@@ -37,9 +37,10 @@ from esper.simic.rollout import Batch, RolloutBuffer, compute_gae, explained_var
 #: Observations are clipped to this many standard deviations after normalisation, so one
 #: outlier cannot saturate the tanh trunk.
 OBS_CLIP = 10.0
-#: Bumped when the checkpoint layout changes. Format 1 (no critic-only inputs) still loads.
+#: Bumped when the checkpoint layout changes (format 1, of the development versions, had no
+#: critic-only inputs).
 CHECKPOINT_FORMAT = 2
-_READABLE_FORMATS = (1, CHECKPOINT_FORMAT)
+_READABLE_FORMATS = (CHECKPOINT_FORMAT,)
 
 
 @dataclass(frozen=True)
@@ -596,11 +597,7 @@ class PPO:
         Raises:
             ValueError: the checkpoint's format, shapes or config differ from this agent's.
         """
-        if state.get("format") not in _READABLE_FORMATS:
-            raise ValueError(
-                f"checkpoint format {state.get('format')!r} is not one of {_READABLE_FORMATS}; "
-                "it was written by another version of esper.simic.ppo"
-            )
+        _check_format(state)
         saved = (
             state["obs_dim"],
             state["n_actions"],
@@ -626,6 +623,7 @@ class PPO:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PPO:
         """A new agent built from a checkpoint's construction arguments, then restored."""
+        _check_format(state)
         agent = cls(
             state["obs_dim"],
             state["n_actions"],
@@ -647,9 +645,17 @@ class PPO:
         return cls.from_state_dict(torch.load(path, weights_only=True))
 
 
+def _check_format(state: dict[str, Any]) -> None:
+    if state.get("format") not in _READABLE_FORMATS:
+        raise ValueError(
+            f"checkpoint format {state.get('format')!r} is not one of {_READABLE_FORMATS}; "
+            "it was written by another version of esper.simic.ppo"
+        )
+
+
 def _critic_dim(state: dict[str, Any]) -> int:
-    """A checkpoint's critic-only inputs (format 1 had none)."""
-    return int(state.get("critic_dim", 0))
+    """A checkpoint's critic-only inputs."""
+    return int(state["critic_dim"])
 
 
 def _config_from_dict(data: dict[str, Any]) -> PPOConfig:

@@ -166,8 +166,7 @@ class HeuristicController(Controller):
     def load_state_dict(self, state: dict) -> None:
         self.penalties = {b: float(state["penalties"][b]) for b in self.blueprints}
         self.uses = {b: int(state["uses"][b]) for b in self.blueprints}
-        # Checkpoints from before ``patience`` existed: their runs never stopped growing.
-        self.culls_in_a_row = int(state.get("culls_in_a_row", 0))
+        self.culls_in_a_row = int(state["culls_in_a_row"])
         self._rng.setstate(state["rng"])
 
     def decide(self, signals: TrainingSignals) -> Decision:

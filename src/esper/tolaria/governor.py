@@ -77,8 +77,6 @@ class Governor:
             for name, saved in self.snapshot["fossilized"].items():
                 # Seeds fossilized after the snapshot have no saved state and keep their own.
                 modules = model.seed_slots[name].host_side_modules()
-                if isinstance(saved, dict):  # written before seeds could stack: one module
-                    saved = [saved]
                 for module, sd in zip(modules, saved, strict=False):
                     module.load_state_dict(sd)
         self.rollbacks += 1

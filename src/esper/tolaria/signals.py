@@ -29,8 +29,6 @@ _STATE_FIELDS = (
     "first_val_loss",
     "recent_val_losses",
 )
-_ADDED_LATER = {"first_val_loss": None, "recent_val_losses": []}
-
 
 class SignalTracker:
     """Keeps the history a controller needs (best accuracy, plateau length, loss trend).
@@ -71,12 +69,7 @@ class SignalTracker:
 
     def load_state_dict(self, state: dict) -> None:
         for name in _STATE_FIELDS:
-            # A checkpoint written before a field existed starts it empty.
-            setattr(
-                self,
-                name,
-                state.get(name, _ADDED_LATER.get(name)) if name in _ADDED_LATER else state[name],
-            )
+            setattr(self, name, state[name])
 
     def _recent_loss_share(self, val_loss: float) -> float | None:
         """The share of the loss's fall since the first epoch that the last

@@ -50,7 +50,8 @@ from esper.tolaria.records import LifecycleRecorder, SeedRecord
 from esper.tolaria.signals import SignalTracker
 
 E = TelemetryEventType
-STATE_FORMAT = 1
+#: 2 in 0.4.0, the first release; the development versions wrote 1.
+STATE_FORMAT = 2
 #: Dynamo's recompile limit while a trainer compiles: a lifecycle visits up to 8 stages per slot
 #: and each can add a graph per grad mode (dynamo's default of 8 would fall back to eager).
 COMPILE_RECOMPILE_LIMIT = 64
