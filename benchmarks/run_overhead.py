@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shadow_every is not None and args.shadow_every < 1:
         return _fail(f"--shadow-every must be >= 1, got {args.shadow_every}")
     try:
-        heuristic = HeuristicConfig(patience=args.growth_patience)
+        heuristic = HeuristicConfig(growth_patience=args.growth_patience)
     except ValueError as exc:
         return _fail(str(exc))
     config = EpisodeConfig(

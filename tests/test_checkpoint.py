@@ -43,7 +43,7 @@ def grown(tiny, last_stage=S.EMBARGOED, **kwargs):
         tiny.loss(model(x), y).backward()
         opt.step()
         model.capture_gradient_telemetry()
-    model.seed_slots[points[0]].state.metrics.record_accuracy(61.5)
+    model.seed_slots[points[0]].state.metrics.record_quality(61.5)
     return model, points
 
 
@@ -181,11 +181,11 @@ def test_save_is_atomic_and_overwrites(tmp_path):
     model, _ = grown(tiny)
     path = tmp_path / "ck.pt"
     model.save_checkpoint(path)
-    model.seed_slots["early"].state.metrics.record_accuracy(99.0)
+    model.seed_slots["early"].state.metrics.record_quality(99.0)
     model.save_checkpoint(path)
     assert sorted(os.listdir(tmp_path)) == ["ck.pt"]  # no temporary files left behind
     loaded = MorphogeneticModel.load_checkpoint(path)
-    assert loaded.seed_slots["early"].state.metrics.current_val_accuracy == 99.0
+    assert loaded.seed_slots["early"].state.metrics.current_quality == 99.0
 
 
 def test_seed_state_round_trips_through_plain_data(tiny):

@@ -142,9 +142,9 @@ def test_incubation_gain_is_the_epochs_mean_and_freezes_when_blending_starts():
     slot.state.metrics.epochs_in_current_stage = 3
     slot.state.metrics.gradient_ratio = 1.0
     slot.record_incubation_gain(0.25)
-    slot.state.metrics.record_accuracy(71.5)
+    slot.state.metrics.record_quality(71.5)
     assert slot.advance_stage(SeedStage.BLENDING).passed
-    assert slot.state.metrics.accuracy_before_blending == 71.5
+    assert slot.state.metrics.quality_before_blending == 71.5
     with pytest.raises(ValueError, match="measured in TRAINING"):
         slot.record_incubation_gain(0.5)
     assert slot.state.metrics.incubation_gain == 0.25

@@ -455,7 +455,7 @@ def test_record_verbs_write_what_the_trainer_wrote_by_hand():
         assert by_verb.record_validation(accuracy) == ["early", "mid"]
         for slot in by_hand.seed_slots.values():
             if slot.seed is not None:
-                slot.state.metrics.record_accuracy(accuracy)
+                slot.state.metrics.record_quality(accuracy)
     by_verb.record_counterfactual("mid", 1.75)
     by_hand.seed_slots["mid"].state.metrics.counterfactual_contribution = 1.75
     for name in by_verb.seed_slots:
@@ -463,7 +463,7 @@ def test_record_verbs_write_what_the_trainer_wrote_by_hand():
 
     late = by_verb.seed_slots["late"]
     assert late.record_validation(60.0) is False  # no seed: nothing to record into
-    assert late.state.metrics.current_val_accuracy is None
+    assert late.state.metrics.current_quality is None
     with pytest.raises(ValueError, match="'late' holds no seed"):
         by_verb.record_counterfactual("late", 1.0)
     with pytest.raises(ValueError, match="finite"):

@@ -183,7 +183,7 @@ def test_full_lifecycle_via_step_epoch_with_real_telemetry(tiny):
             training_loss(model, x, y).backward()
             opt.step()
             slot.capture_gradient_telemetry()
-        slot.state.metrics.record_accuracy(accuracy)
+        slot.state.metrics.record_quality(accuracy)
         accuracy += 0.5
         model.step_epoch()
         epochs_training += 1
@@ -670,7 +670,7 @@ def test_fossilize_refused_when_the_incubation_gain_alone_fails(gain):
     metrics.counterfactual_contribution = 10.0  # far above the contribution threshold
     metrics.incubation_gain = gain  # frozen since blending began; written here directly
     assert metrics.healthy
-    assert metrics.accuracy_before_blending == metrics.current_val_accuracy  # nothing dropped
+    assert metrics.quality_before_blending == metrics.current_quality  # nothing dropped
     # The gate on its own: one failed check, the gain.
     result = slot.gates.check_gate(slot.state, S.FOSSILIZED)
     assert not result.passed

@@ -129,9 +129,9 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
         def set_alpha(self, slot, alpha):
             self._attempt(slot, self.model.seed_slots[slot].set_alpha, alpha)
 
-        @rule(slot=st.sampled_from(SLOTS), accuracy=st.floats(0.0, 100.0))
-        def record_accuracy(self, slot, accuracy):
-            self.model.seed_slots[slot].record_validation(accuracy)
+        @rule(slot=st.sampled_from(SLOTS), quality=st.floats(0.0, 100.0))
+        def record_quality(self, slot, quality):
+            self.model.seed_slots[slot].record_validation(quality)
 
         @rule(
             slot=st.sampled_from(SLOTS),
@@ -145,8 +145,8 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
             m = self.model.seed_slots[slot].state.metrics
             m.gradient_ratio = ratio
             m.epochs_in_current_stage = epochs
-            if m.accuracy_at_stage_start is not None:
-                m.record_accuracy(m.accuracy_at_stage_start + gain)
+            if m.quality_at_stage_start is not None:
+                m.record_quality(m.quality_at_stage_start + gain)
 
         @rule(
             slot=st.sampled_from(SLOTS),
@@ -171,8 +171,8 @@ def lifecycle_machine(name: str) -> type[RuleBasedStateMachine]:
                 if nxt is None:
                     return
                 m = s.state.metrics
-                m.accuracy_at_stage_start = 50.0
-                m.record_accuracy(51.0)
+                m.quality_at_stage_start = 50.0
+                m.record_quality(51.0)
                 m.gradient_ratio = max(m.gradient_ratio, 0.1)
                 m.epochs_in_current_stage = max(m.epochs_in_current_stage, 3)
                 if nxt == SeedStage.PROBATIONARY:

@@ -278,10 +278,10 @@ def test_heuristic_and_tracker_state_round_trip():
 
     t = SignalTracker()
     for acc in (50.0, 60.0, 60.1):
-        t.update(epoch=1, train_loss=1.0, val_loss=1.0, val_accuracy=acc, topology="cnn")
+        t.update(epoch=1, train_loss=1.0, val_loss=1.0, val_quality=acc, topology="cnn")
     u = SignalTracker()
     u.load_state_dict(t.state_dict())
-    kwargs = {"epoch": 4, "train_loss": 0.9, "val_loss": 0.95, "val_accuracy": 60.2}
+    kwargs = {"epoch": 4, "train_loss": 0.9, "val_loss": 0.95, "val_quality": 60.2}
     assert u.update(**kwargs, topology="cnn") == t.update(**kwargs, topology="cnn")
 
 

@@ -90,6 +90,9 @@ def test_the_migration_table_reads_each_older_version_and_refuses_newer_ones():
     spec = RunSpec.from_dict(old)
     assert (spec.timing, spec.shadow_every, spec.growth_patience) == ("plateau", 1, 0)
     assert old == {"mode": "heuristic", "task": "digits"}  # the document read is not changed
+    # A setting renamed since is read under its current name, with its value.
+    renamed = migrate(EPISODE, {"heuristic_patience": 3})
+    assert renamed["growth_patience"] == 3 and "heuristic_patience" not in renamed
     # What a newer document sets is kept, and a current one passes through unchanged.
     assert migrate(EPISODE, {"shadow_every": 4})["shadow_every"] == 4
     current = migrate(EPISODE, {})
@@ -104,7 +107,7 @@ def test_the_shipped_policies_read_as_the_settings_they_were_trained_with():
     from esper.simic.policy import Policy, shipped_policy_path
 
     episode = Policy.load(shipped_policy_path("digits")).episode
-    assert (episode["shadow_every"], episode["heuristic_patience"]) == (1, 0)
+    assert (episode["shadow_every"], episode["growth_patience"]) == (1, 0)
     spec = resolve_spec(RunSpec(mode="ppo", task="digits"))
     assert (spec.epochs, spec.width_multiplier, spec.shadow_every) == (30, 0.5, 1)
     # A flag given wins over what the policy was trained with.

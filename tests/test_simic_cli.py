@@ -39,7 +39,7 @@ def test_simic_train_writes_a_policy_that_esper_train_ppo_runs(policy_file, tmp_
     # A policy trained now records the task's shadow stride, and its runs use it.
     assert saved["episode"]["shadow_every"] == 4
     # ...and the patience of the heuristic it is cloned from and compared with.
-    assert saved["episode"]["heuristic_patience"] == DEFAULT_GROWTH_PATIENCE
+    assert saved["episode"]["growth_patience"] == DEFAULT_GROWTH_PATIENCE
     assert json.loads((run_dir / "config.json").read_text())["trainer"]["shadow_every"] == 4
     # Flags win, and a run unlike the training runs says so.
     wide = tmp_path / "wide"
@@ -86,8 +86,8 @@ def _bad_inputs(tmp_path, policy_file) -> list[tuple[list[str], str]]:
         (["simic", "train", "--episodes", "2"], "--out"),
         (["simic", "train", "--episodes", "2", "--out", "p.pt", "--gae-lambda", "2"], "[0, 1]"),
         (
-            ["simic", "train", "--episodes", "2", "--out", "p.pt", "--heuristic-patience", "-1"],
-            "--heuristic-patience must be >= 0, got -1",
+            ["simic", "train", "--episodes", "2", "--out", "p.pt", "--growth-patience", "-1"],
+            "--growth-patience must be >= 0, got -1",
         ),
         (
             ["simic", "train", "--episodes", "2", "--out", "p.pt", "--shadow-every", "0"],
@@ -131,6 +131,6 @@ def test_ppo_settings_from_the_command_line_reach_the_learner(tmp_path):
 def test_the_shipped_policies_settings_reach_the_episodes_the_policy_records(tmp_path):
     path = tmp_path / "eager.pt"
     argv = ["simic", "train", *SMOKE, "--episodes", "2", "--out", str(path)]
-    assert main([*argv, "--heuristic-patience", "0", "--shadow-every", "1"]) == 0
+    assert main([*argv, "--growth-patience", "0", "--shadow-every", "1"]) == 0
     episode = torch.load(path, weights_only=True)["episode"]
-    assert episode["heuristic_patience"] == 0 and episode["shadow_every"] == 1
+    assert episode["growth_patience"] == 0 and episode["shadow_every"] == 1

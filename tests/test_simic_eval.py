@@ -75,8 +75,8 @@ def test_behaviour_cloning_reproduces_the_heuristics_decisions():
     assert agree == pytest.approx(stats["accuracy"])
 
 
-def test_demonstrations_and_baselines_use_the_episodes_heuristic_patience():
-    legacy = replace(SHORT, heuristic_patience=0)
+def test_demonstrations_and_baselines_use_the_episodes_growth_patience():
+    legacy = replace(SHORT, growth_patience=0)
     # Seed 3: without patience a second seed grows while the first blends (measured).
     patient = demonstrate(SHORT, SHORT.default_layout(), seeds=[3])
     eager = demonstrate(legacy, SHORT.default_layout(), seeds=[3])
@@ -84,8 +84,8 @@ def test_demonstrations_and_baselines_use_the_episodes_heuristic_patience():
     assert sum(a != 0 for a in eager.actions) > sum(a != 0 for a in patient.actions)
     for config, patience in ((SHORT, DEFAULT_GROWTH_PATIENCE), (legacy, 0)):
         baseline = make_controller(ControllerJob("heuristic", 1000), config, {})
-        assert baseline.config == HeuristicConfig(patience=patience)
-        assert EpisodeConfig.from_dict(config.to_dict()).heuristic_patience == patience
+        assert baseline.config == HeuristicConfig(growth_patience=patience)
+        assert EpisodeConfig.from_dict(config.to_dict()).growth_patience == patience
     # The shipped policies were cloned from, and are measured against, the heuristic of their
     # day, which never stopped growing: their policy files predate the setting, and read
     # through the migration table as patience 0.
@@ -93,7 +93,7 @@ def test_demonstrations_and_baselines_use_the_episodes_heuristic_patience():
         raw = torch.load(shipped_policy_path(task), weights_only=True)["episode"]
         assert "heuristic_patience" not in raw and "format" not in raw
         episode = Policy.load(shipped_policy_path(task)).episode
-        assert EpisodeConfig.from_dict(episode).heuristic_patience == 0
+        assert EpisodeConfig.from_dict(episode).growth_patience == 0
 
 
 def test_training_clones_before_its_first_update(tmp_path):
@@ -163,7 +163,7 @@ def test_tuned_heuristic_searches_from_the_default_config():
     assert len(trials) == 3 == len(seen)
     assert heuristic_config_from_dict(trials[0]["config"]) == HeuristicConfig()
     # Every sampled config keeps the episodes' patience: the search is over the rest.
-    assert {t["config"]["patience"] for t in trials} == {DEFAULT_GROWTH_PATIENCE}
+    assert {t["config"]["growth_patience"] for t in trials} == {DEFAULT_GROWTH_PATIENCE}
     assert best in [heuristic_config_from_dict(t["config"]) for t in trials]
     top = max(trials, key=lambda t: t["score"])
     assert heuristic_config_to_dict(best) == top["config"]

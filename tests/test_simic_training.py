@@ -120,15 +120,15 @@ def test_each_episode_samples_with_its_own_seed():
     assert runs[0] == runs[2] and runs[0] != runs[1]
 
 
-def test_a_training_from_before_heuristic_patience_resumes_at_patience_zero(tmp_path):
+def test_a_training_from_before_growth_patience_resumes_at_patience_zero(tmp_path):
     path = tmp_path / "old.pt"
-    legacy = replace(_config(2), episode=replace(EPISODE, heuristic_patience=0))
+    legacy = replace(_config(2), episode=replace(EPISODE, growth_patience=0))
     train_policy(legacy, path)
     saved = torch.load(path, weights_only=True)
     # As a file of a development version, written before the setting and before formats.
-    del saved["episode"]["heuristic_patience"], saved["episode"]["format"]
+    del saved["episode"]["growth_patience"], saved["episode"]["format"]
     episode = saved["training"]["config"]["episode"]
-    del episode["heuristic_patience"], episode["format"]
+    del episode["growth_patience"], episode["format"]
     torch.save(saved, path)
     with pytest.raises(PolicyError, match="another configuration"):
         train_policy(_config(4), path, resume=True)  # today's default is another heuristic

@@ -123,8 +123,8 @@ def test_culls_a_seed_that_lingered_while_accuracy_fell():
         "mid",
         SeedStage.TRAINING,
         epochs_in_current_stage=5,
-        accuracy_at_stage_start=95.0,
-        current_val_accuracy=92.0,
+        quality_at_stage_start=95.0,
+        current_quality=92.0,
     )
     decision = HeuristicController("cnn").decide(training_signals(slots=[lingering]))
     assert decision.action == Action.CULL and decision.slot == "mid"
@@ -150,7 +150,7 @@ def test_tracker_counts_plateau_against_best_accuracy():
     accs = [50.0, 70.0, 70.3, 69.0, 70.4, 71.0]
     signals = [
         tracker.update(
-            epoch=i + 1, train_loss=1.0, val_loss=1.0 / (i + 1), val_accuracy=a, topology="cnn"
+            epoch=i + 1, train_loss=1.0, val_loss=1.0 / (i + 1), val_quality=a, topology="cnn"
         )
         for i, a in enumerate(accs)
     ]
@@ -205,7 +205,7 @@ def test_heuristic_waits_once_the_seed_budget_is_spent():
 
 def test_growth_stops_after_patience_culls_in_a_row_and_a_fossil_restarts_the_count():
     ready = training_signals(plateau=5)
-    controller = HeuristicController("cnn", HeuristicConfig(patience=2))
+    controller = HeuristicController("cnn", HeuristicConfig(growth_patience=2))
     for blueprint in ("conv_light", "depthwise"):
         assert controller.decide(ready).action == Action.GERMINATE
         controller.on_cull(blueprint)
@@ -229,44 +229,44 @@ def test_with_patience_the_next_seed_waits_for_the_last_ones_fate():
     blending = slot_report("early", SeedStage.BLENDING)
     ready = training_signals(plateau=5, slots=[blending, slot_report("mid")])
     # Without patience the next seed grows while the last one blends.
-    eager = HeuristicController("cnn", HeuristicConfig(patience=0))
+    eager = HeuristicController("cnn", HeuristicConfig(growth_patience=0))
     assert eager.decide(ready).action == Action.GERMINATE
     # The default is patient.
     assert HeuristicController("cnn").decide(ready).action == Action.WAIT
-    patient = HeuristicController("cnn", HeuristicConfig(patience=2)).decide(ready)
+    patient = HeuristicController("cnn", HeuristicConfig(growth_patience=2)).decide(ready)
     assert patient.action == Action.WAIT
     assert patient.reason == "patience 2: waiting for the last seed's fate"
     probation = slot_report("early", SeedStage.PROBATIONARY)
     waiting = training_signals(plateau=5, slots=[probation, slot_report("mid")])
-    assert HeuristicController("cnn", HeuristicConfig(patience=2)).decide(waiting).action == (
-        Action.WAIT
-    )
+    assert HeuristicController("cnn", HeuristicConfig(growth_patience=2)).decide(
+        waiting
+    ).action == (Action.WAIT)
     fossil = slot_report("early", SeedStage.FOSSILIZED)
     settled = training_signals(plateau=5, slots=[fossil, slot_report("mid")])
-    grow = HeuristicController("cnn", HeuristicConfig(patience=2)).decide(settled)
+    grow = HeuristicController("cnn", HeuristicConfig(growth_patience=2)).decide(settled)
     assert grow.action == Action.GERMINATE and grow.slot == "mid"
 
 
 def test_patience_zero_never_stops_growing_and_negative_is_rejected():
-    controller = HeuristicController("cnn", HeuristicConfig(patience=0))
+    controller = HeuristicController("cnn", HeuristicConfig(growth_patience=0))
     for _ in range(10):
         controller.on_cull("conv_light")
     assert controller.decide(training_signals(plateau=5)).action == Action.GERMINATE
     with pytest.raises(ValueError, match="patience must be >= 0"):
-        HeuristicConfig(patience=-1)
+        HeuristicConfig(growth_patience=-1)
     default = HeuristicController("cnn")
-    assert default.config.patience == DEFAULT_GROWTH_PATIENCE > 0
+    assert default.config.growth_patience == DEFAULT_GROWTH_PATIENCE > 0
     for _ in range(DEFAULT_GROWTH_PATIENCE):
         default.on_cull("conv_light")
     assert default.decide(training_signals(plateau=5)).action == Action.WAIT
 
 
 def test_the_cull_count_is_part_of_the_controller_state():
-    controller = HeuristicController("cnn", HeuristicConfig(patience=3))
+    controller = HeuristicController("cnn", HeuristicConfig(growth_patience=3))
     controller.on_cull("conv_light")
     controller.on_cull("depthwise")
     state = controller.state_dict()
-    again = HeuristicController("cnn", HeuristicConfig(patience=3))
+    again = HeuristicController("cnn", HeuristicConfig(growth_patience=3))
     again.load_state_dict(state)
     assert again.culls_in_a_row == 2
     again.on_cull("norm")
@@ -312,7 +312,7 @@ def test_tracker_recent_loss_share_and_its_state():
     tracker = SignalTracker()
     shares = [
         tracker.update(
-            epoch=e, train_loss=1.0, val_loss=v, val_accuracy=50.0, topology="cnn"
+            epoch=e, train_loss=1.0, val_loss=v, val_quality=50.0, topology="cnn"
         ).recent_loss_share
         for e, v in enumerate([2.0, 1.5, 1.2, 1.1, 1.05, 1.04], start=1)
     ]
@@ -322,5 +322,5 @@ def test_tracker_recent_loss_share_and_its_state():
     again = SignalTracker()
     state = tracker.state_dict()
     again.load_state_dict(state)
-    nxt = dict(epoch=7, train_loss=1.0, val_loss=1.03, val_accuracy=50.0, topology="cnn")
+    nxt = dict(epoch=7, train_loss=1.0, val_loss=1.03, val_quality=50.0, topology="cnn")
     assert again.update(**nxt) == tracker.update(**nxt)

@@ -271,22 +271,23 @@ class MorphogeneticMixin:
         a capture still on its way: the gates read its numbers)."""
         return {name: slot.step_epoch() for name, slot in self.seed_slots.items()}
 
-    def record_validation(self, accuracy: float) -> list[str]:
-        """Record this epoch's validation accuracy into every slot that holds a seed.
+    def record_validation(self, quality: float) -> list[str]:
+        """Record this epoch's validation quality into every slot that holds a seed.
 
         Args:
-            accuracy: validation accuracy in percent.
+            quality: the validation quality in the gates' unit (``GateConfig.unit``): accuracy
+                in points, or the negative validation loss for a loss-unit task.
 
         Returns:
             The slots that recorded it, in forward order.
 
         Raises:
-            TypeError, ValueError: ``accuracy`` is not a finite number.
+            TypeError, ValueError: ``quality`` is not a finite number.
         """
-        return [name for name, s in self.seed_slots.items() if s.record_validation(accuracy)]
+        return [name for name, s in self.seed_slots.items() if s.record_validation(quality)]
 
     def record_counterfactual(self, slot: str, contribution: float) -> None:
-        """Record the measured contribution (points) of the seed in ``slot``; see
+        """Record the measured contribution (in the gates' unit) of the seed in ``slot``; see
         :meth:`SeedSlot.record_counterfactual`.
 
         Raises:

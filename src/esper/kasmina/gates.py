@@ -222,7 +222,7 @@ class QualityGates:
         cfg, m = self.config, state.metrics
         c = m.counterfactual_contribution
         known = c is not None
-        before, now = m.accuracy_before_blending, m.current_val_accuracy
+        before, now = m.quality_before_blending, m.current_quality
         drop = None if before is None or now is None else before - now
         unit = cfg.unit
         # In loss units the recorded quality is the negative loss: a drop is a rise in loss.

@@ -324,11 +324,11 @@ class SlotLifecycle:
         state._move_to(target)
         m = state.metrics
         m.epochs_in_current_stage = 0
-        m.accuracy_at_stage_start = m.current_val_accuracy
+        m.quality_at_stage_start = m.current_quality
         if target == SeedStage.TRAINING:
             self.isolate_gradients = True
         elif target == SeedStage.BLENDING:
-            m.accuracy_before_blending = m.current_val_accuracy
+            m.quality_before_blending = m.current_quality
             self._reset_incubation_gain()  # what was measured is frozen in the metrics
             self.isolate_gradients = self._keeps_isolation_while_blending
             state.blend_step = 1
@@ -504,26 +504,27 @@ class SlotLifecycle:
 
     # ------------------------------------------------------------------ records
 
-    def record_validation(self, accuracy: float) -> bool:
-        """Record this epoch's validation accuracy into the seed's metrics.
+    def record_validation(self, quality: float) -> bool:
+        """Record this epoch's validation quality into the seed's metrics.
 
         Only a slot that holds a seed (GERMINATED to FOSSILIZED) records: an empty slot's
         metrics are replaced at the next germination, and a culled seed's are final.
 
         Args:
-            accuracy: validation accuracy in percent.
+            quality: the validation quality in the gates' unit (``GateConfig.unit``): accuracy
+                in points, or the negative validation loss for a loss-unit task.
 
         Returns:
             True when recorded; False when the slot holds no seed.
 
         Raises:
-            TypeError, ValueError: ``accuracy`` is not a finite number.
+            TypeError, ValueError: ``quality`` is not a finite number.
         """
-        accuracy = _finite_number(self.name, "validation accuracy", accuracy)
+        quality = _finite_number(self.name, "validation quality", quality)
         self._announce_forced()
         if self.seed is None:
             return False
-        self.state.metrics.record_accuracy(accuracy)
+        self.state.metrics.record_quality(quality)
         return True
 
     def _reset_incubation_gain(self) -> None:
@@ -556,11 +557,11 @@ class SlotLifecycle:
         self.state.metrics.incubation_gain = gain
 
     def record_counterfactual(self, contribution: float) -> None:
-        """Record the seed's measured contribution: accuracy with it minus accuracy with alpha
-        forced to 0, in points. G5 and the probation cull read it.
+        """Record the seed's measured contribution: quality with it minus quality with alpha
+        forced to 0, in the gates' unit. G5 and the probation cull read it.
 
         Args:
-            contribution: the difference in accuracy points.
+            contribution: the difference (accuracy points, or loss for a loss-unit task).
 
         Raises:
             ValueError: the slot holds no seed, or ``contribution`` is not finite.

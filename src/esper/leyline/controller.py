@@ -27,9 +27,12 @@ class TrainingSignals:
 
     Attributes:
         epoch: the epoch just finished (1-based).
-        train_loss, val_loss, val_accuracy: this epoch's numbers (accuracy in percent).
-        best_val_accuracy: best validation accuracy so far.
-        accuracy_delta, loss_delta: change since the previous epoch.
+        train_loss, val_loss: this epoch's losses.
+        val_quality: this epoch's validation quality, in the gates' unit
+            (``GateConfig.unit``): accuracy in points, or the negative validation loss for a
+            loss-unit task.
+        best_val_quality: the best validation quality so far.
+        quality_delta, loss_delta: change since the previous epoch.
         plateau_epochs: consecutive epochs without a new best by the plateau threshold.
         host_stabilized: the host's loss has stopped falling fast (latched).
         topology: the host's topology.
@@ -49,9 +52,9 @@ class TrainingSignals:
     epoch: int
     train_loss: float
     val_loss: float
-    val_accuracy: float
-    best_val_accuracy: float
-    accuracy_delta: float
+    val_quality: float
+    best_val_quality: float
+    quality_delta: float
     loss_delta: float
     plateau_epochs: int
     host_stabilized: bool

@@ -34,8 +34,15 @@ CURRENT: Mapping[str, int] = {RUN_SPEC: 1, RUN_SUMMARY: 1, EPISODE: 1, FRONTIER_
 UPGRADES: Mapping[tuple[str, int], Mapping[str, object]] = {
     (RUN_SPEC, 0): {"timing": "plateau", "shadow_every": 1, "growth_patience": 0},
     (RUN_SUMMARY, 0): {},
-    (EPISODE, 0): {"shadow_every": 1, "heuristic_patience": 0},
+    (EPISODE, 0): {"shadow_every": 1, "growth_patience": 0},
     (FRONTIER_RECORD, 0): {"growth_patience": 0},
+}
+
+#: (format, version) -> keys renamed on reading a document of that version as the next one
+#: (old name -> new name); applied before the defaults are filled in.
+RENAMED: Mapping[tuple[str, int], Mapping[str, str]] = {
+    # One setting, one name: the heuristic's growth patience is ``growth_patience`` everywhere.
+    (EPISODE, 0): {"heuristic_patience": "growth_patience"},
 }
 
 #: The key that holds a document's version.
@@ -54,8 +61,8 @@ def migrate(kind: str, raw: Mapping) -> dict:
         raw: the document as read; it is not changed.
 
     Returns:
-        A new dict: every key of ``raw``, the settings later versions added (where ``raw`` does
-        not set them), and ``"format"`` set to the current version.
+        A new dict: every key of ``raw`` (under its current name), the settings later versions
+        added (where ``raw`` does not set them), and ``"format"`` set to the current version.
 
     Raises:
         FormatError: ``kind`` is unknown, or the version is not an integer from 0 to the
@@ -72,6 +79,9 @@ def migrate(kind: str, raw: Mapping) -> dict:
         )
     out = dict(raw)
     for step in range(version, current):
+        for old, new in RENAMED.get((kind, step), {}).items():
+            if old in out:
+                out.setdefault(new, out.pop(old))
         for key, value in UPGRADES[(kind, step)].items():
             out.setdefault(key, value)
     out[FORMAT_KEY] = current

@@ -13,24 +13,34 @@ class SeedMetrics:
 
     Numbers here are plain Python values: they are materialized only at telemetry capture or at
     epoch end, never per training step.
+
+    A *quality* is what the gates compare, in ``GateConfig.unit``: validation accuracy in
+    points, or for a loss-unit task the negative validation loss (higher is better either way).
+
+    Attributes:
+        initial_quality: the quality of the first epoch recorded for this seed (at germination).
+        current_quality: the quality of the last epoch recorded.
+        best_quality: the best quality recorded.
+        quality_at_stage_start: the quality when the current stage began.
     """
 
     epochs_total: int = 0
     epochs_in_current_stage: int = 0
-    initial_val_accuracy: float | None = None
-    current_val_accuracy: float | None = None
-    best_val_accuracy: float | None = None
-    accuracy_at_stage_start: float | None = None
-    #: Accuracy with the seed minus accuracy with alpha forced to 0 (points); None until measured.
-    #: Once the host has adapted to the seed this also counts the host's dependency on it.
+    initial_quality: float | None = None
+    current_quality: float | None = None
+    best_quality: float | None = None
+    quality_at_stage_start: float | None = None
+    #: Quality with the seed minus quality with alpha forced to 0 (in the gates' unit); None
+    #: until measured. Once the host has adapted to the seed this also counts the host's
+    #: dependency on it.
     counterfactual_contribution: float | None = None
     #: The host's training loss minus the loss with the seed blended at alpha 1 (the shadow
     #: pass), mean over the seed's last TRAINING epoch, each batch measured before the update it
     #: drives. The host never sees a seed in TRAINING, so its adaptation cannot inflate this.
     #: None until an epoch of incubation was measured; frozen once TRAINING ends.
     incubation_gain: float | None = None
-    #: Validation accuracy (points) of the last epoch before the seed entered BLENDING.
-    accuracy_before_blending: float | None = None
+    #: Quality of the last epoch before the seed entered BLENDING.
+    quality_before_blending: float | None = None
     seed_gradient_norm: float = 0.0
     host_gradient_norm: float = 0.0
     #: EMA of (seed_norm / host_norm) * sqrt(host_params / seed_params).
@@ -44,21 +54,25 @@ class SeedMetrics:
 
     @property
     def improvement_since_stage_start(self) -> float:
-        """Accuracy gain (points) since the current stage began; 0 when unknown."""
-        if self.current_val_accuracy is None or self.accuracy_at_stage_start is None:
+        """Quality gain since the current stage began (in the gates' unit); 0 when unknown."""
+        if self.current_quality is None or self.quality_at_stage_start is None:
             return 0.0
-        return self.current_val_accuracy - self.accuracy_at_stage_start
+        return self.current_quality - self.quality_at_stage_start
 
-    def record_accuracy(self, accuracy: float) -> None:
-        """Record this epoch's validation accuracy (percent)."""
-        accuracy = float(accuracy)
-        if self.initial_val_accuracy is None:
-            self.initial_val_accuracy = accuracy
-        if self.accuracy_at_stage_start is None:
-            self.accuracy_at_stage_start = accuracy
-        self.current_val_accuracy = accuracy
-        if self.best_val_accuracy is None or accuracy > self.best_val_accuracy:
-            self.best_val_accuracy = accuracy
+    def record_quality(self, quality: float) -> None:
+        """Record this epoch's validation quality.
+
+        Args:
+            quality: accuracy in points, or the negative validation loss for a loss-unit task.
+        """
+        quality = float(quality)
+        if self.initial_quality is None:
+            self.initial_quality = quality
+        if self.quality_at_stage_start is None:
+            self.quality_at_stage_start = quality
+        self.current_quality = quality
+        if self.best_quality is None or quality > self.best_quality:
+            self.best_quality = quality
 
     def to_dict(self) -> dict:
         return asdict(self)

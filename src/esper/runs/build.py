@@ -137,7 +137,7 @@ def mode_controller(spec: RunSpec, policy=None):
             blueprints=spec.blueprints,
             blend_algorithm=spec.blend,
             timing=spec.timing,
-            patience=spec.growth_patience,
+            growth_patience=spec.growth_patience,
         )
         return HeuristicController(get_task(spec.task).topology, config, seed=spec.seed), None
     if spec.mode == "ppo":

@@ -57,7 +57,7 @@ def add_simic_arguments(parser: argparse.ArgumentParser, sub_class) -> None:
         "policies were trained with 1)",
     )
     train.add_argument(
-        "--heuristic-patience",
+        "--growth-patience",
         type=int,
         default=None,
         metavar="N",
@@ -117,7 +117,7 @@ def config_from_args(args: argparse.Namespace):
         max_seeds=args.max_seeds,
         data_dir=args.data_dir,
         shadow_every=args.shadow_every,
-        heuristic_patience=args.heuristic_patience,
+        growth_patience=args.growth_patience,
     )
     episode.run_spec(0)  # the run's own checks (epochs, width, seed budget), as UsageError
     learner = ("lr", "entropy_coef", "gae_lambda", "update_epochs", "minibatch_size", "target_kl")

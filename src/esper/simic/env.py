@@ -48,7 +48,7 @@ class EpisodeConfig:
         data_dir: where a task with local data finds it.
         threads: torch intra-op threads (results on a CPU depend on it).
         shadow_every: steps between incubating seeds' shadow passes; None means the task's.
-        heuristic_patience: the growth patience (``HeuristicConfig.patience``) of the heuristic
+        growth_patience: the growth patience (``HeuristicConfig.growth_patience``) of the heuristic
             a policy is cloned from and compared with (demonstrations, the default and tuned
             heuristic baselines); None means leyline's default.
     """
@@ -61,7 +61,7 @@ class EpisodeConfig:
     data_dir: str | None = None
     threads: int = 1
     shadow_every: int | None = None
-    heuristic_patience: int | None = None
+    growth_patience: int | None = None
 
     def run_spec(self, seed: int, mode: str = "heuristic") -> RunSpec:
         """The equivalent ``esper train`` run (validated there)."""
@@ -79,13 +79,13 @@ class EpisodeConfig:
         )
 
     def resolved_patience(self) -> int:
-        patience = self.heuristic_patience
+        patience = self.growth_patience
         return DEFAULT_GROWTH_PATIENCE if patience is None else patience
 
     def heuristic_config(self) -> HeuristicConfig:
         """The default heuristic at these episodes' patience: what a policy is cloned from and
         compared with."""
-        return HeuristicConfig(patience=self.resolved_patience())
+        return HeuristicConfig(growth_patience=self.resolved_patience())
 
     def resolved_slots(self) -> tuple[str, ...]:
         return tuple(self.slots) if self.slots else get_task(self.task).slots
@@ -115,7 +115,7 @@ class EpisodeConfig:
                 "slots": list(self.resolved_slots()),
                 "max_seeds": self.max_seeds,
                 "shadow_every": self.shadow_every or get_task(self.task).shadow_every,
-                "heuristic_patience": self.resolved_patience(),
+                "growth_patience": self.resolved_patience(),
             },
         )
 
@@ -130,7 +130,7 @@ class EpisodeConfig:
             slots=tuple(raw["slots"]) if raw.get("slots") else None,
             max_seeds=raw.get("max_seeds"),
             shadow_every=raw["shadow_every"],
-            heuristic_patience=raw["heuristic_patience"],
+            growth_patience=raw["growth_patience"],
         )
 
 
@@ -343,7 +343,7 @@ class GrowthEnv(gym.Env):
         return self._trainer
 
     def _quality(self, signals) -> float:
-        return quality(self.topology, signals.val_loss, signals.val_accuracy)
+        return quality(self.topology, signals.val_loss, signals.val_quality)
 
     def _observe(self, signals) -> np.ndarray:
         self._mask = self.layout.mask(signals)

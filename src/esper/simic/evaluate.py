@@ -229,13 +229,16 @@ def paired_bootstrap(
 
 
 def sample_heuristic_config(
-    rng: random.Random, blueprints: Sequence[str], *, patience: int = DEFAULT_GROWTH_PATIENCE
+    rng: random.Random,
+    blueprints: Sequence[str],
+    *,
+    growth_patience: int = DEFAULT_GROWTH_PATIENCE,
 ) -> HeuristicConfig:
     """One point of the tuner's search space: every timing, cull and blueprint setting of
-    :class:`HeuristicConfig`, at growth ``patience``."""
+    :class:`HeuristicConfig`, at ``growth_patience``."""
     chosen = tuple(b for b in blueprints if rng.random() < 0.6) or (rng.choice(blueprints),)
     return HeuristicConfig(
-        patience=patience,
+        growth_patience=growth_patience,
         min_epochs_before_germination=rng.randint(2, 12),
         plateau_epochs=rng.randint(2, 6),
         cull_after_epochs=rng.randint(3, 8),
@@ -283,7 +286,9 @@ def tune_heuristic(
         candidate = (
             default
             if t == 0
-            else sample_heuristic_config(rng, layout.blueprints, patience=default.patience)
+            else sample_heuristic_config(
+                rng, layout.blueprints, growth_patience=default.growth_patience
+            )
         )
         seeds = [rng.choice(list(train_seeds)) for _ in range(seeds_per_config)]
         raw = heuristic_config_to_dict(candidate)

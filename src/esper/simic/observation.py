@@ -1,10 +1,11 @@
 """What the learned controller sees: one fixed-size vector per epoch, built from the signals.
 
-The run's part: progress through the run, losses, accuracies and their trends, the plateau,
-parameter counts. Each slot's part: its stage (one-hot), alpha, epochs in the stage, the seed's
-counterfactual contribution and incubation gain (each with a flag saying whether it has been
-measured yet), the seed's size relative to the host, how many seeds are fossilized in it, and
-the live seed's blueprint (one-hot). Raw scales are kept: the policy normalises observations
+The run's part: progress through the run, losses, the validation quality (accuracy in points,
+or the negative loss for a loss-unit task) and their trends, the plateau, parameter counts.
+Each slot's part: its stage (one-hot), alpha, epochs in the stage, the seed's counterfactual
+contribution and incubation gain (each with a flag saying whether it has been measured yet),
+the seed's size relative to the host, how many seeds are fossilized in it, and the live seed's
+blueprint (one-hot). Raw scales are kept: the policy normalises observations
 with running statistics, so no hand-tuned scaling has to match a task.
 """
 
@@ -25,9 +26,9 @@ _RUN_FEATURES = (
     "progress",
     "train_loss",
     "val_loss",
-    "val_accuracy",
-    "best_val_accuracy",
-    "accuracy_delta",
+    "val_quality",
+    "best_val_quality",
+    "quality_delta",
     "loss_delta",
     "plateau_epochs",
     "host_stabilized",
@@ -90,9 +91,9 @@ def observe(signals: TrainingSignals, layout: ActionLayout) -> np.ndarray:
         progress,
         signals.train_loss,
         signals.val_loss,
-        signals.val_accuracy / 100.0,
-        signals.best_val_accuracy / 100.0,
-        signals.accuracy_delta,
+        signals.val_quality / 100.0,
+        signals.best_val_quality / 100.0,
+        signals.quality_delta,
         signals.loss_delta,
         float(signals.plateau_epochs),
         float(signals.host_stabilized),

@@ -41,7 +41,7 @@ LOWER_LIMITS = {
     "train_seeds": 1,
     "bc_episodes": 0,
     "rent": 0.0,
-    "heuristic_patience": 0,
+    "growth_patience": 0,
     "shadow_every": 1,
 }
 

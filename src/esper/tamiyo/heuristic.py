@@ -64,7 +64,7 @@ class HeuristicConfig:
     #: spent for nothing. A fossilized seed starts the count again. With patience set, seeds
     #: are also tried one at a time: the next germinates once the last is fossilized or culled
     #: (without it, the next grows while the last blends).
-    patience: int = DEFAULT_GROWTH_PATIENCE
+    growth_patience: int = DEFAULT_GROWTH_PATIENCE
     blend_algorithm: str = DEFAULT_BLEND_ALGORITHM
     #: Blueprints the controller may choose; None means the measured default set of the topology
     #: (every non-noop blueprint for a topology without one).
@@ -98,8 +98,10 @@ class HeuristicConfig:
             raise ValueError(f"unknown timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
         if not 0.0 < self.relative_share < 1.0:
             raise ValueError(f"relative_share must be in (0, 1), got {self.relative_share}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0 (0: never stop growing), got {self.patience}")
+        if self.growth_patience < 0:
+            raise ValueError(
+                f"growth_patience must be >= 0 (0: never stop growing), got {self.growth_patience}"
+            )
         if self.slot_order not in SLOT_ORDERS:
             raise ValueError(
                 f"unknown slot_order {self.slot_order!r}; valid: {', '.join(SLOT_ORDERS)}"
@@ -240,7 +242,7 @@ class HeuristicController(Controller):
             return "a seed is incubating", ""
         if signals.seeds_left == 0:
             return "the run's seed budget (max_seeds) is spent", ""
-        patience = self.config.patience
+        patience = self.config.growth_patience
         if patience and self.culls_in_a_row >= patience:
             return (
                 f"growth stopped: the last {self.culls_in_a_row} seeds were culled "

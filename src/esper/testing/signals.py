@@ -35,9 +35,9 @@ def training_signals(
     fields = {
         "train_loss": 0.1,
         "val_loss": 0.2,
-        "val_accuracy": 90.0,
-        "best_val_accuracy": 90.0,
-        "accuracy_delta": 0.0,
+        "val_quality": 90.0,
+        "best_val_quality": 90.0,
+        "quality_delta": 0.0,
         "loss_delta": 0.0,
         **extra,
     }

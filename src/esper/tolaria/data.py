@@ -362,6 +362,7 @@ def char_lm_data(
         test_y=test_y,
     )
 
+
 def _check_char_lm_sizes(
     block_size: int,
     n_train_windows: int,

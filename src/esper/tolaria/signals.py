@@ -21,8 +21,8 @@ from esper.leyline import (
 )
 
 _STATE_FIELDS = (
-    "best_val_accuracy",
-    "prev_val_accuracy",
+    "best_val_quality",
+    "prev_val_quality",
     "prev_val_loss",
     "plateau_epochs",
     "host_stabilized",
@@ -30,11 +30,16 @@ _STATE_FIELDS = (
     "recent_val_losses",
 )
 
+
 class SignalTracker:
-    """Keeps the history a controller needs (best accuracy, plateau length, loss trend).
+    """Keeps the history a controller needs (best quality, plateau length, loss trend).
+
+    A quality is what the gates compare (``GateConfig.unit``): validation accuracy in points, or
+    the negative validation loss for a loss-unit task.
 
     Args:
-        plateau_threshold: an epoch whose accuracy gain is below this (points) counts as plateau.
+        plateau_threshold: an epoch whose quality gain over the best so far is below this (in
+            the quality's unit) counts as plateau.
         stabilization_threshold: the host is stable once an epoch improves its validation loss
             by less than this fraction.
     """
@@ -46,8 +51,8 @@ class SignalTracker:
     ) -> None:
         self.plateau_threshold = plateau_threshold
         self.stabilization_threshold = stabilization_threshold
-        self.best_val_accuracy = float("-inf")
-        self.prev_val_accuracy: float | None = None
+        self.best_val_quality = float("-inf")
+        self.prev_val_quality: float | None = None
         self.prev_val_loss: float | None = None
         self.plateau_epochs = 0
         self.host_stabilized = False
@@ -89,7 +94,7 @@ class SignalTracker:
         epoch: int,
         train_loss: float,
         val_loss: float,
-        val_accuracy: float,
+        val_quality: float,
         topology: str,
         slots: tuple[SeedStateReport, ...] = (),
         blueprints: tuple[str, ...] = (),
@@ -98,30 +103,32 @@ class SignalTracker:
     ) -> TrainingSignals:
         """Fold one epoch's numbers in and return the controller's signals.
 
-        ``params`` is ``MorphogeneticModel.count_parameters()`` (host, seeds, total).
+        ``val_quality`` is the epoch's validation quality (``Trainer.quality``); ``params`` is
+        ``MorphogeneticModel.count_parameters()`` (host, seeds, total).
         """
         # Plateau: no new best by at least the threshold. Judged against the best so far, so a
         # noisy up-and-down validation curve does not look like progress.
-        gain = val_accuracy - self.best_val_accuracy
+        gain = val_quality - self.best_val_quality
         if gain < self.plateau_threshold:
             self.plateau_epochs += 1
         else:
             self.plateau_epochs = 0
-        acc_delta = 0.0 if self.prev_val_accuracy is None else val_accuracy - self.prev_val_accuracy
+        prev = self.prev_val_quality
+        quality_delta = 0.0 if prev is None else val_quality - prev
         loss_delta = 0.0 if self.prev_val_loss is None else val_loss - self.prev_val_loss
         if self.prev_val_loss is not None and self.prev_val_loss > 0:
             if -loss_delta / self.prev_val_loss < self.stabilization_threshold:
                 self.host_stabilized = True
-        self.best_val_accuracy = max(self.best_val_accuracy, val_accuracy)
-        self.prev_val_accuracy, self.prev_val_loss = val_accuracy, val_loss
+        self.best_val_quality = max(self.best_val_quality, val_quality)
+        self.prev_val_quality, self.prev_val_loss = val_quality, val_loss
         share = self._recent_loss_share(val_loss)
         return TrainingSignals(
             epoch=epoch,
             train_loss=train_loss,
             val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            best_val_accuracy=self.best_val_accuracy,
-            accuracy_delta=acc_delta,
+            val_quality=val_quality,
+            best_val_quality=self.best_val_quality,
+            quality_delta=quality_delta,
             loss_delta=loss_delta,
             plateau_epochs=self.plateau_epochs,
             host_stabilized=self.host_stabilized,

@@ -198,7 +198,8 @@ class Trainer:
         self.global_step = 0
         self.seed_counter = 0
         self.history: list[EpochResult] = []
-        self.last_val_accuracy: float | None = None
+        #: The last epoch's validation quality (:meth:`quality`); None before the first epoch.
+        self.last_val_quality: float | None = None
         self.train_flops = FlopMeter()
         self.eval_flops = FlopMeter()
         self._pending: _EpochState | None = None
@@ -490,7 +491,7 @@ class Trainer:
             self._rollback(reason, val_loss)
             val_loss, val_acc = self.evaluate()
         quality = self.quality(val_loss, val_acc)
-        self.last_val_accuracy = quality
+        self.last_val_quality = quality
         started, eval_flops_before = time.perf_counter(), self.eval_flops.total
         measured = self.counterfactuals(quality)
         counterfactual_seconds = time.perf_counter() - started if measured else 0.0
@@ -513,7 +514,7 @@ class Trainer:
             epoch=self.epoch,
             train_loss=train_loss,
             val_loss=val_loss,
-            val_accuracy=quality,
+            val_quality=quality,
             topology=self.model.topology,
             slots=tuple(self.model.slot_reports()),
             blueprints=tuple(list_blueprints(self.model.topology)),
@@ -595,10 +596,10 @@ class Trainer:
             except ValueError as err:  # G0 refused the seed; the slot is unchanged
                 return Outcome(applied=False, reason=str(err))
             self.seed_counter += 1
-            if self.last_val_accuracy is not None:
-                # G2's "improvement since TRAINING began" is measured from the accuracy at
+            if self.last_val_quality is not None:
+                # G2's "improvement since TRAINING began" is measured from the quality at
                 # germination.
-                self.model.seed_slots[slot].record_validation(self.last_val_accuracy)
+                self.model.seed_slots[slot].record_validation(self.last_val_quality)
             # GERMINATED -> TRAINING happens at once (G1), so the seed starts learning now.
             self.model.advance_stage(SeedStage.TRAINING, slot=slot)
             return Outcome(applied=True, seed_id=seed_id)
@@ -714,7 +715,7 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "seed_counter": self.seed_counter,
-            "last_val_accuracy": self.last_val_accuracy,
+            "last_val_quality": self.last_val_quality,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
@@ -756,7 +757,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.seed_counter = int(state["seed_counter"])
-        self.last_val_accuracy = state["last_val_accuracy"]
+        self.last_val_quality = state["last_val_quality"]
         self.train_flops.load_state_dict(state["flops"]["train"])
         self.eval_flops.load_state_dict(state["flops"]["eval"])
         self.governor.load_state_dict(state["governor"])
