@@ -41,6 +41,9 @@ from esper.tolaria import distributed as ranks
 from esper.tolaria.config import TrainerConfig
 from esper.tolaria.trainer import Trainer
 
+#: The event log is the hub's first sink, so its saved offset is found at this index.
+EVENT_LOG_SINK = 0
+
 
 def _default_run_dir(spec: RunSpec) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -307,7 +310,7 @@ class Run:
         """Sink 0 is the event log (its offset is saved), then the view, loggers, the digest."""
         hub, console = self.hub, self.console
         if self.is_main:
-            hub.add_sink(JsonlSink(self.run_dir / "events.jsonl"))
+            hub.add_sink(JsonlSink(self.run_dir / "events.jsonl"))  # index EVENT_LOG_SINK
         wanted = (console.is_terminal if live is None else live) and self.is_main
         if wanted and console.is_terminal:
             # A resumed run's view starts with the events before its checkpoint.
@@ -336,12 +339,9 @@ class Run:
         self.hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, epoch=0, data=data))
 
     def _load(self, checkpoint: dict) -> None:
-        state = checkpoint["trainer"]
-        if not self.is_main:
-            # The telemetry state is rank 0's (its event log's length); this rank has no log.
-            state = {**state, "telemetry": {}}
         try:
-            self.trainer.load_state_dict(state)
+            # The sinks' positions are rank 0's (its event log's length); no other rank has a log.
+            self.trainer.load_state_dict(checkpoint["trainer"], telemetry=self.is_main)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             # The event log is only cut once everything before it has loaded.
             reason = " ".join(str(exc).split())[:160]
@@ -440,7 +440,7 @@ def _check_checkpoint_fits(run_dir: Path, spec: RunSpec, raw: dict, checkpoint: 
             f"{run_dir / 'checkpoint.pt'}: its model (slots {arch.get('slots')}) is not the one "
             f"{run_dir / 'config.json'} describes; it belongs to another run"
         )
-    offset = checkpoint["trainer"].get("telemetry", {}).get("sinks", {}).get("0", {}).get("offset")
+    offset = Trainer.saved_sink_state(checkpoint["trainer"], EVENT_LOG_SINK).get("offset")
     events = run_dir / "events.jsonl"
     if offset is not None and (not events.is_file() or events.stat().st_size < offset):
         raise ResumeError(f"{events}: shorter than the checkpoint's {offset} bytes")

@@ -701,6 +701,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ Stateful
 
+    @staticmethod
+    def saved_sink_state(state: dict, index: int) -> dict:
+        """What :meth:`state_dict` saved for the hub's sink ``index`` (e.g. an event log's
+        length: ``{"offset": N}``), or ``{}``; read without building a trainer."""
+        return state["telemetry"].get("sinks", {}).get(str(index), {})
+
     def state_dict(self) -> dict:
         """Everything a killed run needs to continue exactly: the model with its seeds, every
         optimizer (parameters by name), counters, every RNG the run draws from, governor,
@@ -740,9 +746,10 @@ class Trainer:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, *, telemetry: bool = True) -> None:
         """Restore :meth:`state_dict` output into this trainer (built over a model of the same
-        architecture).
+        architecture). With ``telemetry=False`` the sinks' positions are not restored (under
+        torchrun they are rank 0's: the other ranks have no event log).
 
         Raises:
             ValueError: a state of another format, or one that does not fit the model.
@@ -770,7 +777,7 @@ class Trainer:
             self.controller.load_state_dict(state["controller"])
         self.recorder.load_state_dict(state["recorder"])
         self.history = [EpochResult(**h) for h in state["history"]]
-        if self.hub is not None:
+        if self.hub is not None and telemetry:
             self.hub.load_state_dict(state["telemetry"])
         rng = state["rng"]
         per_rank = state.get("rank_rng") or []
