@@ -27,7 +27,7 @@ from esper.nissa import (
     create_logger,
     resumed_state,
 )
-from esper.runs.build import BuiltRun, build_run, load_policy, trainer_config
+from esper.runs.build import BuiltRun, build_run, trainer_config
 from esper.runs.checkpoints import (
     read_run_checkpoint,
     remove_stale_temporaries,
@@ -454,4 +454,4 @@ def _check_checkpoint_fits(run_dir: Path, spec: RunSpec, raw: dict, checkpoint: 
         )
 
 
-__all__ = ["Run", "load_policy", "resume_run", "train_run", "write_json"]
+__all__ = ["Run", "resume_run", "train_run", "write_json"]
