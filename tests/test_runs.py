@@ -150,3 +150,16 @@ def test_a_summary_round_trips_and_keeps_its_test_numbers_optional():
     assert keys.index("test_accuracy") == keys.index("best_val_loss") + 1
     assert RunSummary.from_dict(raw).has_test
     assert "format" not in summary.event_data() and "wall_seconds" not in summary.event_data()
+
+
+def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
+    text = README.read_text()
+    start = text.index("```python\nfrom esper.runs import RunSpec, train_run")
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    monkeypatch.chdir(tmp_path)  # its run folder goes under ./runs
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    summary = namespace["summary"]
+    assert summary.fossilized == 1 and summary.has_test  # seed 1 keeps its early seed
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert RunSummary.from_dict(json.loads((run_dir / "summary.json").read_text())) == summary
