@@ -21,11 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from esper.kasmina.host import MorphogeneticModel
 from esper.leyline import DEFAULT_GROWTH_PATIENCE
-from esper.runs import RunSummary
+from esper.runs import RunSpec, RunSummary, build_run
 from esper.tolaria.records import SeedRecord
-from esper.tolaria.tasks import build_task_host, get_task, widen_task
 
 
 def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> RunSummary:
@@ -49,10 +47,11 @@ def _run(mode: str, task: str, seed: int, run_dir: Path, extra: list[str]) -> Ru
 
 
 def _static_params(task: str, factor: float) -> int:
-    spec = get_task(task)
-    data = spec.load(None, 0)
-    host = build_task_host(widen_task(spec, factor), data)
-    return MorphogeneticModel(host, slots=list(spec.slots)).count_parameters()["total"]
+    """The parameters of the static run ``esper train static --width-multiplier factor``
+    builds (assembled as that run is, without training it)."""
+    built = build_run(RunSpec(mode="static", task=task, width_multiplier=factor))
+    built.trainer.close()
+    return built.model.count_parameters()["total"]
 
 
 def _widening_for(task: str, target: float) -> float:
