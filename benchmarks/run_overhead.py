@@ -34,7 +34,7 @@ import time
 
 from esper.kasmina import MorphogeneticModel
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, SeedStage
-from esper.simic.env import EpisodeConfig, build_run
+from esper.simic.env import EpisodeConfig, episode_trainer
 from esper.tamiyo import HeuristicConfig, HeuristicController
 from esper.testing import drive_to
 from esper.tolaria.tasks import get_task, list_tasks
@@ -84,7 +84,7 @@ def final_architecture(trainer) -> list[tuple[str, str]]:
 
 
 def fossilize(architecture: list[tuple[str, str]]):
-    """A ``prepare`` hook for ``build_run`` that grows ``architecture`` into the model and
+    """A ``prepare`` hook for ``episode_trainer`` that grows ``architecture`` into the model and
     fossilizes it, before training starts."""
 
     def prepare(model: MorphogeneticModel) -> None:
@@ -106,7 +106,7 @@ def timed_run(
     topology = get_task(config.task).topology
     controller = HeuristicController(topology, heuristic, seed=seed) if arm == "grown" else None
     prepare = fossilize(architecture) if arm == "equivalent" else None
-    trainer = build_run(config, seed, data, controller=controller, prepare=prepare)
+    trainer = episode_trainer(config, seed, data, controller=controller, prepare=prepare)
     try:
         started = time.perf_counter()
         for _ in range(config.resolved_epochs()):

@@ -8,7 +8,7 @@ import torch
 
 from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import SeedStage
-from esper.simic.env import EpisodeConfig, build_run
+from esper.simic.env import EpisodeConfig, episode_trainer
 from esper.tamiyo import HeuristicController
 from esper.testing import drive_to, permissive_gates
 from esper.tolaria.tasks import get_task
@@ -21,7 +21,7 @@ class _ReadsEveryEpoch(HeuristicController):
 def _run(controller_class, seed: int):
     config = EpisodeConfig("digits", epochs=30)
     controller = controller_class(get_task("digits").topology, seed=seed)
-    trainer = build_run(config, seed, {}, controller=controller)
+    trainer = episode_trainer(config, seed, {}, controller=controller)
     measured = []
     for _ in range(config.resolved_epochs()):
         trainer.run_epoch()

@@ -24,8 +24,7 @@ from esper._atomic import atomic_path
 from esper.kasmina import MorphogeneticModel
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, DEFAULT_PARAMETER_RENT
 from esper.leyline.formats import EPISODE, migrate, stamped
-from esper.runs import RunSpec
-from esper.runs import build_run as build_spec_run
+from esper.runs import RunSpec, build_run
 from esper.simic.actions import ActionLayout
 from esper.simic.observation import OBSERVATION_BOUND, observation_size, observe
 from esper.simic.reward import CRITIC_FEATURES, RewardTracker, StaticBaseline, quality
@@ -134,7 +133,7 @@ class EpisodeConfig:
         )
 
 
-def build_run(
+def episode_trainer(
     config: EpisodeConfig,
     seed: int,
     data_cache: dict | None = None,
@@ -145,7 +144,7 @@ def build_run(
     :func:`esper.runs.build_run`), so a run with no growth is the static run bit for bit.
     Without ``controller`` decisions come through ``apply``. ``prepare`` changes the model (for
     example puts seeds in it) before the trainer and its optimizers are built."""
-    built = build_spec_run(
+    built = build_run(
         config.run_spec(seed),
         controller=controller,
         prepare=prepare,
@@ -158,9 +157,9 @@ def build_run(
 def whole_run(
     config: EpisodeConfig, seed: int, data_cache: dict | None = None, controller=None
 ) -> Iterator[Trainer]:
-    """:func:`build_run`, trained for every epoch under ``controller``; the trainer stops
+    """:func:`episode_trainer`, trained for every epoch under ``controller``; the trainer stops
     listening to its model when the block ends."""
-    trainer = build_run(config, seed, data_cache, controller=controller)
+    trainer = episode_trainer(config, seed, data_cache, controller=controller)
     try:
         for _ in range(config.resolved_epochs()):
             trainer.run_epoch()
@@ -278,7 +277,7 @@ class GrowthEnv(gym.Env):
         self.run_seed = int(seed)
         baseline = self.baselines.get(self.config, self.run_seed)
         self._reward = RewardTracker(baseline, self.rent)
-        self._trainer = build_run(self.config, self.run_seed, self._data)
+        self._trainer = episode_trainer(self.config, self.run_seed, self._data)
         signals = self._trainer.observe()
         # Epoch 1 is the static run's epoch 1: its reward is 0 by construction.
         self._reward.epoch_reward(1, self._quality(signals), signals.total_params)
