@@ -7,20 +7,15 @@ each test then checks what both ranks recorded.
 
 from __future__ import annotations
 
-import json
-import os
-from datetime import timedelta
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from esper.kasmina import GateFailedError
 from esper.kasmina.distributed import all_ranks_agree
 from esper.kasmina.host import CNNHost, MorphogeneticModel
 from esper.leyline import SeedStage
+from esper.testing.distributed import init_gloo, report, spawn_ranks
 
 WORLD = 2
 
@@ -119,29 +114,18 @@ def _scenarios(rank: int) -> dict:
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),  # a mismatched collective fails the test, never hangs it
-    )
+    init_gloo(rank, world, init_file)
     try:
         result = _scenarios(rank)
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    report(out_dir, rank, result)
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("ddp")
-    init_file = tmp / "init"
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(WORLD, str(init_file), str(tmp)), nprocs=WORLD, join=True)
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return spawn_ranks(_worker, WORLD, tmp_path_factory.mktemp("ddp"))
 
 
 def test_g2_refused_everywhere_when_one_rank_fails_step_epoch(ranks):

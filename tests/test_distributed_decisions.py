@@ -8,19 +8,13 @@ decision everywhere and tell each rank's controller that decision, not the one i
 
 from __future__ import annotations
 
-import json
-import os
-from datetime import timedelta
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from esper.kasmina import CNNHost, MorphogeneticModel
 from esper.leyline import Action, Decision, TelemetryEventType
 from esper.nissa import DigestSink, MemorySink, TelemetryHub
 from esper.testing import permissive_gates, toy_image_task
+from esper.testing.distributed import init_gloo, report, spawn_ranks
 from esper.tolaria import Trainer, TrainerConfig
 from esper.tolaria.distributed import shutdown, state_digest
 
@@ -58,14 +52,7 @@ class ByRank:
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),  # a mismatched collective fails the test, never hangs it
-    )
+    init_gloo(rank, world, init_file)
     try:
         torch.manual_seed(0)
         data = toy_image_task(96, seed=0)
@@ -104,16 +91,13 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             ],
         }
         trainer.close()
-        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(out))
+        report(out_dir, rank, out)
     finally:
         shutdown(together=True)
 
 
 def test_each_rank_carries_out_rank_zeros_decision_whatever_its_own_controller_says(tmp_path):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(WORLD, str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
-    r0, r1 = ranks
+    r0, r1 = spawn_ranks(_worker, WORLD, tmp_path)
     # One model (bit for bit) and one event stream.
     assert r0["state_digest"] == r1["state_digest"]
     assert r0["event_digest"] == r1["event_digest"]
