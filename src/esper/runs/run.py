@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,18 +166,18 @@ class Run:
         _refuse_compile_under_torchrun(spec)
         hub = TelemetryHub()
         built = build_run(spec, hub=hub)
-        spec = built.spec
-        note = _policy_note(built)
-        if note is not None:
-            say(console, note)
-        run_dir = _shared_run_dir(spec)
-        built.spec = spec = replace(spec, run_dir=str(run_dir))
-        run = cls(built, run_dir, hub, console, live=False)
-        if run.is_main:
-            write_json(run_dir / "config.json", run._config_payload(built))
-        run._attach_sinks(live, prior=None, start_epoch=0)
-        run._emit_started()
-        run.save()  # a kill during the first epoch resumes from here
+        with _closed_on_error(built):
+            note = _policy_note(built)
+            if note is not None:
+                say(console, note)
+            run_dir = _shared_run_dir(built.spec)
+            built.spec = replace(built.spec, run_dir=str(run_dir))
+            run = cls(built, run_dir, hub, console, live=False)
+            if run.is_main:
+                write_json(run_dir / "config.json", run._config_payload(built))
+            run._attach_sinks(live, prior=None, start_epoch=0)
+            run._emit_started()
+            run.save()  # a kill during the first epoch resumes from here
         return run
 
     @classmethod
@@ -211,21 +212,23 @@ class Run:
         _refuse_compile_under_torchrun(spec)
         hub = TelemetryHub()
         built = build_run(spec, architecture=checkpoint["architecture"], hub=hub)
-        if trainer_config(built.spec, built.task) != TrainerConfig.from_dict(raw["trainer"]):
-            raise ResumeError(
-                f"{run_dir / 'config.json'}: its trainer configuration is not the one this "
-                "version of esper builds from its settings; resume it with the version that "
-                "started it"
-            )
-        run = cls(built, run_dir, hub, console, live=False, wall_before=checkpoint["wall_seconds"])
-        if run.is_main:
-            remove_stale_temporaries(run_dir)
-        else:
-            run.console = quiet_console()
-        say(run.console, f"resuming {run_dir} after epoch {checkpoint['epoch']}")
-        prior = (run_dir / "events.jsonl", int(checkpoint["epoch"]))
-        run._attach_sinks(live if live is not None else None, prior, int(checkpoint["epoch"]))
-        run._load(checkpoint)
+        with _closed_on_error(built):
+            if trainer_config(built.spec, built.task) != TrainerConfig.from_dict(raw["trainer"]):
+                raise ResumeError(
+                    f"{run_dir / 'config.json'}: its trainer configuration is not the one this "
+                    "version of esper builds from its settings; resume it with the version that "
+                    "started it"
+                )
+            wall = checkpoint["wall_seconds"]
+            run = cls(built, run_dir, hub, console, live=False, wall_before=wall)
+            if run.is_main:
+                remove_stale_temporaries(run_dir)
+            else:
+                run.console = quiet_console()
+            say(run.console, f"resuming {run_dir} after epoch {checkpoint['epoch']}")
+            prior = (run_dir / "events.jsonl", int(checkpoint["epoch"]))
+            run._attach_sinks(live, prior, int(checkpoint["epoch"]))
+            run._load(checkpoint)
         return run
 
     # ------------------------------------------------------------------ running it
@@ -411,6 +414,19 @@ def resume_run(
         return None
     with run:
         return run.train()
+
+
+@contextmanager
+def _closed_on_error(built: BuiltRun):
+    """A run that fails while it is being opened lets go of its model and event log (nothing
+    already written is removed)."""
+    try:
+        yield
+    except BaseException:
+        built.trainer.close()
+        if built.trainer.hub is not None:
+            built.trainer.hub.close()
+        raise
 
 
 def _refuse_compile_under_torchrun(spec: RunSpec) -> None:
