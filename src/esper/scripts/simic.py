@@ -14,7 +14,7 @@ from rich.table import Table
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, DEFAULT_PARAMETER_RENT, DEFAULT_TRAIN_SEEDS
 from esper.runs import UsageError
 from esper.runs.console import count_progress
-from esper.scripts.train import print_error
+from esper.runs.errors import print_error
 from esper.tolaria.data import DataNotFoundError
 from esper.tolaria.tasks import list_tasks
 

@@ -22,6 +22,7 @@ import sys
 import torch
 
 from esper.runs import MODES, ResumeError, RunSpec, UsageError, resume_run, train_run
+from esper.runs.errors import print_error
 from esper.runs.flags import OneLineParser, add_spec_arguments, given_flags, spec_from_args
 from esper.tolaria import distributed as ranks
 from esper.tolaria.data import DataNotFoundError
@@ -53,12 +54,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="under torchrun: how long a rank waits for the others in a collective before it "
         f"stops with an error (default {DEFAULT_DIST_TIMEOUT:g})",
     )
-
-
-def print_error(exc: Exception) -> None:
-    """One unwrapped line on stderr, whatever the terminal width."""
-    message = " ".join(str(exc).split())
-    sys.stderr.write(f"esper: error: {message}\n")
 
 
 class RankStopped(RuntimeError):
