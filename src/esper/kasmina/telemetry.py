@@ -1,4 +1,6 @@
-"""Gradient telemetry of a slot: measured on the device, read back once per capture.
+"""Gradient telemetry of a slot: measured on the device, read back once per capture. What
+counts as an isolation violation is the contract in docs/design.md, "The gradient-isolation
+contract".
 
 ``SlotTelemetry`` is a part of :class:`~esper.kasmina.slot.SeedSlot` (a mixin). A capture has
 two halves so that many slots share one host/device synchronisation:

@@ -2,8 +2,8 @@
 
 :class:`RunSpec` says what to run (and generates ``esper train``'s flags); :func:`build_run` is
 the one place a run is assembled (the command line, ``--resume``, Simic's episodes and the
-benchmarks all call it); :class:`Run` owns the run directory (new, resume, train, save,
-finish); :class:`RunSummary` is the typed ``summary.json``.
+benchmarks all call it; docs/design.md, "The run objects"); :class:`Run` owns the run
+directory (new, resume, train, save, finish); :class:`RunSummary` is the typed ``summary.json``.
 
 Example::
 
