@@ -206,14 +206,14 @@ class Run:
         if (run_dir / "summary.json").is_file():
             say(console, f"run {run_dir} already finished; nothing to resume")
             return None
-        spec, raw = _read_config(run_dir)
+        spec, started_with, raw = _read_config(run_dir)
         checkpoint = read_run_checkpoint(run_dir)
         _check_checkpoint_fits(run_dir, spec, raw, checkpoint)
         _refuse_compile_under_torchrun(spec)
         hub = TelemetryHub()
         built = build_run(spec, architecture=checkpoint["architecture"], hub=hub)
         with _closed_on_error(built):
-            if trainer_config(built.spec, built.task) != TrainerConfig.from_dict(raw["trainer"]):
+            if trainer_config(built.spec, built.task) != started_with:
                 raise ResumeError(
                     f"{run_dir / 'config.json'}: its trainer configuration is not the one this "
                     "version of esper builds from its settings; resume it with the version that "
@@ -434,17 +434,18 @@ def _refuse_compile_under_torchrun(spec: RunSpec) -> None:
         raise UsageError("--compile under torchrun is not supported yet; drop --compile")
 
 
-def _read_config(run_dir: Path) -> tuple[RunSpec, dict]:
+def _read_config(run_dir: Path) -> tuple[RunSpec, TrainerConfig, dict]:
+    """The run's spec, the trainer configuration it was started with, and ``config.json``."""
     config_path = run_dir / "config.json"
     try:
         raw = json.loads(config_path.read_text())
         spec = RunSpec.from_dict(raw)
-        TrainerConfig.from_dict(raw["trainer"])
+        started_with = TrainerConfig.from_dict(raw["trainer"])
     except FileNotFoundError:
         raise ResumeError(f"{config_path}: missing; is this a run directory?") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ResumeError(f"{config_path}: unreadable run configuration ({exc})") from None
-    return spec, raw
+    return spec, started_with, raw
 
 
 def _check_checkpoint_fits(run_dir: Path, spec: RunSpec, raw: dict, checkpoint: dict) -> None:

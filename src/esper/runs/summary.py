@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from esper.leyline.formats import RUN_SUMMARY, migrate, stamped
+from esper.nissa.records import is_number
 
 #: Keys left out of the ``run_completed`` event: wall-clock times (so a resumed run's event
 #: log equals an uninterrupted one's), the seeds (they have events of their own), what only
@@ -25,7 +26,13 @@ NOT_IN_EVENTS = (
 )
 #: Fields written only when they have a value (a task without a test split, a run on one
 #: process).
-OPTIONAL = ("test_accuracy", "test_loss", "ranks_identical", "rank_state_digests")
+OPTIONAL = (
+    "test_accuracy",
+    "test_loss",
+    "ranks_identical",
+    "rank_state_digests",
+    "rank_event_digests",
+)
 _TEST_KEYS = ("test_accuracy", "test_loss")
 #: What :meth:`RunSummary.check` asks of each field's value.
 _TEXT = ("mode", "task")
@@ -114,7 +121,7 @@ class RunSummary:
             raw[name] = value
             if name == "best_val_loss":  # the test numbers follow the validation ones
                 raw.update((k, values[k]) for k in _TEST_KEYS)
-        for name in (*OPTIONAL, "rank_event_digests"):
+        for name in OPTIONAL:
             if raw[name] is None:
                 del raw[name]
         return stamped(RUN_SUMMARY, raw)
@@ -165,16 +172,12 @@ class RunSummary:
             elif name == "ranks_identical":
                 ok, what = isinstance(value, bool), "true or false"
             else:
-                ok, what = _is_number(value), "a number"
-            if not ok and not (value is None and name in OPTIONAL + ("rank_event_digests",)):
+                ok, what = is_number(value), "a number"
+            if not ok and not (value is None and name in OPTIONAL):
                 raise ValueError(f"{name!r} must be {what}, got {value!r}")
         for i, record in enumerate(self.seeds):
             if not isinstance(record, dict):
                 raise ValueError(f"'seeds'[{i}] must be a seed record (an object), got {record!r}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_int(value: object) -> bool:
