@@ -163,3 +163,18 @@ def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
     assert summary.fossilized == 1 and summary.has_test  # seed 1 keeps its early seed
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert RunSummary.from_dict(json.loads((run_dir / "summary.json").read_text())) == summary
+
+
+def test_an_event_log_cut_below_the_checkpoints_offset_is_refused_and_left_alone(tmp_path):
+    from esper.runs import ResumeError, Run
+
+    run_dir = tmp_path / "run"
+    run = Run.new(RunSpec(mode="static", epochs=2, run_dir=str(run_dir)), live=False)
+    run.trainer.run_epoch()
+    run.save()
+    run.close()  # a kill after epoch 1's checkpoint
+    events = run_dir / "events.jsonl"
+    events.write_bytes(events.read_bytes()[:10])
+    with pytest.raises(ResumeError, match=r"events.jsonl: shorter than the checkpoint's \d+ bytes"):
+        Run.resume(run_dir)
+    assert events.stat().st_size == 10

@@ -92,6 +92,12 @@ class TelemetryHub(TelemetrySink):
         positions = {str(i): sink.state_dict() for i, (_, sink) in enumerate(self._sinks)}
         return {"sinks": {key: position for key, position in positions.items() if position}}
 
+    @staticmethod
+    def saved_position(state: dict, index: int) -> dict:
+        """What :meth:`state_dict` saved for sink ``index`` (e.g. an event log's length:
+        ``{"offset": N}``), or ``{}`` when it saved nothing."""
+        return state.get("sinks", {}).get(str(index), {})
+
     def load_state_dict(self, state: dict) -> None:
         """Give each sink its saved position back (sinks added in the same order as before).
 

@@ -457,7 +457,8 @@ def _check_checkpoint_fits(run_dir: Path, spec: RunSpec, raw: dict, checkpoint: 
             f"{run_dir / 'checkpoint.pt'}: its model (slots {arch.get('slots')}) is not the one "
             f"{run_dir / 'config.json'} describes; it belongs to another run"
         )
-    offset = Trainer.saved_sink_state(checkpoint["trainer"], EVENT_LOG_SINK).get("offset")
+    saved = Trainer.saved_telemetry(checkpoint["trainer"])
+    offset = TelemetryHub.saved_position(saved, EVENT_LOG_SINK).get("offset")
     events = run_dir / "events.jsonl"
     if offset is not None and (not events.is_file() or events.stat().st_size < offset):
         raise ResumeError(f"{events}: shorter than the checkpoint's {offset} bytes")

@@ -702,10 +702,10 @@ class Trainer:
     # ------------------------------------------------------------------ Stateful
 
     @staticmethod
-    def saved_sink_state(state: dict, index: int) -> dict:
-        """What :meth:`state_dict` saved for the hub's sink ``index`` (e.g. an event log's
-        length: ``{"offset": N}``), or ``{}``; read without building a trainer."""
-        return state["telemetry"].get("sinks", {}).get(str(index), {})
+    def saved_telemetry(state: dict) -> dict:
+        """What :meth:`state_dict` saved of the hub (its ``state_dict()``); read without
+        building a trainer."""
+        return state["telemetry"]
 
     def state_dict(self) -> dict:
         """Everything a killed run needs to continue exactly: the model with its seeds, every
