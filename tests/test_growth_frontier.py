@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from dataclasses import MISSING, fields
@@ -31,8 +32,20 @@ ACC = gf.ACCURACY
 LOSS = gf.LOSS
 
 
-def _point(mode, width, seed, metric, flops, params=100):
-    return gf.Point(mode, width, seed, metric, flops, params, f"{mode}-w{width}-s{seed}")
+def _point(mode, width, seed, metric, flops, params=100, *, epochs=10, val=None):
+    run_dir = f"{mode}-w{width}-e{epochs}-s{seed}"
+    val = metric if val is None else val
+    return gf.Point(mode, width, epochs, 0.1, seed, metric, val, flops, params, run_dir)
+
+
+def _sweeps(points, chosen=1.0):
+    """Every arm of ``points`` swept at ×0.5, ×1, ×2 with ``chosen`` best."""
+    arms = {gf.Arm(p.mode, p.width, p.epochs) for p in points}
+    return {a: gf.Sweep({0.5: 1.0, 1.0: 2.0, 2.0: 1.5}, chosen, at_edge=False) for a in arms}
+
+
+def _rows(points, metric):
+    return gf.frontier_rows(points, _sweeps(points), metric, 0.1)
 
 
 def _summary(**values) -> RunSummary:
@@ -115,7 +128,7 @@ def _accuracy_points():
 
 
 def test_rows_aggregate_seeds_and_place_growth_against_the_front():
-    rows = gf.frontier_rows(_accuracy_points(), ACC)
+    rows = _rows(_accuracy_points(), ACC)
     assert [(r.mode, r.width) for r in rows] == [
         ("static", 1.0),
         ("static", 1.5),
@@ -130,16 +143,26 @@ def test_rows_aggregate_seeds_and_place_growth_against_the_front():
     # Front from (1e8, 81) to (1e10, 90): at 1e9, halfway in log FLOPs, 85.5.
     assert grown.front_metric == pytest.approx(85.5)
     assert grown.delta == pytest.approx(87.0 - 85.5)
+    # Paired per seed: seed 0 has front (80 + 90) / 2 = 85 and grown 88, seed 1 front 86 and
+    # grown 86: differences 3 and 0.
+    assert grown.margin == pytest.approx(1.5)
+    assert grown.margin_se == pytest.approx(statistics.stdev([3.0, 0.0]) / math.sqrt(2))
+    low, high = grown.margin_ci
+    assert 0.0 <= low <= 1.5 <= high <= 3.0
+    assert (x1.lr_factor, x1.lr, x1.lrs_tried) == (1.0, 0.1, {"0.05": 1.0, "0.1": 2.0, "0.2": 1.5})
 
 
 def test_table_says_growth_is_better_or_worse_in_words():
-    table = gf.render_table(gf.frontier_rows(_accuracy_points(), ACC), ACC)
+    table = gf.render_table(_rows(_accuracy_points(), ACC), ACC)
     lines = table.splitlines()
     assert len(lines) == 2 + 4
-    assert lines[0].startswith("| configuration | seeds | test acc (%) mean ± std |")
-    assert lines[2].startswith("| static ×1 | 2 | 81.00 ± 1.41 | 1.000e+08 | 1,000 | yes |")
-    assert "| static ×1.5 | 2 | 79.00 ± 0.00 |" in lines[3] and "| no |" in lines[3]
-    assert lines[5].startswith("| grown (heuristic) ×1 | 2 | 87.00 ± 1.41 |")
+    assert lines[0].startswith("| configuration | seeds | lr | test acc (%) mean ± std |")
+    assert lines[2].startswith(
+        "| static ×1, 10 ep | 2 | 0.1 (×1) | 81.00 ± 1.41 | 1.000e+08 | 1,000 | yes |"
+    )
+    assert "| static ×1.5, 10 ep | 2 | 0.1 (×1) | 79.00 ± 0.00 |" in lines[3]
+    assert "| no |" in lines[3]
+    assert lines[5].startswith("| grown (heuristic) ×1, 10 ep | 2 | 0.1 (×1) | 87.00 ± 1.41 |")
     assert lines[5].endswith("| 85.50 | +1.50 (better) |")
 
 
@@ -149,12 +172,15 @@ def test_a_lower_loss_than_the_front_is_better_though_the_difference_is_negative
         _point("static", 2.0, 0, 1.30, 1e10),
         _point("heuristic", 1.0, 0, 1.35, 1e9),
     ]
-    rows = gf.frontier_rows(points, LOSS)
+    rows = _rows(points, LOSS)
     assert [r.on_front for r in rows[:2]] == [True, True]
     assert rows[2].front_metric == pytest.approx(1.40)
     table = gf.render_table(rows, LOSS)
     assert table.splitlines()[-1].endswith("| 1.4000 | -0.0500 (better) |")
     assert "1.5000 ± —" in table  # one seed: no sample std
+    # The margin is signed so that positive means growth is better, for a loss too.
+    assert rows[2].margin == pytest.approx(0.05)
+    assert rows[2].margin_se is None and rows[2].margin_ci is None  # one seed
 
 
 def test_growth_outside_the_static_flop_range_is_not_compared():
@@ -163,9 +189,124 @@ def test_growth_outside_the_static_flop_range_is_not_compared():
         _point("static", 2.0, 0, 90.0, 1e9),
         _point("heuristic", 1.0, 0, 95.0, 5e9),
     ]
-    rows = gf.frontier_rows(points, ACC)
-    assert rows[2].front_metric is None and rows[2].delta is None
+    rows = _rows(points, ACC)
+    assert rows[2].front_metric is None and rows[2].delta is None and rows[2].margin is None
     assert "| outside static FLOP range | — |" in gf.render_table(rows, ACC)
+    assert "| outside static FLOP range | — | — |" in gf.render_headline(rows, ACC, rows[1])
+
+
+def test_a_static_arm_at_another_budget_is_its_own_row_and_front_point():
+    points = [
+        _point("static", 1.0, 0, 80.0, 1e8, epochs=10),
+        _point("static", 1.0, 0, 84.0, 1.5e8, epochs=15),
+        _point("heuristic", 1.0, 0, 83.0, 1.2e8, epochs=10),
+    ]
+    rows = _rows(points, ACC)
+    assert [r.label for r in rows] == [
+        "static ×1, 10 ep",
+        "static ×1, 15 ep",
+        "grown (heuristic) ×1, 10 ep",
+    ]
+    assert rows[0].on_front and rows[1].on_front
+    t = math.log(1.2) / math.log(1.5)
+    assert rows[2].front_metric == pytest.approx(80.0 + 4.0 * t)
+
+
+# --- the learning-rate sweep -------------------------------------------------------------------
+
+
+def _sweep(values, factors=(0.5, 1.0, 2.0), *, higher=True, max_extend=2):
+    asked = []
+
+    def validation(factor):
+        asked.append(factor)
+        return values(factor)
+
+    return gf.sweep_rates(
+        validation, factors, higher_is_better=higher, max_extend=max_extend
+    ), asked
+
+
+def test_an_inner_best_rate_ends_the_sweep():
+    sweep, asked = _sweep(lambda f: -abs(math.log(f)))  # best at 1
+    assert (sweep.chosen, sweep.at_edge, asked) == (1.0, False, [0.5, 1.0, 2.0])
+    assert sweep.tried == {0.5: -math.log(2), 1.0: 0.0, 2.0: -math.log(2)}
+
+
+def test_a_best_rate_at_an_edge_extends_the_sweep_past_it():
+    sweep, asked = _sweep(lambda f: -abs(math.log(f / 4)))  # best at 4: one step up
+    assert asked == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert (sweep.chosen, sweep.at_edge) == (4.0, False)
+    sweep, asked = _sweep(lambda f: -f, higher=True)  # smaller is always better: down
+    assert asked == [0.5, 1.0, 2.0, 0.25, 0.125]
+    assert (sweep.chosen, sweep.at_edge) == (0.125, True)  # still at the edge after 2 steps
+
+
+def test_the_sweep_follows_a_loss_direction_and_breaks_ties_towards_the_task_rate():
+    sweep, _ = _sweep(lambda f: abs(math.log(f / 0.5)), higher=False)  # loss lowest at 0.5
+    assert sweep.chosen == 0.5 and sweep.tried[0.25] > sweep.tried[0.5]
+    sweep, _ = _sweep(lambda f: 1.0, max_extend=0)  # all equal: the task's own rate
+    assert (sweep.chosen, sweep.at_edge) == (1.0, False)
+
+
+def test_the_sweep_refuses_bad_factors():
+    with pytest.raises(gf.FrontierError, match="--lr-factors must be finite and > 0"):
+        gf.sweep_rates(lambda f: 0.0, [1.0, 0.0], higher_is_better=True, max_extend=0)
+    with pytest.raises(gf.FrontierError, match="--lr-factors must be finite and > 0"):
+        gf.sweep_rates(lambda f: 0.0, [], higher_is_better=True, max_extend=0)
+
+
+# --- paired statistics and FLOPs to quality ----------------------------------------------------
+
+
+def test_paired_margin_is_the_mean_difference_with_its_standard_error():
+    mean, se, (low, high) = gf.paired_margin([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert se == pytest.approx(statistics.stdev([1, 2, 3, 4]) / 2)
+    assert 1.0 <= low < 2.5 < high <= 4.0
+    assert gf.paired_margin([1.0, 2.0, 3.0, 4.0]) == (mean, se, (low, high))  # reproducible
+    assert gf.paired_margin([0.5]) == (0.5, None, None)
+    with pytest.raises(ValueError, match="at least one"):
+        gf.paired_margin([])
+
+
+def test_flops_to_reach_is_the_first_epoch_at_least_as_good():
+    curve = [(1.0, 80.0), (2.0, 85.0), (3.0, 84.0), (4.0, 90.0)]
+    assert gf.flops_to_reach(curve, 85.0, higher_is_better=True) == 2.0
+    assert gf.flops_to_reach(curve, 95.0, higher_is_better=True) is None
+    losses = [(1.0, 2.0), (2.0, 1.5), (3.0, 1.2)]
+    assert gf.flops_to_reach(losses, 1.4, higher_is_better=False) == 3.0
+
+
+def test_reach_fraction_is_paired_by_seed_and_none_when_a_seed_falls_short():
+    static = [_point("static", 2.0, s, 90.0, 10.0, val=v) for s, v in ((0, 85.0), (1, 86.0))]
+    grown = [_point("heuristic", 1.0, s, 88.0, 6.0) for s in (0, 1)]
+    curves = {
+        grown[0].run_dir: [(2.0, 80.0), (4.0, 85.0), (6.0, 87.0)],
+        grown[1].run_dir: [(2.0, 80.0), (4.0, 84.0), (6.0, 86.5)],
+    }
+    row = _rows([*static, *grown], ACC)[-1]
+    reached = gf.with_reach(row, grown, static, curves, higher_is_better=True)
+    assert reached.reach_fraction == pytest.approx((0.4 + 0.6) / 2)
+    assert reached.reached == "2 of 2"
+    curves[grown[1].run_dir] = [(6.0, 85.9)]
+    short = gf.with_reach(row, grown, static, curves, higher_is_better=True)
+    assert (short.reach_fraction, short.reached) == (None, "1 of 2")
+    assert "not reached (reached by 1 of 2 seeds)" in gf.render_headline([short], ACC, None)
+
+
+def test_the_best_static_arm_is_the_best_mean_and_the_cheaper_on_a_tie():
+    rows = _rows(
+        [
+            _point("static", 1.0, 0, 80.0, 1e8),
+            _point("static", 2.0, 0, 90.0, 1e9),
+            _point("static", 3.0, 0, 90.0, 1e10),
+            _point("heuristic", 1.0, 0, 95.0, 5e8),
+        ],
+        ACC,
+    )
+    assert gf.best_static(rows, ACC).width == 2.0
+    assert gf.best_static(rows, LOSS).width == 1.0
 
 
 # --- input checks ------------------------------------------------------------------------------
@@ -221,11 +362,13 @@ def test_runs_grown_under_another_default_patience_are_not_mixed_in(tmp_path):
 
 
 def test_train_args_may_not_set_what_the_benchmark_sets():
-    gf.check_train_args("digits", ["--epochs", "2", "--threads", "1"])
+    gf.check_train_args("digits", ["--batch-size", "32", "--threads", "1"])
     with pytest.raises(gf.FrontierError, match="must not set --seed, --width-multiplier"):
         gf.check_train_args("digits", ["--seed", "3", "--width", "2"])  # an abbreviation too
-    with pytest.raises(gf.FrontierError, match="--epochs must be >= 1"):
-        gf.check_train_args("digits", ["--epochs", "0"])
+    with pytest.raises(gf.FrontierError, match="must not set --epochs, --lr"):
+        gf.check_train_args("digits", ["--epochs", "3", "--lr", "0.1"])
+    with pytest.raises(gf.FrontierError, match="--batch-size must be >= 1"):
+        gf.check_train_args("digits", ["--batch-size", "0"])
 
 
 def test_bad_command_lines_fail_with_one_line(tmp_path):
@@ -263,44 +406,58 @@ def test_only_a_run_killed_before_its_first_checkpoint_is_started_afresh(tmp_pat
 # --- end to end --------------------------------------------------------------------------------
 
 
-def test_benchmark_on_digits_writes_table_plot_and_points_and_resumes(tmp_path):
+def test_benchmark_on_digits_sweeps_rates_writes_its_results_and_resumes(tmp_path):
     out = tmp_path / "frontier"
-    cmd = [sys.executable, str(SCRIPT), "--task", "digits", "--out", str(out)]
-    cmd += ["--seeds", "0", "--widths", "1", "2", "--", "--epochs", "1", "--threads", "1"]
+    cmd = [sys.executable, str(SCRIPT), "--task", "digits", "--out", str(out), "--json"]
+    cmd += ["--seeds", "0", "1", "--tune-seeds", "1", "--widths", "1", "2", "--budgets", "1"]
+    cmd += ["--lr-factors", "1", "2", "--max-extend", "0", "--", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert first.stdout.count("$ esper train") == 3  # two static widths, one grown run
+    # Three arms (two static widths, one grown): two rates on the tuning seed, then the chosen
+    # rate on the other seed.
+    assert first.stdout.count("$ esper train") == 3 * 3
+    assert "--epochs 1 --lr 0.1 " in first.stdout  # ×2 the task's 0.05
 
     table = (out / "frontier-digits.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert [r.split(" | ")[0] for r in rows] == [
+    assert [r.split(" | ")[0] for r in rows[:4]] == [
         "| configuration",
-        "| static ×1",
-        "| static ×2",
-        "| grown (heuristic) ×1",
+        "| static ×1, 1 ep",
+        "| static ×2, 1 ep",
+        "| grown (heuristic) ×1, 1 ep",
     ]
-    assert "test acc (%) mean ± std" in rows[0]  # digits has a test split
-    assert "has no test split" not in table
+    assert "## Growth against the tuned front" in table and "## Learning-rate sweeps" in table
     assert (out / "frontier-digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "frontier-digits.json").read_text())
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == data  # --json: the last line
+    assert data["tune_seeds"] == [0] and data["lr_factors"] == [1.0, 2.0]
+    for row in data["rows"]:
+        assert set(row["lrs_tried"]) == {"0.05", "0.1"}  # every arm, the same sweep
+        assert row["lr"] == pytest.approx(0.05 * row["lr_factor"])
+        best = max(row["lrs_tried"].values())  # digits: validation accuracy
+        assert row["lrs_tried"][f"{row['lr']:g}"] == best
+    by_arm = {(r["mode"], r["width"]): r for r in data["rows"]}
     assert [(p["mode"], p["width"], p["seed"]) for p in data["points"]] == [
         ("static", 1.0, 0),
+        ("static", 1.0, 1),
         ("static", 2.0, 0),
+        ("static", 2.0, 1),
         ("heuristic", 1.0, 0),
+        ("heuristic", 1.0, 1),
     ]
+    for point in data["points"]:
+        assert point["lr"] == by_arm[(point["mode"], point["width"])]["lr"]
+        assert f"-lr{by_arm[(point['mode'], point['width'])]['lr_factor']:g}-" in point["run_dir"]
+        assert point["train_flops"] > 0 and point["params"] > 0
     assert data["widths"] == {"1": 4, "2": 8}
-    assert all(p["train_flops"] > 0 and p["params"] > 0 for p in data["points"])
-    static1, static2, grown = data["points"]
-    assert static2["params"] > static1["params"] and static2["train_flops"] > static1["train_flops"]
-    assert grown["params"] >= static1["params"]
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "$ esper train" not in again.stdout  # every run was read back, none retrained
     assert json.loads((out / "frontier-digits.json").read_text())["points"] == data["points"]
 
-    more_epochs = [*cmd[: cmd.index("--epochs") + 1], "2", "--threads", "1"]
-    changed = subprocess.run(more_epochs, capture_output=True, text=True, timeout=60, env=env)
-    assert changed.returncode == 2
-    assert "use the same arguments or another --out" in changed.stderr
+    changed = [*cmd[: cmd.index("--threads")], "--batch-size", "32", "--threads", "1"]
+    refused = subprocess.run(changed, capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 2
+    assert "use the same arguments or another --out" in refused.stderr

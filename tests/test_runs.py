@@ -4,15 +4,23 @@ assembly every caller shares."""
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from esper.leyline.formats import CURRENT, EPISODE, RUN_SPEC, FormatError, migrate
-from esper.runs import RunSpec, RunSummary, UsageError, build_run, resolve_spec
+from esper.runs import (
+    RunSpec,
+    RunSummary,
+    UsageError,
+    build_run,
+    resolve_spec,
+    trainer_config,
+)
 from esper.runs.flags import OneLineParser, add_spec_arguments, given_flags, spec_from_args
+from esper.tolaria.tasks import get_task
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -126,6 +134,18 @@ def test_build_run_is_deterministic_and_a_static_run_is_the_heuristic_host():
     finally:
         a.trainer.close()
         b.trainer.close()
+
+
+def test_the_seeds_rate_scales_with_the_hosts_by_the_tasks_ratio():
+    pystd = get_task("pystd")
+    assert trainer_config(resolve_spec(RunSpec("heuristic", task="pystd")), pystd).seed_lr == (
+        pystd.seed_lr
+    )
+    doubled = trainer_config(resolve_spec(RunSpec("heuristic", task="pystd", lr=0.006)), pystd)
+    assert (doubled.lr, doubled.seed_lr) == (0.006, pystd.seed_lr * 2)
+    uneven = replace(pystd, seed_lr=pystd.lr / 3)  # a task whose seeds train slower
+    halved = trainer_config(resolve_spec(RunSpec("heuristic", task="pystd", lr=0.0015)), uneven)
+    assert halved.seed_lr == pytest.approx(uneven.seed_lr / 2)
 
 
 def test_an_unknown_slot_is_refused_before_anything_is_written(tmp_path):

@@ -112,12 +112,20 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     )
 
 
+def seed_learning_rate(task: TaskSpec, lr: float) -> float:
+    """The seeds' rate for a host trained at ``lr``: the task's seed rate, scaled by the same
+    factor as the host's (a tuned host rate keeps the task's ratio between the two)."""
+    if lr == task.lr:
+        return task.seed_lr  # exactly the task's: no rounding through a ratio of 1
+    return task.seed_lr * (lr / task.lr)
+
+
 def trainer_config(spec: RunSpec, task: TaskSpec) -> TrainerConfig:
     """How the trainer trains a resolved spec: the task's settings, overridden by the spec's."""
     return TrainerConfig(
         optimizer=task.optimizer,
         lr=spec.lr,
-        seed_lr=task.seed_lr,
+        seed_lr=seed_learning_rate(task, spec.lr),
         batch_size=spec.batch_size,
         epoch_samples=task.epoch_samples,
         total_epochs=spec.epochs,

@@ -91,7 +91,11 @@ class RunSpec:
         None, "default: a new folder under runs/; a folder that holds files is refused"
     )
     batch_size: int | None = option(None, "default: the task's", type=int)
-    lr: float | None = option(None, "the host's learning rate (default: the task's)", type=float)
+    lr: float | None = option(
+        None,
+        "the host's learning rate (default: the task's); the seeds' rate scales with it",
+        type=float,
+    )
     gradient_telemetry_stride: int = option(
         DEFAULT_GRADIENT_TELEMETRY_STRIDE,
         "capture gradient telemetry every N training steps (0: never)",
