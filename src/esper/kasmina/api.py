@@ -25,6 +25,7 @@ from esper.kasmina.telemetry import capture_telemetry
 from esper.kasmina.tensors import module_tensors
 from esper.leyline import (
     DEFAULT_BLEND_ALGORITHM,
+    DEFAULT_INIT_SCALE,
     GateResult,
     LifecycleListener,
     SeedStage,
@@ -241,6 +242,30 @@ class MorphogeneticMixin:
         return self._slot(slot).germinate(
             blueprint_id, seed_id, blend_algorithm_id=blend_algorithm_id
         )
+
+    def set_seed_init(self, mode: str, *, scale: float = DEFAULT_INIT_SCALE) -> None:
+        """How every slot's next seeds start: ``"zero"`` (the identity) or ``"computed"``
+        (the output layer solved from the slot's recent features and loss gradients, so the
+        seed lowers the loss from its first step; :mod:`esper.kasmina.computed_init`).
+
+        A computed start needs those features: from now on, the real pass of
+        :meth:`forward_with_shadows` keeps a few rows of each open slot's output and their
+        gradient for the last few training batches. A plain ``model(x)`` keeps none; a seed
+        germinated without any starts at zero. Blueprints without a linear or convolutional
+        output layer (``norm``, the CNN ``attention``, ``noop``) always start as built.
+
+        Raises:
+            ValueError: an unknown mode (the message lists the valid ones) or a scale <= 0.
+        """
+        for slot in self.seed_slots.values():
+            slot.set_seed_init(mode, scale=scale)
+
+    def reset_init_memory(self) -> None:
+        """Forget the features every slot keeps for a computed initialisation (the trainer
+        does this at the start of each epoch)."""
+        for slot in self.seed_slots.values():
+            if slot.init_memory is not None:
+                slot.init_memory.clear()
 
     def cull_seed(self, *, slot: str, reason: str = "") -> None:
         """Remove the seed in ``slot``; see :meth:`SeedSlot.cull`.

@@ -114,6 +114,15 @@ class ZeroInitResidual(nn.Module):
         if getattr(last, "bias", None) is not None:
             nn.init.zeros_(last.bias)
 
+    @property
+    def output_layer(self) -> nn.Module:
+        """The zero-initialised last layer (what a computed initialisation solves)."""
+        return self.body[-1]
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """What the output layer reads."""
+        return self.body[:-1](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
 
@@ -230,6 +239,13 @@ class LowRankResidual(nn.Module):
         self.up = nn.Linear(rank, width, bias=False)
         nn.init.zeros_(self.up.weight)
 
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.up
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.up(self.down(x))
 
@@ -252,14 +268,22 @@ class CausalAttentionResidual(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.proj
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The heads' attention output, concatenated: what the projection reads."""
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln(x)).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return x + self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return y.transpose(1, 2).contiguous().view(B, T, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(self.hidden(x))
 
 
 @register_blueprint("transformer", "attention", "extra causal self-attention, zero-init output")

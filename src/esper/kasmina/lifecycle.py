@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from esper.kasmina.blending import BlendAlgorithm, build_blend
+from esper.kasmina.computed_init import fit_output_layer
 from esper.kasmina.distributed import all_ranks_agree, sum_over_ranks, world_size
 from esper.kasmina.errors import GateFailedError, IllegalTransitionError, SlotOccupiedError
 from esper.kasmina.events import Listeners
@@ -212,6 +213,10 @@ class SlotLifecycle:
         if not isinstance(seed_id, str) or not seed_id:
             raise ValueError(f"slot {self.name!r}: seed_id must be a non-empty string")
         seed = self._build_seed(blueprint_id)
+        memory = self.init_memory
+        if memory is not None:
+            # A collective under torch.distributed: every rank germinates the same seed here.
+            fit_output_layer(seed, memory.samples(), self.init_scale)
         blend = build_blend(blend_algorithm_id, self.width, self.topology)
         blend = blend.to(self._device(), self.alpha_tensor.dtype)
         if self._tensors_shared_with_host(seed):
@@ -244,6 +249,8 @@ class SlotLifecycle:
         self._alpha_forced = False
         self._leak_sq.zero_()
         self._reset_incubation_gain()
+        if memory is not None:
+            memory.clear()  # features of the model before this seed
         self.set_alpha(0.0)
         seed.train(self.training)
         blend.train(self.training)

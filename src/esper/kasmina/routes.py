@@ -6,7 +6,7 @@ the owner's ``_route_mode``:
 
 * ``None``: the normal forward (each slot as its stage says);
 * a :class:`RouteTap` (the real pass of ``forward_with_shadows``): incubating slots record the
-  features they see;
+  features they see, and slots keeping features for a computed initialisation keep theirs;
 * a :class:`RouteShadow` (a shadow replay): the incubating slot outputs its seed's features;
 * :data:`BYPASS` (``disable_slots()``): features pass through, the host runs alone.
 
@@ -92,6 +92,8 @@ class _SlotRoute:
                 if slot.incubating:
                     mode.taps.append((slot, h))
                 h = slot.forward_seed(h)
+                if slot.init_memory is not None:
+                    slot.remember(h)
         return h
 
 

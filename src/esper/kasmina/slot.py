@@ -35,6 +35,7 @@ from torch import nn
 
 from esper.kasmina.blending import BlendAlgorithm, GatedBlend, build_blend
 from esper.kasmina.blueprints import get_blueprint
+from esper.kasmina.computed_init import InitMemory
 from esper.kasmina.events import Listeners
 from esper.kasmina.gates import QualityGates
 from esper.kasmina.incubator import _detached
@@ -46,7 +47,10 @@ from esper.leyline import (
     DEFAULT_BLENDING_STEPS,
     DEFAULT_EMBARGO_EPOCHS,
     DEFAULT_GRADIENT_EMA_DECAY,
+    DEFAULT_INIT_SCALE,
     DEFAULT_PROBATION_EPOCHS,
+    DEFAULT_SEED_INIT,
+    SEED_INITS,
     SeedMetrics,
     SeedStage,
     SeedStateReport,
@@ -61,6 +65,15 @@ _RAMP_ALPHA = BlendAlgorithm.alpha
 
 # Feature dtypes in which lerp's backward gives the same bits for a float and a 0-dim weight.
 _EXACT_FLOAT_WEIGHT = (torch.float32, torch.float64)
+
+# Stages in which a slot is open for its next seed (or will be once an embargo ends): its
+# output features are what that seed will read, so a computed initialisation remembers them.
+_OPEN_FOR_GROWTH = (
+    SeedStage.DORMANT,
+    SeedStage.FOSSILIZED,
+    SeedStage.CULLED,
+    SeedStage.EMBARGOED,
+)
 
 # Stages in which the seed runs in the forward pass. A tuple, not a set: torch.compile (2.13)
 # guards an enum's membership in a tuple but not in a frozenset, so a compiled forward would
@@ -158,6 +171,11 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         # and how many batches that is: kept on the device so a step never syncs.
         self.register_buffer("_gain_sum", torch.zeros(()), persistent=False)
         self._gain_batches = 0
+        # How a new seed's output layer starts (``set_seed_init``), and the recent features and
+        # gradients a computed start is solved from (None: not kept).
+        self.seed_init = DEFAULT_SEED_INIT
+        self.init_scale = DEFAULT_INIT_SCALE
+        self.init_memory: InitMemory | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -261,6 +279,44 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         through the fossils. The seed's input is the same as in any other stage: detached under
         isolation, else watched for leaks."""
         return self.seed(self._seed_input(x))
+
+    def set_seed_init(
+        self, mode: str, *, scale: float = DEFAULT_INIT_SCALE, memory: InitMemory | None = None
+    ) -> None:
+        """How the next seeds' output layers start: ``"zero"`` or ``"computed"`` (solved from
+        the slot's recent features and loss gradients; see :mod:`esper.kasmina.computed_init`).
+
+        Args:
+            mode: one of ``SEED_INITS``.
+            scale: a computed seed's output RMS as a fraction of the features' RMS (> 0).
+            memory: where the features are kept (a fresh ``InitMemory`` by default); ignored
+                for ``"zero"``, which keeps none.
+
+        Raises:
+            ValueError: an unknown mode or a scale that is not > 0.
+        """
+        if mode not in SEED_INITS:
+            raise ValueError(
+                f"slot {self.name!r}: seed init must be one of {', '.join(SEED_INITS)}, "
+                f"got {mode!r}"
+            )
+        if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"slot {self.name!r}: init scale must be > 0, got {scale!r}")
+        self.seed_init, self.init_scale = mode, float(scale)
+        self.init_memory = (memory or InitMemory()) if mode == "computed" else None
+
+    def remember(self, features: torch.Tensor) -> None:
+        """Keep ``features`` (this slot's output on a training pass) and their gradient for a
+        computed initialisation, when one is set and the slot is open for a new seed."""
+        memory = self.init_memory
+        if (
+            memory is not None
+            and self.state.stage in _OPEN_FOR_GROWTH
+            and features.requires_grad
+            and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            memory.record(features)
 
     def _add_incubation_gain(self, gain: torch.Tensor) -> None:
         """Add one batch's gain: a float32 0-dim tensor without gradient."""

@@ -108,6 +108,7 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
         shadow_every=spec.shadow_every or trained.get("shadow_every") or task.shadow_every,
         batch_size=spec.batch_size or task.batch_size,
         lr=spec.lr or task.lr,
+        seed_init=spec.seed_init or task.seed_init,
         policy=policy,
     )
 
@@ -223,6 +224,7 @@ def build_run(
         if context is not None and not context.is_main:
             # Every rank built the same model from the same seed; from here each draws its own.
             torch.manual_seed(spec.seed + RANK_SEED_STRIDE * context.rank)
+    model.set_seed_init(spec.seed_init)
     if prepare is not None:
         prepare(model)
     trainer = Trainer(model, data, trainer_config(spec, task), controller=controller, hub=hub)

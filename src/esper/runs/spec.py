@@ -22,6 +22,7 @@ from esper.leyline import (
     DEFAULT_GROWTH_PATIENCE,
     DEFAULT_THREADS,
     DEFAULT_TIMING,
+    SEED_INITS,
 )
 from esper.leyline.formats import RUN_SPEC, migrate, stamped
 from esper.nissa import LoggerUnavailableError, available_loggers, check_logger
@@ -162,6 +163,13 @@ class RunSpec:
         type=int,
         metavar="N",
     )
+    seed_init: str | None = option(
+        None,
+        "how a new seed's output layer starts: zero (the identity) or computed (solved from the "
+        "slot's recent features and loss gradients, so the seed lowers the loss from its first "
+        "step); default: the task's",
+        metavar="INIT",
+    )
     log: tuple[str, ...] = option((), _log_help, split=True, action="append", metavar="NAME")
 
     def __post_init__(self) -> None:
@@ -184,6 +192,10 @@ class RunSpec:
             raise UsageError(f"unknown task {self.task!r}; valid: {', '.join(list_tasks())}")
         if self.blend not in BLEND_ALGORITHMS:
             raise UsageError(f"unknown blend {self.blend!r}; valid: {', '.join(BLEND_ALGORITHMS)}")
+        if self.seed_init is not None and self.seed_init not in SEED_INITS:
+            raise UsageError(
+                f"unknown --seed-init {self.seed_init!r}; valid: {', '.join(SEED_INITS)}"
+            )
         if self.timing not in TIMINGS:
             raise UsageError(f"unknown --timing {self.timing!r}; valid: {', '.join(TIMINGS)}")
         if self.growth_patience and self.mode != "heuristic":

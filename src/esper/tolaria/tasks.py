@@ -18,7 +18,13 @@ from pathlib import Path
 from torch import nn
 
 from esper.kasmina.hosts import build_host
-from esper.leyline import DEFAULT_SHADOW_EVERY, TOPOLOGIES, get_topology
+from esper.leyline import (
+    DEFAULT_SEED_INIT,
+    DEFAULT_SHADOW_EVERY,
+    SEED_INITS,
+    TOPOLOGIES,
+    get_topology,
+)
 from esper.tolaria.data import (
     TaskData,
     load_cifar10_data,
@@ -57,6 +63,8 @@ class TaskSpec:
             seed lifecycle) is short while the data never repeats much.
         shadow_every: training steps between an incubating seed's shadow passes (see
             ``TrainerConfig.shadow_every``).
+        seed_init: how a new seed's output layer starts (``SEED_INITS``: ``zero`` or
+            ``computed``; see ``esper.kasmina.computed_init``).
     """
 
     name: str
@@ -73,6 +81,7 @@ class TaskSpec:
     loader: Callable[[Path | None, int], TaskData]
     epoch_samples: int | None = None
     shadow_every: int = DEFAULT_SHADOW_EVERY
+    seed_init: str = DEFAULT_SEED_INIT
 
     def __post_init__(self) -> None:
         where = f"TaskSpec {self.name!r}"
@@ -90,6 +99,10 @@ class TaskSpec:
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where}: {field_name} must be an integer >= 1, got {value!r}")
+        if self.seed_init not in SEED_INITS:
+            raise ValueError(
+                f"{where}: seed_init must be one of {SEED_INITS}, got {self.seed_init!r}"
+            )
         for field_name in ("lr", "seed_lr"):
             if not getattr(self, field_name) > 0:
                 raise ValueError(

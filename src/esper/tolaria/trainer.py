@@ -249,6 +249,9 @@ class Trainer:
         """
         model, opt, stride = self.model, self.optimizers, self.config.telemetry_stride
         model.train()
+        # A computed seed is solved from this epoch's batches alone: what a run resumed here
+        # would have too.
+        model.reset_init_memory()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n_batches, n_targets = 0, 0
