@@ -183,6 +183,19 @@ def test_resume_with_sparse_checkpoints_replays_the_lost_epochs(uninterrupted, t
 
 
 @pytest.mark.slow
+def test_a_killed_run_with_computed_seeds_resumes_to_the_uninterrupted_result(tmp_path):
+    """A computed seed is solved from its epoch's batches alone, which a run resumed at the
+    epoch's start trains again: the seeds germinated after the kill come out the same."""
+    flags = ["--seed-init", "computed"]
+    straight = tmp_path / "straight"
+    _train_ok("heuristic", "--epochs", str(EPOCHS), "--run-dir", str(straight), *flags)
+    run_dir = tmp_path / "run"
+    _kill_when(run_dir, '"to": "TRAINING"', flags)
+    _train_ok("--resume", str(run_dir))
+    _assert_same_run(straight, run_dir)
+
+
+@pytest.mark.slow
 def test_growth_patience_counts_across_a_kill(tmp_path):
     """Seed 0 of stock digits culls its first seed at epoch 16; with patience 1 it grows no
     more. Killed at epoch 18, the checkpoint holds the heuristic's count of culls, so the resumed
