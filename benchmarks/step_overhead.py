@@ -59,10 +59,12 @@ from torch import nn
 from torch.func import functional_call
 
 from esper.kasmina import CNNHost, MorphogeneticModel
+from esper.kasmina.hosts import build_host
 from esper.kasmina.inject import inject_slots
 from esper.kasmina.routes import strip_routes
 from esper.leyline import SeedStage
 from esper.testing import image_batch, make_train_step, model_at_stage
+from esper.tolaria.tasks import get_task
 
 SLOTS = ("early", "mid", "late")
 #: The rows of the result, in the order they are measured.
@@ -76,6 +78,8 @@ ROWS = (
     "cost_blending",
     "cost_fossilized",
     "injected_training",
+    "incubation_1seed",
+    "incubation_2seeds",
     "compiled_training",
     "compiled_blending",
     "compiled_fossilized",
@@ -107,6 +111,10 @@ class BenchConfig:
     seed: int = 0  # RNG seed for weights and data
     lr: float = 0.01
     compile_backend: str = "inductor"  # for the compiled rows
+    # The incubation rows: a task's own host, input size and shadow pass schedule.
+    task: str = "fashion"
+    task_image: int = 28  # the task's input height = width
+    shadow_every: int | None = None  # None: the task's
 
 
 # --------------------------------------------------------------------------------- networks
@@ -432,6 +440,53 @@ def compare_injected(cfg: BenchConfig) -> dict:
     return _time_steps(cfg, "builtin", morph, "injected", injected, x, y)
 
 
+#: The incubation rows' seeds: where a run on the task grows its first and second seeds.
+INCUBATION_SLOTS = {"incubation_1seed": ("early",), "incubation_2seeds": ("early", "mid")}
+
+
+def compare_incubation(cfg: BenchConfig, slots: tuple[str, ...]) -> dict:
+    """The task's bare host (A) against the same host with a ``cfg.blueprint`` seed in TRAINING
+    at each of ``slots`` (B), stepping as a run on the task does: the shadow pass on every
+    ``shadow_every``-th step, plain steps in between. Timed in blocks of ``shadow_every`` steps,
+    so every sample holds one shadow step: the ratio is what incubation costs per training step
+    of a run."""
+    task = get_task(cfg.task)
+    every = cfg.shadow_every or task.shadow_every
+    torch.manual_seed(cfg.seed)
+    host = build_host(task.topology, {**task.host_config, "num_classes": 10})
+    morph = model_at_stage(
+        host,
+        SeedStage.TRAINING,
+        slots=slots,
+        blueprint=cfg.blueprint,
+        device=cfg.device,
+        seed=cfg.seed,
+    )
+    bare = strip_routes(copy.deepcopy(morph.host))
+    device = torch.device(cfg.device)
+    channels = task.host_config.get("in_channels", 3)
+    x, y = image_batch(
+        cfg.batch, cfg.task_image, channels=channels, seed=cfg.seed + 1, device=device
+    )
+    block = every
+    reps = max(3, cfg.reps // block) if block > 1 else cfg.reps
+    warmup = max(1, math.ceil(cfg.warmup / block)) if block > 1 else cfg.warmup
+    times_bare, times_morph = time_interleaved(
+        make_train_step(bare, _sgd(bare, cfg.lr), x, y),
+        make_train_step(morph, _sgd(morph, cfg.lr), x, y, shadow_every=every),
+        reps=reps,
+        warmup=warmup,
+        block=block,
+        device=device,
+    )
+    return {
+        **_summary("host", times_bare, "morph", times_morph, block=block),
+        "task": task.name,
+        "shadow_every": every,
+        "seeds": list(slots),
+    }
+
+
 class _Compiled:
     """A network whose shadow-pass forward runs under ``torch.compile`` (compiling the module
     itself would leave ``forward_with_shadows``, a method, eager), for the compiled rows."""
@@ -608,6 +663,10 @@ def run(
         "cost_blending": lambda: compare_cost(cfg, SeedStage.BLENDING),
         "cost_fossilized": lambda: compare_cost(cfg, SeedStage.FOSSILIZED),
         "injected_training": lambda: compare_injected(cfg),
+        **{
+            name: (lambda slots=slots: compare_incubation(cfg, slots))
+            for name, slots in INCUBATION_SLOTS.items()
+        },
         "compiled_training": lambda: compare_compiled(cfg, SeedStage.TRAINING, "training"),
         "compiled_blending": lambda: compare_compiled(cfg, SeedStage.BLENDING, "blending"),
         "compiled_fossilized": lambda: compare_compiled(cfg, SeedStage.FOSSILIZED, "fossilized"),
@@ -687,6 +746,20 @@ def parse_args(
         default=d.compile_backend,
         help="torch.compile backend of the compiled rows (%(default)s)",
     )
+    p.add_argument(
+        "--task",
+        default=d.task,
+        help="the incubation rows' task: its host, at --task-image pixels (%(default)s)",
+    )
+    p.add_argument(
+        "--task-image", type=int, default=d.task_image, help="the task's input size (%(default)s)"
+    )
+    p.add_argument(
+        "--shadow-every",
+        type=int,
+        default=None,
+        help="the incubation rows' shadow pass schedule (default: the task's)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument(
         "--profile",
@@ -696,9 +769,17 @@ def parse_args(
         "telemetry: the TRAINING model without and with a capture every step",
     )
     a = p.parse_args(argv)
-    for name in ("batch", "image", "width", "blocks", "reps"):
+    try:
+        task = get_task(a.task)
+    except ValueError as exc:
+        p.error(str(exc))
+    if task.topology != "cnn":
+        p.error(f"--task must be an image task (a CNN host), not {task.name!r}")
+    if a.shadow_every is not None and a.shadow_every < 1:
+        p.error("--shadow-every must be >= 1")
+    for name in ("batch", "image", "width", "blocks", "reps", "task_image"):
         if getattr(a, name) < 1:
-            p.error(f"--{name} must be >= 1")
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.warmup < 0 or a.threads < 0:
         p.error("--warmup and --threads must be >= 0")
     cfg = BenchConfig(
@@ -713,6 +794,9 @@ def parse_args(
         threads=a.threads,
         seed=a.seed,
         compile_backend=a.compile_backend,
+        task=a.task,
+        task_image=a.task_image,
+        shadow_every=a.shadow_every,
     )
     return cfg, tuple(a.rows), a.json, a.profile
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_HOSTS, VOCAB_SIZE, drive_to
-from esper.kasmina import build_host, list_blueprints
+from esper.kasmina import build_host, get_blueprint, list_blueprints
 from esper.kasmina.host import CNNHost, MorphogeneticModel, TransformerHost
 from esper.leyline import SeedStage
 
@@ -104,6 +104,14 @@ def test_every_blueprint_at_every_point(tiny):
     for blueprint in list_blueprints(tiny.topology):
         model = MorphogeneticModel(tiny.build(), slots=["early", "mid", "late"])
         for name in model.seed_slots:
+            if get_blueprint(tiny.topology, blueprint).copies_target and (
+                model.host.injection_positions[name] == 0
+            ):
+                # A copy of the block before the slot: there is none after the embedding.
+                with pytest.raises(ValueError, match="copies the block before the slot"):
+                    model.germinate_seed(blueprint, "s", slot=name)
+                assert model.seed_slots[name].stage == SeedStage.DORMANT
+                continue
             drive_to(model, name, SeedStage.BLENDING, blueprint=blueprint)
             model.seed_slots[name].set_alpha(0.5)
         out = model(x)

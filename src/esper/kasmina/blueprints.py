@@ -14,15 +14,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esper.kasmina.hosts import TransformerBlock
+
 BlueprintFactory = Callable[[int], nn.Module]
 
 
 @dataclass(frozen=True)
 class Blueprint:
+    """A registered seed kind.
+
+    Attributes:
+        copies_target: the seed starts as a copy of the module its slot sits on (the block
+            before the slot): germination calls the fresh seed's ``copy_from(module)``, and
+            refuses a slot whose module the seed cannot copy.
+    """
+
     topology: str
     name: str
     factory: BlueprintFactory
     description: str
+    copies_target: bool = False
 
     def build(self, width: int) -> nn.Module:
         return self.factory(width)
@@ -35,11 +46,13 @@ class Blueprint:
 _REGISTRY: dict[str, dict[str, Blueprint]] = {}
 
 
-def register_blueprint(topology: str, name: str, description: str):
+def register_blueprint(topology: str, name: str, description: str, *, copies_target=False):
     """Decorator adding a ``width -> nn.Module`` factory to the registry."""
 
     def wrap(factory: BlueprintFactory) -> BlueprintFactory:
-        _REGISTRY.setdefault(topology, {})[name] = Blueprint(topology, name, factory, description)
+        _REGISTRY.setdefault(topology, {})[name] = Blueprint(
+            topology, name, factory, description, copies_target
+        )
         return factory
 
     return wrap
@@ -71,6 +84,11 @@ def blueprint_costs(topology: str, width: int) -> dict[str, int]:
     return {
         name: get_blueprint(topology, name).param_count(width) for name in list_blueprints(topology)
     }
+
+
+def _heads(width: int) -> int:
+    """Attention heads of a seed at ``width``: 4, 2 or 1, the most that divide it."""
+    return next(h for h in (4, 2, 1) if width % h == 0)
 
 
 def _groups(channels: int) -> int:
@@ -260,8 +278,7 @@ class CausalAttentionResidual(nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        n_head = next(h for h in (4, 2, 1) if width % h == 0)
-        self.n_head = n_head
+        self.n_head = _heads(width)
         self.ln = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -301,6 +318,60 @@ def _tf_mlp(width: int) -> nn.Module:
             nn.Linear(4 * width, width),
         )
     )
+
+
+class SeedBlock(TransformerBlock):
+    """The host's own pre-norm block as a seed, so that a host block's weights load into it as
+    they are. Its head count is part of its state (a copy takes the copied block's), so a
+    checkpoint rebuilds the same function."""
+
+    def get_extra_state(self) -> dict:
+        return {"n_head": self.attn.n_head}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.attn.n_head = int(state["n_head"])
+
+    def copy_from(self, block: TransformerBlock) -> None:
+        """Become a copy of ``block``: its weights (in this seed's own tensors) and heads.
+
+        Raises:
+            ValueError: ``block`` has other parameter shapes (another width).
+        """
+        source = block.state_dict()
+        own = {k: v for k, v in self.state_dict().items() if k != "_extra_state"}
+        if source.keys() != own.keys() or any(source[k].shape != own[k].shape for k in own):
+            raise ValueError("the block has another structure or width")
+        self.load_state_dict({**source, "_extra_state": {"n_head": block.attn.n_head}})
+
+
+def _fresh_block(width: int) -> nn.Module:
+    block = SeedBlock(width, _heads(width), dropout=0.0)
+    for layer in (block.attn.qkv, block.mlp[0]):
+        nn.init.normal_(layer.weight, mean=0.0, std=0.02)  # the host's own initialisation
+        nn.init.zeros_(layer.bias)
+    for layer in (block.attn.proj, block.mlp[2]):  # both residual branches start at zero
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return block
+
+
+@register_blueprint(
+    "transformer", "block", "a whole pre-norm block (attention and MLP), both outputs zero-init"
+)
+def _tf_block(width: int) -> nn.Module:
+    # Depth: a new block after the slot's, the identity until it learns.
+    return _fresh_block(width)
+
+
+@register_blueprint(
+    "transformer",
+    "block_stack",
+    "a copy of the block before the slot (depth by stacking, as G_stack)",
+    copies_target=True,
+)
+def _tf_block_stack(width: int) -> nn.Module:
+    # Built like ``block``; germination then loads the weights of the block the slot sits on.
+    return _fresh_block(width)
 
 
 # --- MLP (flat features) ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from esper.kasmina.blending import BlendAlgorithm, build_blend
+from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.computed_init import fit_output_layer
 from esper.kasmina.distributed import all_ranks_agree, sum_over_ranks, world_size
 from esper.kasmina.errors import GateFailedError, IllegalTransitionError, SlotOccupiedError
@@ -213,6 +214,8 @@ class SlotLifecycle:
         if not isinstance(seed_id, str) or not seed_id:
             raise ValueError(f"slot {self.name!r}: seed_id must be a non-empty string")
         seed = self._build_seed(blueprint_id)
+        if get_blueprint(self.topology, blueprint_id).copies_target:
+            self._copy_target_into(seed, blueprint_id)
         memory = self.init_memory
         if memory is not None:
             # A collective under torch.distributed: every rank germinates the same seed here.

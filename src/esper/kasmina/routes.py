@@ -104,6 +104,8 @@ def install_routes(owner: nn.Module, root: nn.Module, targets: dict[str, str]) -
     by_target: dict[str, list[SeedSlot]] = {}
     for name, target in targets.items():
         by_target.setdefault(target, []).append(owner.seed_slots[name])
+        # In a tuple, as the owner is: the module is the host's, not a child of the slot.
+        owner.seed_slots[name]._target = (root.get_submodule(target),)
     for target, slots in by_target.items():
         root.get_submodule(target).register_forward_hook(_SlotRoute(target, tuple(slots), owner))
     for slot in owner.seed_slots.values():

@@ -155,6 +155,8 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         # A reference to the owning model, kept in a tuple so nn.Module does not register it as a
         # child (which would duplicate the host's parameters); deepcopy maps it with the model.
         self._owner: tuple = (None,)
+        # The host module whose output the slot takes (set by the routes), in a tuple likewise.
+        self._target: tuple = (None,)
         self._listeners = Listeners()
         self._recorder = None  # the events of the step_epoch in progress, if any
 
@@ -371,6 +373,30 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         """
         blueprint = get_blueprint(self.topology, blueprint_id)
         return blueprint.build(self.width).to(self._device(), self.alpha_tensor.dtype)
+
+    def _copy_target_into(self, seed: nn.Module, blueprint_id: str) -> None:
+        """Load the weights of the module the slot sits on into ``seed`` (a stacking
+        blueprint's start).
+
+        Raises:
+            ValueError: the slot's module is not of the seed's structure (the message says
+                which module and why).
+        """
+        target = self._target[0]
+        problem = None
+        if target is None or not isinstance(seed, type(target)):
+            what = "no module" if target is None else type(target).__name__
+            problem = f"the slot sits on {what}, not on a block the seed can copy"
+        else:
+            try:
+                seed.copy_from(target)
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is not None:
+            raise ValueError(
+                f"slot {self.name!r}: blueprint {blueprint_id!r} copies the block before the "
+                f"slot, but {problem}; use it at a slot after a block"
+            )
 
     def host_side_modules(self) -> list[nn.Module]:
         """The seeds of this slot that are part of the host, oldest first: the fossils, then the

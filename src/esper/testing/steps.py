@@ -61,6 +61,7 @@ def make_train_step(
     y: torch.Tensor,
     *,
     telemetry_stride: int = 0,
+    shadow_every: int = 1,
 ) -> Callable[[], None]:
     """A closure running one full step: zero_grad, forward, loss (:func:`training_loss`),
     backward, capture, update.
@@ -74,22 +75,30 @@ def make_train_step(
             the trainer does, after the backward of every k-th step, the first one included
             (each capture folds the one before; ``model.flush_telemetry()`` folds the last);
             0 never captures.
+        shadow_every: as the trainer's ``shadow_every``: the shadow pass runs on every k-th
+            step (the first one included) and on capture steps; the others are plain steps.
 
     Returns:
         A function of no arguments that takes one step.
 
     Raises:
-        ValueError: ``telemetry_stride`` is negative.
+        ValueError: ``telemetry_stride`` is negative or ``shadow_every`` < 1.
     """
     if telemetry_stride < 0:
         raise ValueError(f"telemetry_stride must be >= 0, got {telemetry_stride}")
+    if shadow_every < 1:
+        raise ValueError(f"shadow_every must be >= 1, got {shadow_every}")
     steps_taken = 0
 
     def step() -> None:
         nonlocal steps_taken
         optimizer.zero_grad(set_to_none=True)
-        training_loss(model, x, y).backward()
-        if telemetry_stride and steps_taken % telemetry_stride == 0:
+        capture = telemetry_stride and steps_taken % telemetry_stride == 0
+        if capture or steps_taken % shadow_every == 0:
+            training_loss(model, x, y).backward()
+        else:
+            cross_entropy(model(x), y).backward()
+        if capture:
             model.capture_gradient_telemetry(wait=False)
         steps_taken += 1
         optimizer.step()
