@@ -7,6 +7,7 @@ No timing assertions: these run on shared, noisy machines.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from esper.kasmina import GateFailedError
 from esper.leyline import DEFAULT_GROWTH_PATIENCE, SeedStage
 from esper.runs import RunSummary
 from esper.testing import TINY_HOSTS, model_at_stage, permissive_gates, set_contribution
+from esper.tolaria.tasks import get_task
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--batch", "2", "--width", "2", "--image", "8", "--reps", "3", "--warmup", "1"]
@@ -47,12 +49,39 @@ def test_step_overhead_json_has_the_required_keys():
     assert result["device"].startswith("cpu")
     rows = {"training", "blending", "fossilized", "telemetry_stride1", "telemetry_stride10"}
     rows |= {"cost_training", "cost_blending", "cost_fossilized", "injected_training"}
+    rows |= {"incubation_1seed", "incubation_2seeds"}
     assert set(result["ratios"]) == rows
     assert all(isinstance(v, float) and v > 0 for v in result["ratios"].values())
     assert set(result["medians"]) == rows
     assert {"static_ms", "morph_ms"} <= set(result["medians"]["training"])
     assert {"plain_ms", "telemetry_ms"} <= set(result["medians"]["telemetry_stride10"])
     assert result["config"]["batch"] == 2
+    # The incubation rows: the task's own host at its shadow pass schedule, in blocks of it.
+    two = result["medians"]["incubation_2seeds"]
+    assert two["task"] == "fashion" and two["seeds"] == ["early", "mid"]
+    assert two["shadow_every"] == two["steps_per_sample"] == get_task("fashion").shadow_every
+    assert {"host_ms", "morph_ms"} <= set(two)
+
+
+def test_step_overhead_incubation_rows_follow_the_task_and_shadow_schedule():
+    proc = _run(
+        "step_overhead.py",
+        *TINY,
+        "--rows",
+        "incubation_1seed",
+        "--task",
+        "digits",
+        "--task-image",
+        "8",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one = _last_json(proc.stdout)["medians"]["incubation_1seed"]
+    assert (one["task"], one["seeds"], one["shadow_every"]) == ("digits", ["early"], 4)
+    bad = _run("step_overhead.py", "--task", "pystd")
+    assert bad.returncode == 2 and "--task must be an image task" in bad.stderr
+    bad = _run("step_overhead.py", "--shadow-every", "0")
+    assert bad.returncode == 2 and "--shadow-every must be >= 1" in bad.stderr
 
 
 def test_step_overhead_profiles_a_stage_per_arm():
@@ -249,11 +278,46 @@ def test_rollout_scaling_runs_the_same_episodes_on_every_pool():
     assert bad.returncode == 2 and "--workers needs counts >= 1" in bad.stderr
 
 
+def _load(script: str):
+    spec = importlib.util.spec_from_file_location(
+        f"_benchmark_{Path(script).stem}", BENCHMARKS / script
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_whole_run_cost_criterion_judges_kept_seeds_and_culled_trials_apart():
+    checks = _load("run_overhead.py").cost_checks
+
+    def runs(grown, static, equivalent, kept):
+        arch = [("mid", "conv_light")] if kept else []
+        return {
+            "grown": {"train_flops": grown, "architecture": arch},
+            "static": {"train_flops": static},
+            "equivalent": {"train_flops": equivalent},
+        }
+
+    ok = {0: runs(120, 100, 130, kept=True), 1: runs(109, 100, 100, kept=False)}
+    assert checks(ok) == {
+        "kept_seeds_at_most_equivalent": True,
+        "culled_trials_within_budget": True,
+    }
+    dear_keep = {**ok, 2: runs(131, 100, 130, kept=True)}
+    assert not checks(dear_keep)["kept_seeds_at_most_equivalent"]
+    dear_trials = {**ok, 2: runs(111, 100, 100, kept=False)}
+    assert checks(dear_trials) == {
+        "kept_seeds_at_most_equivalent": True,
+        "culled_trials_within_budget": False,
+    }
+
+
 def test_run_overhead_compares_a_grown_run_with_its_final_architecture_trained_from_the_start():
     # Seed 1 of stock digits keeps one seed (measured); 1 repetition keeps it short.
     proc = _run("run_overhead.py", "--task", "digits", "--seeds", "1", "--reps", "1", "--json")
     result = _last_json(proc.stdout)
-    passed = result["checks"]["grown_train_flops_at_most_equivalent"]
+    passed = result["checks"]["kept_seeds_at_most_equivalent"]
+    assert result["checks"]["culled_trials_within_budget"]  # no run here kept none
     assert proc.returncode == (0 if passed else 1), proc.stderr[-2000:]
     rows, runs = result["rows"], result["per_seed"]["1"]
     assert runs["grown"]["architecture"], "the grown run kept no seed"
