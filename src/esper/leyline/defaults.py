@@ -63,16 +63,16 @@ DEFAULT_SHADOW_EVERY = 1
 #: so that the seed lowers the loss from its first step; see ``esper.kasmina.computed_init``).
 SEED_INITS = ("zero", "computed")
 DEFAULT_SEED_INIT = "zero"
-#: A computed seed's output starts at this fraction of its slot's feature RMS. Measured on
-#: fashion and pystd hosts after 3 epochs, every blueprint with an output layer at every slot,
-#: on 8 training batches the fit never saw: at 0.05 the loss fell for 11 of 12 CNN seeds (mean
-#: -0.0086) and 6 of 6 transformer seeds (-0.012); 0.01 and 0.02 fell less.
+#: A computed seed's output starts at this fraction of its slot's feature RMS. Measured with
+#: benchmarks/seed_init.py (fashion and pystd hosts after 3 epochs, every blueprint with an
+#: output layer at every slot, 8 batches the fit never saw): at 0.05 the loss fell for 10 of 12
+#: CNN seeds (mean -0.0100) and 5 of 6 transformer seeds (-0.0095), more than at 0.01 or 0.02.
 DEFAULT_INIT_SCALE = 0.05
 #: What a slot keeps for a computed initialisation: the first rows of every Nth training batch
 #: of the current epoch, the most recent ones (the trainer starts each epoch with none, so a
 #: run resumed at an epoch boundary solves the same seeds). With 8 batches of 16 rows the fit
-#: did not carry over to fresh batches (the CNN seeds' loss rose as often as it fell); 16
-#: batches of 64 rows did. Every 2nd step keeps the copy off half the steps.
+#: did not carry over to fresh batches (at scale 0.05 the CNN seeds' loss rose for 8 of 12);
+#: 16 batches of 64 rows did. Every 2nd step keeps the copy off half the steps.
 DEFAULT_INIT_MEMORY_BATCHES = 16
 DEFAULT_INIT_MEMORY_ROWS = 64
 DEFAULT_INIT_MEMORY_EVERY = 2
