@@ -5,6 +5,7 @@ what it should, and ranks under torch.distributed solve the same seed."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from esper.kasmina import CNNHost, MorphogeneticModel, TransformerHost
 from esper.kasmina.blueprints import get_blueprint
 from esper.kasmina.computed_init import RIDGE, InitMemory, fit_output_layer, output_layer
 from esper.leyline import SeedStage
-from esper.runs import RunSpec, UsageError, build_run
+from esper.runs import Run, RunSpec, UsageError, build_run
 from esper.testing.distributed import init_gloo, report, spawn_ranks
 
 # --- the fit ------------------------------------------------------------------------------------
@@ -242,3 +243,24 @@ def test_a_transformer_host_takes_computed_seeds_at_every_blueprint_with_an_outp
         copy_.germinate_seed(blueprint, "s", slot="late")
         layer = copy_.seed_slots["late"].seed.output_layer
         assert isinstance(layer, nn.Linear) and layer.weight.any(), blueprint
+
+
+def test_a_run_reports_how_each_seed_started(tmp_path):
+    """summary.json and the germination event say whether a seed's start was computed: a run
+    with computed starts whose seeds all have an output layer reports every one of them."""
+    spec = RunSpec(
+        "heuristic",
+        task="digits",
+        seed=0,
+        epochs=16,
+        seed_init="computed",
+        blueprints=("conv_light",),
+        run_dir=str(tmp_path / "run"),
+    )
+    with Run.new(spec, live=False) as run:
+        run.train()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["seeds"] and {s["start"] for s in summary["seeds"]} == {"computed"}
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").open()]
+    germinated = [e for e in events if e["event_type"] == "seed_germinated"]
+    assert germinated and all(e["data"]["start"] == "computed" for e in germinated)

@@ -45,6 +45,7 @@ def test_a_fresh_block_is_the_identity_and_learns_in_the_shadow_pass():
 def test_a_stacked_block_is_a_copy_of_the_block_before_it_in_its_own_tensors():
     model = _model(n_head=2)  # the seed's own rule would give 16 channels 4 heads
     model.germinate_seed("block_stack", "s", slot="late")
+    assert model.seed_slots["late"].seed_start == "copy"
     seed, before = model.seed_slots["late"].seed, model.host.blocks[-1]
     h = torch.randn(2, 8, 16)
     model.eval()

@@ -214,12 +214,14 @@ class SlotLifecycle:
         if not isinstance(seed_id, str) or not seed_id:
             raise ValueError(f"slot {self.name!r}: seed_id must be a non-empty string")
         seed = self._build_seed(blueprint_id)
+        start = "zero"
         if get_blueprint(self.topology, blueprint_id).copies_target:
             self._copy_target_into(seed, blueprint_id)
+            start = "copy"
         memory = self.init_memory
-        if memory is not None:
-            # A collective under torch.distributed: every rank germinates the same seed here.
-            fit_output_layer(seed, memory.samples(), self.init_scale)
+        # A collective under torch.distributed: every rank germinates the same seed here.
+        if memory is not None and fit_output_layer(seed, memory.samples(), self.init_scale):
+            start = "computed"
         blend = build_blend(blend_algorithm_id, self.width, self.topology)
         blend = blend.to(self._device(), self.alpha_tensor.dtype)
         if self._tensors_shared_with_host(seed):
@@ -248,6 +250,7 @@ class SlotLifecycle:
             self.fossils.append(self.seed)
             self.fossil_seeds.append((self.state.seed_id, self.state.blueprint_id))
         self.seed, self.blend, self.state = seed, blend, candidate
+        self.seed_start = start
         self.isolate_gradients = True
         self._alpha_forced = False
         self._leak_sq.zero_()

@@ -178,6 +178,9 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         self.seed_init = DEFAULT_SEED_INIT
         self.init_scale = DEFAULT_INIT_SCALE
         self.init_memory: InitMemory | None = None
+        # How the current seed started: "zero" (as built), "computed" or "copy" (of the block
+        # before the slot). Reported with the seed's germination.
+        self.seed_start = "zero"
 
     # ------------------------------------------------------------------ properties
 

@@ -29,6 +29,8 @@ class SeedRecord:
     blueprint: str
     stages: list[str] = field(default_factory=list)
     germinated_epoch: int = 0
+    #: How it started: ``zero`` (as built), ``computed`` or ``copy`` (``SeedSlot.seed_start``).
+    start: str = "zero"
 
     @property
     def final_stage(self) -> str:
@@ -42,6 +44,7 @@ class SeedRecord:
             "final_stage": self.final_stage,
             "stages": list(self.stages),
             "germinated_epoch": self.germinated_epoch,
+            "start": self.start,
         }
 
     @classmethod
@@ -52,6 +55,7 @@ class SeedRecord:
             blueprint=raw["blueprint"],
             stages=list(raw["stages"]),
             germinated_epoch=int(raw["germinated_epoch"]),
+            start=str(raw.get("start", "zero")),  # records written before starts were reported
         )
 
 
@@ -119,14 +123,18 @@ class LifecycleRecorder:
         if to == SeedStage.GERMINATED:
             blueprint = slot.state.blueprint_id
             self.records[event.seed_id] = SeedRecord(
-                event.seed_id, event.slot, blueprint, [], self.epoch()
+                event.seed_id, event.slot, blueprint, [], self.epoch(), slot.seed_start
             )
             self.optimizers.add_seed(event.slot, slot.seed_parameters())
             self.emit(
                 E.SEED_GERMINATED,
                 slot=event.slot,
                 seed_id=event.seed_id,
-                data={"blueprint": blueprint, "blend": slot.state.blend_algorithm_id},
+                data={
+                    "blueprint": blueprint,
+                    "blend": slot.state.blend_algorithm_id,
+                    "start": slot.seed_start,
+                },
             )
         record = self.records.get(event.seed_id or "")
         if record is not None and to != SeedStage.DORMANT:
