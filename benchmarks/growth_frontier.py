@@ -996,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
     except FrontierError as exc:
         sys.stderr.write(f"growth_frontier.py: error: {exc}\n")
         return 2
+    sweeps_by_label = {r.label: r.lrs_tried for r in rows}
     width_key = get_topology(spec.topology).width_key
     hosts = ", ".join(f"×{w:g} → {width_key} {a}" for w, a in widths.items())
     factors = ", ".join(f"×{f:g}" for f in sorted(args.lr_factors))
@@ -1033,7 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
         "base_lr": spec.lr,
         "lr_factors": sorted(args.lr_factors),
         "train_args": extra,
-        "points": [asdict(p) for p in points],
+        # Every run with its arm's sweep: the rates tried (with their validation metric) and,
+        # as its own "lr", the one chosen.
+        "points": [asdict(p) | {"lrs_tried": sweeps_by_label[_arm(p).label]} for p in points],
         "rows": [asdict(r) for r in rows],
         "best_static": None if best is None else best.label,
     }

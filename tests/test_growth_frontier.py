@@ -448,6 +448,7 @@ def test_benchmark_on_digits_sweeps_rates_writes_its_results_and_resumes(tmp_pat
     ]
     for point in data["points"]:
         assert point["lr"] == by_arm[(point["mode"], point["width"])]["lr"]
+        assert point["lrs_tried"] == by_arm[(point["mode"], point["width"])]["lrs_tried"]
         assert f"-lr{by_arm[(point['mode'], point['width'])]['lr_factor']:g}-" in point["run_dir"]
         assert point["train_flops"] > 0 and point["params"] > 0
     assert data["widths"] == {"1": 4, "2": 8}
