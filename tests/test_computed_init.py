@@ -264,3 +264,24 @@ def test_a_run_reports_how_each_seed_started(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").open()]
     germinated = [e for e in events if e["event_type"] == "seed_germinated"]
     assert germinated and all(e["data"]["start"] == "computed" for e in germinated)
+
+
+def test_a_model_given_slots_by_inject_slots_takes_computed_seeds_too():
+    from esper.kasmina.inject import inject_slots
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    model = inject_slots(net, {"hidden": "1"}, example_input=x)
+    model.set_seed_init("computed")
+    for _ in range(4):
+        out, _ = model.forward_with_shadows(x)
+        F.cross_entropy(out, y).backward()
+    with torch.no_grad():
+        host = F.cross_entropy(model(x), y)
+    model.germinate_seed("mlp", "s", slot="hidden")
+    slot = model.seed_slots["hidden"]
+    assert slot.seed_start == "computed"
+    assert slot.advance_stage(SeedStage.TRAINING).passed
+    _, shadows = model.forward_with_shadows(x)
+    assert F.cross_entropy(shadows["hidden"], y) < host
