@@ -80,6 +80,7 @@ def test_a_stacked_seed_round_trips_through_a_checkpoint(tmp_path):
     loaded = MorphogeneticModel.load_checkpoint(tmp_path / "model.pt")
     seed = loaded.seed_slots["late"].seed
     assert seed.attn.n_head == 2
+    assert loaded.seed_slots["late"].seed_start == "copy"
     h = torch.randn(2, 8, 16)
     model.eval()
     loaded.eval()

@@ -467,6 +467,7 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             "has_seed": self.seed is not None,
             "has_blend": self.blend is not None,
             "fossils": [list(pair) for pair in self.fossil_seeds],
+            "seed_start": self.seed_start,
         }
 
     def set_extra_state(self, extra: dict) -> None:
@@ -487,6 +488,7 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         self.seed, self.blend, self.state = seed, blend, state
         self.fossils, self.fossil_seeds = fossils, fossil_seeds
         self.isolate_gradients = bool(extra["isolate_gradients"])
+        self.seed_start = str(extra.get("seed_start", "zero"))  # checkpoints before starts: zero
         self._alpha_forced = False
         self._leak_sq.zero_()
         self._reset_incubation_gain()  # gains gathered before the load belong to another seed
