@@ -386,6 +386,14 @@ def test_bad_command_lines_fail_with_one_line(tmp_path):
     assert "valid tasks: " in run("--task", "nope") and "digits" in run("--task", "nope")
     assert "go after --" in run("--epochs", "2")
     assert "--widths must be finite and > 0, got 0" in run("--widths", "0", "1")
+    assert "--budgets must be distinct epoch counts >= 1" in run("--budgets", "0")
+    assert "--grown-budgets must be distinct epoch counts >= 1" in run("--grown-budgets", "3", "3")
+    assert "--lr-factors must be finite and > 0" in run("--lr-factors", "1", "-2")
+    assert "--max-extend must be >= 0, got -1" in run("--max-extend", "-1")
+    assert "--tune-seeds must be between 1 and 2, got 3" in run(
+        "--seeds", "0", "1", "--tune-seeds", "3"
+    )
+    assert "must not set --epochs" in run("--", "--epochs", "3")
     assert not any(tmp_path.iterdir())  # nothing was trained or written
 
 
