@@ -312,6 +312,20 @@ def test_the_whole_run_cost_criterion_judges_kept_seeds_and_culled_trials_apart(
     }
 
 
+def test_incubation_gain_follows_a_seed_through_its_first_epoch():
+    proc = _run(
+        "incubation_gain.py",
+        *("--task", "digits", "--slot", "mid", "--pre-epochs", "1", "--freeze-host", "--json"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = _last_json(proc.stdout)
+    assert "host frozen" in result["setting"]
+    parts = len(result["before_update"])
+    assert parts >= 2 and len(result["after_update"]) == len(result["held_out"]) == parts
+    bad = _run("incubation_gain.py", "--seed-lr-scale", "0")
+    assert bad.returncode == 2 and "--seed-lr-scale > 0" in bad.stderr
+
+
 def test_run_overhead_compares_a_grown_run_with_its_final_architecture_trained_from_the_start():
     # Seed 1 of stock digits keeps one seed (measured); 1 repetition keeps it short.
     proc = _run("run_overhead.py", "--task", "digits", "--seeds", "1", "--reps", "1", "--json")
