@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -212,10 +213,15 @@ def test_a_computed_seed_lowers_the_training_loss_where_a_zero_one_changes_nothi
 
 def _rank_worker(rank, world, init_file, out_dir):
     init_gloo(rank, world, init_file)
-    samples = _samples((2, 6, 8), n=2, seed=rank)  # every rank saw other batches
-    torch.manual_seed(0)
-    seed = get_blueprint("transformer", "mlp").build(8)
-    fit_output_layer(seed, samples, scale=0.05)
+    try:
+        samples = _samples((2, 6, 8), n=2, seed=rank)  # every rank saw other batches
+        torch.manual_seed(0)
+        seed = get_blueprint("transformer", "mlp").build(8)
+        fit_output_layer(seed, samples, scale=0.05)
+        dist.barrier()
+    finally:
+        # Left to interpreter exit, gloo's threads can abort the process.
+        dist.destroy_process_group()
     report(out_dir, rank, {"weight": seed.output_layer.weight.flatten().tolist()})
 
 
