@@ -94,3 +94,19 @@ def test_a_stacked_seed_after_the_embedding_is_refused_and_the_slot_left_alone()
         model.germinate_seed("block_stack", "s", slot="early")
     assert model.seed_slots["early"].stage == SeedStage.DORMANT
     assert model.seed_slots["early"].seed is None
+
+
+def test_a_stacked_seed_copies_its_blocks_dropout_and_keeps_it_through_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    host = TransformerHost(16, n_embd=16, n_head=2, n_layer=2, block_size=8, dropout=0.1)
+    model = MorphogeneticModel(host, slots=["late"])
+    model.germinate_seed("block_stack", "s", slot="late")
+    seed = model.seed_slots["late"].seed
+    assert (seed.attn.dropout, seed.attn.resid_drop.p, seed.mlp[3].p) == (0.1, 0.1, 0.1)
+    model.save_checkpoint(tmp_path / "model.pt")
+    loaded = MorphogeneticModel.load_checkpoint(tmp_path / "model.pt").seed_slots["late"].seed
+    assert (loaded.attn.dropout, loaded.attn.resid_drop.p, loaded.mlp[3].p) == (0.1, 0.1, 0.1)
+    fresh_host = TransformerHost(16, n_embd=16, n_head=2, n_layer=2, block_size=8)
+    fresh = MorphogeneticModel(fresh_host, slots=["late"])
+    fresh.germinate_seed("block", "b", slot="late")
+    assert fresh.seed_slots["late"].seed.attn.dropout == 0.0  # a fresh block: no dropout

@@ -322,17 +322,24 @@ def _tf_mlp(width: int) -> nn.Module:
 
 class SeedBlock(TransformerBlock):
     """The host's own pre-norm block as a seed, so that a host block's weights load into it as
-    they are. Its head count is part of its state (a copy takes the copied block's), so a
-    checkpoint rebuilds the same function."""
+    they are. Its head count and dropout are part of its state (a copy takes the copied
+    block's), so a checkpoint rebuilds the same function."""
 
     def get_extra_state(self) -> dict:
-        return {"n_head": self.attn.n_head}
+        return {"n_head": self.attn.n_head, "dropout": self.attn.dropout}
 
     def set_extra_state(self, state: dict) -> None:
         self.attn.n_head = int(state["n_head"])
+        self._set_dropout(float(state.get("dropout", 0.0)))
+
+    def _set_dropout(self, p: float) -> None:
+        self.attn.dropout = p
+        self.attn.resid_drop.p = p
+        self.mlp[3].p = p
 
     def copy_from(self, block: TransformerBlock) -> None:
-        """Become a copy of ``block``: its weights (in this seed's own tensors) and heads.
+        """Become a copy of ``block``: its weights (in this seed's own tensors), heads and
+        dropout.
 
         Raises:
             ValueError: ``block`` has other parameter shapes (another width).
@@ -341,7 +348,8 @@ class SeedBlock(TransformerBlock):
         own = {k: v for k, v in self.state_dict().items() if k != "_extra_state"}
         if source.keys() != own.keys() or any(source[k].shape != own[k].shape for k in own):
             raise ValueError("the block has another structure or width")
-        self.load_state_dict({**source, "_extra_state": {"n_head": block.attn.n_head}})
+        extra = {"n_head": block.attn.n_head, "dropout": block.attn.dropout}
+        self.load_state_dict({**source, "_extra_state": extra})
 
 
 def _fresh_block(width: int) -> nn.Module:
