@@ -150,8 +150,10 @@ def test_zero_init_keeps_no_memory_and_bad_settings_are_refused():
     model = _digits_model()
     assert all(s.init_memory is None for s in model.seed_slots.values())
     model.set_seed_init("computed")
+    assert all(s.seed_init == "computed" for s in model.seed_slots.values())
     model.set_seed_init("zero")
     assert all(s.init_memory is None for s in model.seed_slots.values())
+    assert all(s.seed_init == "zero" for s in model.seed_slots.values())
     with pytest.raises(ValueError, match="seed init must be one of zero, computed, got 'ones'"):
         model.set_seed_init("ones")
     with pytest.raises(ValueError, match="init scale must be > 0"):

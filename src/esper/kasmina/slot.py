@@ -49,7 +49,6 @@ from esper.leyline import (
     DEFAULT_GRADIENT_EMA_DECAY,
     DEFAULT_INIT_SCALE,
     DEFAULT_PROBATION_EPOCHS,
-    DEFAULT_SEED_INIT,
     SEED_INITS,
     SeedMetrics,
     SeedStage,
@@ -173,9 +172,8 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
         # and how many batches that is: kept on the device so a step never syncs.
         self.register_buffer("_gain_sum", torch.zeros(()), persistent=False)
         self._gain_batches = 0
-        # How a new seed's output layer starts (``set_seed_init``), and the recent features and
-        # gradients a computed start is solved from (None: not kept).
-        self.seed_init = DEFAULT_SEED_INIT
+        # The recent features and gradients a computed start is solved from (None: new seeds
+        # start as built; see ``set_seed_init``), and the computed start's size.
         self.init_scale = DEFAULT_INIT_SCALE
         self.init_memory: InitMemory | None = None
         # How the current seed started: "zero" (as built), "computed" or "copy" (of the block
@@ -307,8 +305,14 @@ class SeedSlot(SlotLifecycle, SlotTelemetry, nn.Module):
             )
         if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"slot {self.name!r}: init scale must be > 0, got {scale!r}")
-        self.seed_init, self.init_scale = mode, float(scale)
+        self.init_scale = float(scale)
         self.init_memory = (memory or InitMemory()) if mode == "computed" else None
+
+    @property
+    def seed_init(self) -> str:
+        """How the next seed's output layer starts: ``"computed"`` while the slot keeps
+        features for it, else ``"zero"``."""
+        return "zero" if self.init_memory is None else "computed"
 
     def remember(self, features: torch.Tensor) -> None:
         """Keep ``features`` (this slot's output on a training pass) and their gradient for a
